@@ -77,3 +77,42 @@ def build_tiny_sentence_transformer(folder: str | Path, **kwargs):
     model = SentenceTransformer(modules=[transformer, pooling, Normalize()], device="cpu")
     model.save(str(folder / "model"))
     return SentenceTransformer(str(folder / "model"), device="cpu")
+
+
+def build_tiny_char_bert(folder: str | Path, **kwargs) -> Path:
+    """Like :func:`build_tiny_bert`, but its tokenizer knows no whole words: every word splits into characters
+    (``python`` -> ``p ##y ##t ##h ##o ##n``). A second, differently-split vocabulary for alignment tests."""
+    from transformers import BertTokenizerFast
+
+    folder = build_tiny_bert(folder, **kwargs)
+    chars = list(string.ascii_lowercase + string.digits + string.punctuation)
+    vocab = (
+        ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+        + chars
+        + ["##" + c for c in string.ascii_lowercase + string.digits]
+    )
+    for name in ("vocab.txt", "tokenizer.json"):
+        (folder / name).unlink(missing_ok=True)
+    tokenizer = BertTokenizerFast(
+        vocab={token: i for i, token in enumerate(vocab)},
+        do_lower_case=True,
+        model_max_length=kwargs.get("max_position_embeddings", 128),
+    )
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def build_byte_level_bpe_tokenizer(folder: str | Path, texts: list[str] | None = None):
+    """A small byte-level BPE tokenizer (GPT-2/RoBERTa style: case-sensitive, spaces kept with the next word)
+    trained on ``texts``, saved to ``folder`` and returned as a ``PreTrainedTokenizerFast``."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    texts = texts or [" ".join(WORDS)] * 4
+    bpe = ByteLevelBPETokenizer(trim_offsets=True)
+    bpe.train_from_iterator(texts, vocab_size=300, min_frequency=2, special_tokens=["<s>", "</s>", "<pad>"])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    tokenizer.save_pretrained(folder)
+    return tokenizer
