@@ -1,0 +1,245 @@
+"""IR evaluation: nDCG@k (graded), MRR@k, Recall@k, MAP@k, Precision@k with trec_eval's own code.
+
+Metrics come from ``pytrec_eval`` (package ``pytrec-eval-terrier``), Python bindings of NIST's trec_eval C code:
+the reference implementation that TREC results are reported with, so our numbers match published ones without a
+re-implementation to trust. (ranx is faster on huge runs but is itself validated against trec_eval and pulls in
+numba; at our sizes trec_eval takes milliseconds.)
+
+Definitions (per query, then averaged over queries), with rel(d) the judged grade of d, R the documents with
+``rel(d) >= relevance_cut`` and rank_q the run sorted by score:
+
+- ``ndcg@k = DCG@k / IDCG@k`` with ``DCG@k = sum_{i<=k} rel(d_i) / log2(i + 1)`` (graded gains: the grades
+  themselves; the cut does not apply) and IDCG@k the DCG of the ideal ordering of all judged documents.
+- ``mrr@k = 1 / (rank of the first d in R)`` if that rank is ``<= k``, else 0.
+- ``recall@k = |R ∩ top-k| / |R|``; ``precision@k = |R ∩ top-k| / k``.
+- ``map@k = (1/|R|) sum_{i<=k, d_i in R} precision@i``.
+
+Queries with no document at ``grade >= relevance_cut`` are left out of every average (no system can score on
+them; BEIR and sentence-transformers do the same) and reported as ``n_queries_skipped``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pytrec_eval
+from sentence_transformers.sentence_transformer.evaluation import SentenceEvaluator
+
+from md2pr_st.data import RetrievalData
+from md2pr_st.index import FaissIndex, encode
+from md2pr_st.utils import write_json
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_METRICS = ("ndcg@10", "mrr@10", "recall@10", "recall@100", "map@100")
+DEFAULT_RELEVANCE_CUT = 2
+_METRIC = re.compile(r"^(ndcg|mrr|recall|map|precision)@(\d+)$")
+_TREC_NAMES = {"ndcg": ("ndcg_cut.{k}", "ndcg_cut_{k}"), "recall": ("recall.{k}", "recall_{k}"),
+               "map": ("map_cut.{k}", "map_cut_{k}"), "precision": ("P.{k}", "P_{k}")}  # fmt: skip
+
+Run = dict[str, dict[str, float]]
+Qrels = dict[str, dict[str, int]]
+
+
+def parse_metrics(metrics: Sequence[str]) -> list[tuple[str, int]]:
+    """``["ndcg@10", "mrr@10"]`` -> ``[("ndcg", 10), ("mrr", 10)]``, with a clear error for anything else."""
+    parsed = []
+    for metric in metrics:
+        match = _METRIC.match(metric.strip().lower())
+        if not match or int(match.group(2)) < 1:
+            raise ValueError(
+                f"Unknown metric {metric!r}. Use NAME@K with NAME one of ndcg, mrr, recall, map, precision and "
+                "K >= 1, e.g. ndcg@10."
+            )
+        parsed.append((match.group(1), int(match.group(2))))
+    return parsed
+
+
+def evaluate_run(
+    run: Run,
+    qrels: Qrels,
+    metrics: Sequence[str] = DEFAULT_METRICS,
+    relevance_cut: int = DEFAULT_RELEVANCE_CUT,
+    per_query: bool = False,
+) -> dict:
+    """Score a run against graded qrels with trec_eval (see the module docstring for the formulas).
+
+    Args:
+        run: ``{query_id: {doc_id: score}}``; higher scores rank first.
+        qrels: ``{query_id: {doc_id: grade}}``.
+        metrics: names such as ``"ndcg@10"``, ``"mrr@10"``, ``"recall@100"``, ``"map@100"``, ``"precision@5"``.
+        relevance_cut: the lowest grade that counts as relevant for the binary metrics (MRR, recall, MAP,
+            precision). nDCG always uses the grades.
+        per_query: also return ``"per_query": {metric: {query_id: value}}``.
+
+    Returns:
+        ``{metric: mean value, ..., "n_queries": evaluated, "n_queries_skipped": without relevant documents}``.
+
+    Example:
+        >>> qrels = {"q1": {"a": 3, "b": 1, "c": 2, "d": 0}}
+        >>> run = {"q1": {"b": 0.9, "a": 0.8, "x": 0.7, "c": 0.6}}
+        >>> result = evaluate_run(run, qrels, ["mrr@10", "recall@3", "ndcg@3"])
+        >>> result["mrr@10"], result["recall@3"], round(result["ndcg@3"], 4)
+        (0.5, 0.5, 0.6075)
+    """
+    parsed = parse_metrics(metrics)
+    evaluable = {q: docs for q, docs in qrels.items() if any(g >= relevance_cut for g in docs.values())}
+    if not evaluable:
+        raise ValueError(
+            f"No query has a document with grade >= {relevance_cut}, so nothing can be evaluated. Lower "
+            "relevance_cut or check the qrels."
+        )
+    missing = sorted(set(evaluable) - set(run))
+    if missing:
+        raise ValueError(f"The run has no results for {len(missing)} judged queries, e.g. {missing[:3]}.")
+    run = {q: {d: float(s) for d, s in run[q].items()} for q in evaluable}
+
+    values: dict[str, dict[str, float]] = {}
+    trec_measures = {_TREC_NAMES[name][0].format(k=k) for name, k in parsed if name != "mrr"}
+    if trec_measures:
+        per_q = pytrec_eval.RelevanceEvaluator(evaluable, trec_measures, relevance_level=relevance_cut).evaluate(run)
+        for name, k in parsed:
+            if name != "mrr":
+                key = _TREC_NAMES[name][1].format(k=k)
+                # pytrec_eval omits queries whose run is empty: they score 0.
+                values[f"{name}@{k}"] = {q: per_q.get(q, {}).get(key, 0.0) for q in evaluable}
+    for k in sorted({k for name, k in parsed if name == "mrr"}):
+        # trec_eval's recip_rank has no cut: score the run truncated to its top k.
+        top_k = {q: dict(sorted(docs.items(), key=lambda item: (-item[1], item[0]))[:k]) for q, docs in run.items()}
+        per_q = pytrec_eval.RelevanceEvaluator(evaluable, {"recip_rank"}, relevance_level=relevance_cut)
+        per_q = per_q.evaluate(top_k)
+        values[f"mrr@{k}"] = {q: per_q[q]["recip_rank"] if q in per_q else 0.0 for q in evaluable}
+
+    result: dict = {f"{name}@{k}": float(np.mean(list(values[f"{name}@{k}"].values()))) for name, k in parsed}
+    result["n_queries"] = len(evaluable)
+    result["n_queries_skipped"] = len(qrels) - len(evaluable)
+    result["relevance_cut"] = relevance_cut
+    if per_query:
+        result["per_query"] = values
+    return result
+
+
+def run_from_search(query_ids: Sequence[str], scores: np.ndarray, doc_ids: list[list[str]]) -> Run:
+    """Turn :meth:`FaissIndex.search` output into a ``{query_id: {doc_id: score}}`` run."""
+    return {q: dict(zip(ids, map(float, row))) for q, row, ids in zip(query_ids, scores, doc_ids)}
+
+
+class RetrievalEvaluator(SentenceEvaluator):
+    """Dense retrieval evaluation with a FAISS index and trec_eval metrics, usable as ``evaluator=``.
+
+    At each call the model encodes the corpus (as documents) and the queries (as queries, so prompts and
+    ``Router`` towers apply), a FAISS index (exact inner product by default) retrieves the top-k, and
+    :func:`evaluate_run` scores the run against graded qrels: nDCG@k with graded gains; MRR@k, Recall@k,
+    MAP@k with ``grade >= relevance_cut`` as relevant.
+
+    Args:
+        data: a :class:`~md2pr_st.data.RetrievalData` (corpus, queries, qrels).
+        metrics: metric names; the first is the primary metric (used by ``load_best_model_at_end``).
+        relevance_cut: lowest grade counted relevant by the binary metrics (default 2).
+        factory: ``faiss.index_factory`` string; ``"Flat"`` is exact search.
+        batch_size: encoding batch size.
+        name: prefix of the logged metrics (``{name}_ndcg@10``).
+        show_progress_bar: show encoding progress.
+
+    Example:
+        >>> from datasets import Dataset
+        >>> from sentence_transformers import SentenceTransformer
+        >>> from md2pr_st.data import RetrievalData
+        >>> from md2pr_st.models import resolve_model_name
+        >>> data = RetrievalData(
+        ...     corpus=Dataset.from_dict({"id": ["d1", "d2"], "text": ["Paris is the capital of France.", "Tea."]}),
+        ...     queries=Dataset.from_dict({"id": ["q1"], "text": ["What is the capital of France?"]}),
+        ...     qrels={"q1": {"d1": 3}},
+        ... )
+        >>> evaluator = RetrievalEvaluator(data, metrics=["ndcg@10", "mrr@10"], name="toy")
+        >>> evaluator(SentenceTransformer(resolve_model_name(None), device="cpu"))
+        {'toy_ndcg@10': 1.0, 'toy_mrr@10': 1.0}
+    """
+
+    def __init__(
+        self,
+        data: RetrievalData,
+        metrics: Sequence[str] = DEFAULT_METRICS,
+        relevance_cut: int = DEFAULT_RELEVANCE_CUT,
+        factory: str = "Flat",
+        batch_size: int = 64,
+        name: str = "",
+        show_progress_bar: bool | None = None,
+    ) -> None:
+        super().__init__()
+        parse_metrics(metrics)
+        self.data = data
+        self.metrics = list(metrics)
+        self.relevance_cut = relevance_cut
+        self.factory = factory
+        self.batch_size = batch_size
+        self.name = name
+        self.show_progress_bar = show_progress_bar
+        self.depth = max(k for _, k in parse_metrics(metrics))
+        self.primary_metric = self.metrics[0]
+        self.greater_is_better = True
+        self.last_result: dict | None = None
+
+    def evaluate(
+        self,
+        model: SentenceTransformer,
+        corpus_embeddings: np.ndarray | None = None,
+        index: FaissIndex | None = None,
+    ) -> tuple[dict, Run]:
+        """Retrieve and score; returns ``(result, run)``. Reuses ``index`` or ``corpus_embeddings`` if given."""
+        start = time.perf_counter()
+        if index is None:
+            index = FaissIndex.from_model(
+                model,
+                self.data.corpus,
+                self.factory,
+                batch_size=self.batch_size,
+                show_progress_bar=self.show_progress_bar,
+                embeddings=corpus_embeddings,
+            )
+        query_ids = self.data.queries["id"]
+        query_embeddings = encode(model, self.data.queries["text"], "query", self.batch_size, self.show_progress_bar)
+        scores, doc_ids = index.search(query_embeddings, self.depth)
+        run = run_from_search(query_ids, scores, doc_ids)
+        result = evaluate_run(run, self.data.qrels, self.metrics, self.relevance_cut)
+        result["corpus_size"] = len(self.data.corpus)
+        result["seconds"] = round(time.perf_counter() - start, 2)
+        self.last_result = result
+        return result, run
+
+    def __call__(
+        self, model: SentenceTransformer, output_path: str | None = None, epoch: int = -1, steps: int = -1
+    ) -> dict[str, float]:
+        result, _ = self.evaluate(model)
+        metrics = {metric: result[metric] for metric in self.metrics}
+        if output_path is not None:
+            write_json(
+                Path(output_path) / f"retrieval_evaluation_{self.name or self.data.name}_{epoch}_{steps}.json",
+                result,
+            )
+        metrics = self.prefix_name_to_metrics(metrics, self.name)
+        self.store_metrics_in_model_card_data(model, metrics, epoch, steps)
+        return metrics
+
+    @property
+    def description(self) -> str:
+        return "Retrieval (FAISS, trec_eval)"
+
+
+def format_table(rows: dict[str, dict], metrics: Sequence[str]) -> str:
+    """A plain-text table: one row per system, one column per metric (4 decimals)."""
+    width = max([len("system")] + [len(name) for name in rows])
+    header = f"{'system':<{width}}  " + "  ".join(f"{m:>10}" for m in metrics)
+    lines = [header, "-" * len(header)]
+    for name, result in rows.items():
+        lines.append(f"{name:<{width}}  " + "  ".join(f"{result[m]:>10.4f}" for m in metrics))
+    return "\n".join(lines)

@@ -1,0 +1,341 @@
+"""Dense retrieval with FAISS: encode a corpus with any SentenceTransformer, index it, search top-k.
+
+Scores are inner products. For a model whose similarity is cosine (the sentence-transformers default) the
+embeddings are L2-normalised first, so the inner product *is* the cosine; for ``similarity_fn_name="dot"``
+they are indexed as they are.
+
+A saved index records a fingerprint of the model (weights and configuration) and of the corpus (ids and
+texts); :meth:`FaissIndex.load` refuses to serve it to a different model or corpus, because the vectors would
+silently mean something else.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import faiss
+import numpy as np
+import torch
+
+from md2pr_st.utils import atomic_path, fingerprint, write_json
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformer
+
+logger = logging.getLogger(__name__)
+
+_INDEX_FILE = "index.faiss"
+_IDS_FILE = "doc_ids.json"
+_MANIFEST_FILE = "md2pr_index.json"
+DEFAULT_HNSW_EF_SEARCH = 128
+
+
+class IndexMismatchError(ValueError):
+    """A saved index was built with another model or corpus than the one it is loaded for."""
+
+
+def _normalizes(model: SentenceTransformer) -> bool:
+    name = getattr(model, "similarity_fn_name", None) or "cosine"
+    if name == "cosine":
+        return True
+    if name == "dot":
+        return False
+    raise ValueError(
+        f"The model's similarity_fn_name is {name!r}; FAISS inner-product search supports 'cosine' and 'dot'. "
+        "Set model.similarity_fn_name = 'cosine' (or 'dot') to index it."
+    )
+
+
+def encode(
+    model: SentenceTransformer,
+    texts: Sequence[str],
+    kind: Literal["query", "document"] = "document",
+    batch_size: int = 64,
+    show_progress_bar: bool | None = None,
+) -> np.ndarray:
+    """Embed ``texts`` as queries or documents, ready for inner-product search.
+
+    Uses :meth:`SentenceTransformer.encode_query` / :meth:`~SentenceTransformer.encode_document`, so the
+    model's ``query`` / ``document`` prompts and a ``Router``'s query / document towers are respected. Returns a
+    C-contiguous ``float32`` array of shape ``(len(texts), dim)``, L2-normalised when the model's similarity
+    is cosine.
+
+    Example:
+        >>> from md2pr_st.models import resolve_model_name
+        >>> from sentence_transformers import SentenceTransformer
+        >>> model = SentenceTransformer(resolve_model_name(None), device="cpu")
+        >>> encode(model, ["Paris is the capital of France."]).shape
+        (1, 384)
+    """
+    if len(texts) == 0:
+        raise ValueError(f"Nothing to encode: the list of {kind} texts is empty.")
+    bad = [i for i, text in enumerate(texts) if not isinstance(text, str) or not text.strip()]
+    if bad:
+        raise ValueError(f"{len(bad)} {kind} texts are empty or not strings (positions {bad[:5]}).")
+    fn = model.encode_query if kind == "query" else model.encode_document
+    embeddings = fn(
+        list(texts),
+        batch_size=batch_size,
+        show_progress_bar=show_progress_bar,
+        convert_to_numpy=True,
+        normalize_embeddings=_normalizes(model),
+    )
+    return np.ascontiguousarray(embeddings, dtype=np.float32)
+
+
+def model_fingerprint(model: SentenceTransformer) -> str:
+    """sha256 of the model's weights and of the settings that change its embeddings."""
+    settings = {
+        "modules": [type(module).__name__ for module in model],
+        "prompts": getattr(model, "prompts", {}),
+        "max_seq_length": getattr(model, "max_seq_length", None),
+        "similarity_fn_name": getattr(model, "similarity_fn_name", None),
+    }
+    parts = [json.dumps(settings, sort_keys=True, default=str)]
+    for name, tensor in model.state_dict().items():
+        parts.append(name)
+        parts.append(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return fingerprint(parts)
+
+
+def corpus_fingerprint(doc_ids: Sequence[str], texts: Sequence[str] | None = None) -> str:
+    """sha256 of the corpus ids (and texts, when given) in order."""
+    parts: list[str] = ["ids", *doc_ids]
+    if texts is not None:
+        parts += ["texts", *texts]
+    return fingerprint(parts)
+
+
+class FaissIndex:
+    """A FAISS index with its document id mapping and the fingerprints of what it was built from.
+
+    Args:
+        index: a FAISS index over inner-product scores.
+        doc_ids: the document id of each row, in insertion order.
+        model_fingerprint: see :func:`model_fingerprint` (``None`` when unknown).
+        corpus_fingerprint: see :func:`corpus_fingerprint` (``None`` when unknown).
+        factory: the ``faiss.index_factory`` string the index was built with.
+
+    Example:
+        >>> import numpy as np
+        >>> vectors = np.eye(3, dtype="float32")
+        >>> index = FaissIndex.build(vectors, ["a", "b", "c"])
+        >>> scores, ids = index.search(np.array([[0.1, 0.9, 0.0]], dtype="float32"), k=2)
+        >>> ids
+        [['b', 'a']]
+    """
+
+    def __init__(
+        self,
+        index: faiss.Index,
+        doc_ids: Sequence[str],
+        model_fingerprint: str | None = None,
+        corpus_fingerprint: str | None = None,
+        factory: str = "Flat",
+    ) -> None:
+        if index.ntotal != len(doc_ids):
+            raise ValueError(f"The index holds {index.ntotal} vectors but {len(doc_ids)} document ids were given.")
+        self.index = index
+        self.doc_ids = list(doc_ids)
+        self.model_fingerprint = model_fingerprint
+        self.corpus_fingerprint = corpus_fingerprint
+        self.factory = factory
+
+    @property
+    def dim(self) -> int:
+        return self.index.d
+
+    def __len__(self) -> int:
+        return self.index.ntotal
+
+    def __repr__(self) -> str:
+        return f"FaissIndex(factory={self.factory!r}, size={len(self):,}, dim={self.dim})"
+
+    @classmethod
+    def build(
+        cls,
+        embeddings: np.ndarray,
+        doc_ids: Sequence[str],
+        factory: str = "Flat",
+        *,
+        model_fingerprint: str | None = None,
+        corpus_fingerprint: str | None = None,
+        ef_search: int = DEFAULT_HNSW_EF_SEARCH,
+        nprobe: int = 32,
+        train_size: int | None = 100_000,
+        seed: int = 0,
+    ) -> FaissIndex:
+        """Index ``embeddings`` (one row per id) with any ``faiss.index_factory`` string.
+
+        ``"Flat"`` (default) is exact search. ``"HNSW32"``, ``"IVF4096,PQ48"`` etc. are approximate:
+        ``ef_search`` (HNSW) and ``nprobe`` (IVF) set their search breadth, and indexes that need training are
+        trained on at most ``train_size`` rows sampled with ``seed``.
+        """
+        embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
+        if embeddings.ndim != 2 or len(embeddings) == 0:
+            raise ValueError(f"Expected a non-empty 2-d array of embeddings, got shape {embeddings.shape}.")
+        if len(embeddings) != len(doc_ids):
+            raise ValueError(f"{len(embeddings)} embeddings but {len(doc_ids)} document ids: they must match.")
+        if len(set(doc_ids)) != len(doc_ids):
+            raise ValueError("Document ids must be unique to map search results back to documents.")
+        if not np.isfinite(embeddings).all():
+            raise ValueError("Some embeddings are NaN or infinite; check the model and the input texts.")
+        index = faiss.index_factory(embeddings.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
+        if not index.is_trained:
+            sample = embeddings
+            if train_size is not None and len(embeddings) > train_size:
+                rows = np.random.default_rng(seed).choice(len(embeddings), train_size, replace=False)
+                sample = embeddings[np.sort(rows)]
+            index.train(sample)
+        index.add(embeddings)
+        out = cls(index, doc_ids, model_fingerprint, corpus_fingerprint, factory)
+        out.set_search_params(ef_search=ef_search, nprobe=nprobe)
+        return out
+
+    def set_search_params(self, ef_search: int | None = None, nprobe: int | None = None) -> None:
+        """Set HNSW ``efSearch`` and IVF ``nprobe`` where the index has them."""
+        hnsw = _find(self.index, "hnsw")
+        if hnsw is not None and ef_search is not None:
+            hnsw.hnsw.efSearch = ef_search
+        ivf = _find(self.index, "nprobe")
+        if ivf is not None and nprobe is not None:
+            ivf.nprobe = nprobe
+
+    @classmethod
+    def from_model(
+        cls,
+        model: SentenceTransformer,
+        corpus: Dataset,
+        factory: str = "Flat",
+        batch_size: int = 64,
+        show_progress_bar: bool | None = None,
+        embeddings: np.ndarray | None = None,
+        **kwargs,
+    ) -> FaissIndex:
+        """Encode ``corpus`` (columns ``id``, ``text``) as documents with ``model`` and index it.
+
+        Pass ``embeddings`` to index vectors computed earlier with the same model (they are not recomputed).
+        """
+        ids, texts = corpus["id"], corpus["text"]
+        if embeddings is None:
+            embeddings = encode(model, texts, "document", batch_size, show_progress_bar)
+        return cls.build(
+            embeddings,
+            ids,
+            factory,
+            model_fingerprint=model_fingerprint(model),
+            corpus_fingerprint=corpus_fingerprint(ids, texts),
+            **kwargs,
+        )
+
+    def search(self, query_embeddings: np.ndarray, k: int = 100) -> tuple[np.ndarray, list[list[str]]]:
+        """Top-``k`` documents per query: ``(scores (n, k'), ids)`` with ``k' = min(k, len(self))``, best first."""
+        query_embeddings = np.ascontiguousarray(query_embeddings, dtype=np.float32)
+        if query_embeddings.ndim != 2 or query_embeddings.shape[1] != self.dim:
+            raise ValueError(
+                f"Query embeddings have shape {query_embeddings.shape}; this index expects (n, {self.dim})."
+            )
+        k = min(k, len(self))
+        scores, rows = self.index.search(query_embeddings, k)
+        ids = [[self.doc_ids[r] for r in row if r >= 0] for row in rows]
+        return scores, ids
+
+    def save(self, folder: str | Path) -> Path:
+        """Write ``index.faiss``, ``doc_ids.json`` and a manifest with the fingerprints, atomically."""
+        folder = Path(folder)
+        with atomic_path(folder, is_dir=True) as tmp:
+            faiss.write_index(self.index, str(tmp / _INDEX_FILE))
+            (tmp / _IDS_FILE).write_text(json.dumps(self.doc_ids), encoding="utf-8")
+            write_json(
+                tmp / _MANIFEST_FILE,
+                {
+                    "factory": self.factory,
+                    "dim": self.dim,
+                    "size": len(self),
+                    "model_fingerprint": self.model_fingerprint,
+                    "corpus_fingerprint": self.corpus_fingerprint,
+                },
+            )
+        return folder
+
+    @classmethod
+    def load(
+        cls,
+        folder: str | Path,
+        model: SentenceTransformer | str | None = None,
+        corpus: Dataset | str | None = None,
+    ) -> FaissIndex:
+        """Load an index saved by :meth:`save`.
+
+        Args:
+            folder: the folder written by :meth:`save`.
+            model: the model that will encode queries (or its :func:`model_fingerprint`); checked against the
+                fingerprint stored with the index.
+            corpus: the corpus the ids refer to (a ``Dataset`` with ``id``/``text`` or its
+                :func:`corpus_fingerprint`); checked likewise.
+
+        Raises:
+            IndexMismatchError: the index was built from another model or corpus.
+            ValueError: the folder is incomplete or its files disagree (a corrupt index).
+        """
+        folder = Path(folder)
+        missing = [name for name in (_INDEX_FILE, _IDS_FILE, _MANIFEST_FILE) if not (folder / name).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{folder} is not a saved md2pr index: {', '.join(missing)} missing.")
+        try:
+            manifest = json.loads((folder / _MANIFEST_FILE).read_text(encoding="utf-8"))
+            doc_ids = json.loads((folder / _IDS_FILE).read_text(encoding="utf-8"))
+            index = faiss.read_index(str(folder / _INDEX_FILE))
+        except Exception as exc:
+            raise ValueError(f"The index in {folder} is corrupt ({exc}); rebuild it.") from exc
+        if index.ntotal != len(doc_ids) or manifest.get("size") != len(doc_ids):
+            raise ValueError(
+                f"The index in {folder} is corrupt: {index.ntotal} vectors, {len(doc_ids)} ids, manifest says "
+                f"{manifest.get('size')}. Rebuild it."
+            )
+        out = cls(index, doc_ids, manifest.get("model_fingerprint"), manifest.get("corpus_fingerprint"))
+        out.factory = manifest.get("factory", "Flat")
+        if model is not None:
+            expected = model if isinstance(model, str) else model_fingerprint(model)
+            if expected != out.model_fingerprint:
+                raise IndexMismatchError(
+                    f"The index in {folder} was built with a different model (fingerprint "
+                    f"{str(out.model_fingerprint)[:12]}, this model {expected[:12]}). Its vectors do not match this "
+                    "model's queries: rebuild the index with this model."
+                )
+        if corpus is not None:
+            expected = corpus if isinstance(corpus, str) else corpus_fingerprint(corpus["id"], corpus["text"])
+            if expected != out.corpus_fingerprint:
+                raise IndexMismatchError(
+                    f"The index in {folder} was built from a different corpus (fingerprint "
+                    f"{str(out.corpus_fingerprint)[:12]}, this corpus {expected[:12]}): rebuild it for this corpus."
+                )
+        return out
+
+
+def _find(index: faiss.Index, attribute: str):
+    """The (possibly wrapped) FAISS index object that has ``attribute``, or None."""
+    index = faiss.downcast_index(index)
+    while index is not None:
+        if hasattr(index, attribute):
+            return index
+        inner = getattr(index, "index", None) or getattr(index, "base_index", None)
+        index = faiss.downcast_index(inner) if inner is not None else None
+    return None
+
+
+def retrieve(
+    model: SentenceTransformer,
+    queries: Sequence[str],
+    index: FaissIndex,
+    k: int = 100,
+    batch_size: int = 64,
+    show_progress_bar: bool | None = None,
+) -> tuple[np.ndarray, list[list[str]]]:
+    """Encode ``queries`` with ``model`` and return the index's top-``k`` ``(scores, doc_ids)``."""
+    return index.search(encode(model, queries, "query", batch_size, show_progress_bar), k)
