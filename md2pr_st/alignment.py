@@ -226,16 +226,19 @@ def align_pair(
     query: StudentText,
     passage: StudentText,
     block: Any,
-    same_vocab: bool,
+    same_vocab: bool | tuple[bool, bool],
 ) -> PairAlignment | None:
     """Align a (query, passage) pair of student texts with the teacher's :class:`~md2pr_st.teacher.AttentionBlock`.
 
-    Returns None when either side has nothing in common (e.g. the teacher truncated the passage away entirely).
+    ``same_vocab`` may be one flag or a (query side, passage side) pair, for a student with separate query and
+    document towers (a ``Router``). Returns None when either side has nothing in common (e.g. the teacher
+    truncated the passage away entirely).
     """
-    q = align_side(query, block.query_ids, block.query_offsets, same_vocab)
+    query_same, passage_same = (same_vocab, same_vocab) if isinstance(same_vocab, bool) else same_vocab
+    q = align_side(query, block.query_ids, block.query_offsets, query_same)
     if q is None:
         return None
-    d = align_side(passage, block.passage_ids, block.passage_offsets, same_vocab)
+    d = align_side(passage, block.passage_ids, block.passage_offsets, passage_same)
     if d is None:
         return None
     return PairAlignment(q, d)

@@ -1,0 +1,204 @@
+"""Plumbing shared by the MD2PR losses: student forward with token embeddings, online teacher, input checks.
+
+No formula lives here; each one is in the docstring of the loss file that computes it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from md2pr_st.alignment import StudentText, decode_student_texts
+from md2pr_st.teacher import Teacher
+
+logger = logging.getLogger(__name__)
+
+MD2PR_CITATION = """
+@misc{li2023md2pr,
+      title={MD2PR: A Multi-level Distillation based Dense Passage Retrieval Model},
+      author={Haifeng Li and Mo Hai and Dong Tang},
+      year={2023},
+      eprint={2312.16821},
+      archivePrefix={arXiv},
+      primaryClass={cs.IR},
+      url={https://arxiv.org/abs/2312.16821},
+}
+"""
+
+
+def as_teacher(teacher: Teacher | Any | str | Path | None) -> Teacher | None:
+    """Accept a :class:`Teacher`, a ``CrossEncoder`` or a model name; None stays None."""
+    if teacher is None or isinstance(teacher, Teacher):
+        return teacher
+    return Teacher(teacher)
+
+
+def teacher_name(teacher: Teacher | None) -> str | None:
+    return None if teacher is None else teacher.model_name
+
+
+def prompt_length_of(features: dict[str, Any]) -> int | None:
+    value = features.get("prompt_length")
+    if value is None:
+        return None
+    if isinstance(value, Tensor):
+        return int(value.reshape(-1)[0].item())
+    return int(value)
+
+
+def student_tokenizer(model: nn.Module, features: dict[str, Any]) -> Any:
+    """The tokenizer that produced ``features``: the routed tower's for a ``Router``, else the model's."""
+    try:
+        from sentence_transformers.base.modules.router import Router
+    except ImportError:  # pragma: no cover
+        Router = ()  # noqa: N806
+    first = model[0] if isinstance(model, nn.Sequential) and len(model) else None
+    if isinstance(first, Router):
+        route = first._resolve_route(task=features.get("task"), modality=features.get("modality", "text"))
+        for module in first.sub_modules[route]:
+            tokenizer = getattr(module, "tokenizer", None)
+            if tokenizer is not None:
+                return tokenizer
+    return model.tokenizer
+
+
+def decode_columns(model: nn.Module, features_list: Sequence[dict[str, Any]]) -> list[list[StudentText]]:
+    """The texts the student saw, per column and row (see :func:`md2pr_st.alignment.decode_student_texts`)."""
+    columns = []
+    for features in features_list:
+        if "input_ids" not in features:
+            raise ValueError(
+                "The MD2PR losses with an online teacher need text inputs with `input_ids` (the teacher reads the "
+                f"decoded text), but a column holds only {sorted(features)}."
+            )
+        columns.append(
+            decode_student_texts(
+                student_tokenizer(model, features),
+                features["input_ids"],
+                features.get("attention_mask"),
+                prompt_length_of(features),
+            )
+        )
+    return columns
+
+
+def _split_output(output: dict[str, Tensor], n: int) -> list[dict[str, Tensor]]:
+    parts = []
+    for c in range(n):
+        part = {}
+        for key in ("sentence_embedding", "token_embeddings", "attention_mask"):
+            value = output[key]
+            rows = value.shape[0] // n
+            part[key] = value[c * rows : (c + 1) * rows]
+        parts.append(part)
+    return parts
+
+
+def embed_with_tokens(model: nn.Module, features_list: Sequence[dict[str, Any]]) -> list[dict[str, Tensor]]:
+    """Run the student once per column group and keep sentence *and* token embeddings.
+
+    The query column has its own forward; the candidate columns share one merged forward when their features
+    allow it (as the host's ``embed_columns`` does). ``token_embeddings`` are the output of the student's
+    ``Transformer`` module (its last layer), which ``Pooling`` leaves in the output dict.
+    """
+    from sentence_transformers.base.losses.merged_forward import merge_feature_batches
+
+    query = model(features_list[0])
+    outputs = [{key: query[key] for key in ("sentence_embedding", "token_embeddings", "attention_mask")}]
+    candidates = list(features_list[1:])
+    merged = merge_feature_batches(candidates) if len(candidates) > 1 else None
+    if merged is not None:
+        outputs += _split_output(model(merged), len(candidates))
+    else:
+        for features in candidates:
+            out = model(features)
+            outputs.append({key: out[key] for key in ("sentence_embedding", "token_embeddings", "attention_mask")})
+    for out in outputs:
+        if out["token_embeddings"].dim() != 3:
+            raise ValueError(
+                "The word-level loss needs per-token embeddings of shape (batch, tokens, dim) from the student, "
+                f"but got {tuple(out['token_embeddings'].shape)}. Use a Transformer-based SentenceTransformer."
+            )
+    return outputs
+
+
+def cat_padded(tensors: Sequence[Tensor]) -> Tensor:
+    """Concatenate (rows, tokens, ...) tensors along rows, right-padding the token axis with zeros."""
+    width = max(t.shape[1] for t in tensors)
+    return torch.cat([F.pad(t, [0, 0] * (t.dim() - 2) + [0, width - t.shape[1]]) for t in tensors], dim=0)
+
+
+def check_columns(loss_name: str, num_columns: int, minimum: int, expected: str, why: str) -> None:
+    if num_columns < minimum:
+        raise ValueError(
+            f"{loss_name} expects at least {minimum} input columns ({expected}), but got {num_columns}. {why}"
+        )
+
+
+def check_teacher_scores(loss_name: str, scores: Tensor, batch_size: int, num_candidates: int, source: str) -> None:
+    """Shape and finiteness of the teacher scores (B, N): raise with a fix, never train on garbage."""
+    if scores.dim() != 2 or tuple(scores.shape) != (batch_size, num_candidates):
+        raise ValueError(
+            f"{loss_name} expects teacher scores of shape (batch_size, num_candidates) = ({batch_size}, "
+            f"{num_candidates}): one score per candidate column (positive first, then negative_1..n), but the "
+            f"{source} has shape {tuple(scores.shape)}. Put a list of {num_candidates} teacher scores per row in "
+            "the label column (e.g. `scores`), in the same order as the candidate columns, or drop the label column "
+            "and pass `teacher=` to score the pairs online."
+        )
+    bad = ~torch.isfinite(scores)
+    if bad.any():
+        rows = sorted({int(i) for i in bad.nonzero()[:, 0].tolist()})[:5]
+        raise ValueError(
+            f"{loss_name}: the {source} contains {int(bad.sum())} NaN/inf teacher scores (e.g. in batch rows {rows}), "
+            "which would make the loss and every gradient NaN. Re-score those pairs, or drop the rows."
+        )
+
+
+def warn_softmax_underflow(loss_name: str, scores: Tensor, temperature: float, what: str) -> None:
+    """Warn once when ``softmax(scores / temperature)`` underflows to exact zeros in float32."""
+    probabilities = torch.softmax(scores.detach().float() / temperature, dim=-1)
+    collapsed = int((probabilities == 0).sum())
+    if collapsed:
+        spread = (scores.max(dim=-1).values - scores.min(dim=-1).values).max().item()
+        logger.warning(
+            f"{loss_name}: {what}={temperature} underflows {collapsed} of {probabilities.numel()} softmax "
+            f"probabilities to exactly zero, so those candidates carry no gradient. The widest row spans "
+            f"{spread:.1f}, and a float32 softmax underflows once spread / temperature exceeds about 100. Raise "
+            f"{what} above {spread / 100:.3g}."
+        )
+
+
+def check_positive(name: str, value: float) -> float:
+    if not (isinstance(value, (int, float)) and 0 < value < math.inf):
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}.")
+    return float(value)
+
+
+def check_weight(name: str, value: float) -> float:
+    if not (isinstance(value, (int, float)) and 0 <= value < math.inf):
+        raise ValueError(f"{name} must be a non-negative finite number (0 switches that part off), got {value!r}.")
+    return float(value)
+
+
+def online_scores(
+    teacher: Teacher | None, model: nn.Module, features_list: Sequence[dict[str, Any]], loss_name: str
+) -> tuple[Tensor, list[list[StudentText]]]:
+    """Teacher logits (B, N) for the (query, candidate) pairs of a batch, scored online from the decoded texts."""
+    if teacher is None:
+        raise ValueError(
+            f"{loss_name} got no label column and no teacher, so it has no teacher scores. Either add a label column "
+            "(e.g. `scores`) with one teacher score per candidate column, or pass `teacher=` (a CrossEncoder, a "
+            "Hub id or local folder, or an md2pr_st.teacher.Teacher) to score the pairs online."
+        )
+    texts = decode_columns(model, features_list)
+    queries = texts[0]
+    pairs = [(queries[b].text, column[b].text) for column in texts[1:] for b in range(len(queries))]
+    scores = torch.as_tensor(teacher.score(pairs, batch_size=teacher.batch_size, show_progress_bar=False))
+    return scores.reshape(len(texts) - 1, len(queries)).T.contiguous(), texts

@@ -1,0 +1,382 @@
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from md2pr_st.alignment import StudentText, align_pair, pool_teacher_attention, same_vocabulary
+from md2pr_st.losses._shared import (
+    MD2PR_CITATION,
+    as_teacher,
+    check_columns,
+    check_positive,
+    decode_columns,
+    embed_with_tokens,
+    student_tokenizer,
+    teacher_name,
+)
+from md2pr_st.teacher import AttentionBlock, Teacher
+
+logger = logging.getLogger(__name__)
+
+
+def word_level_kl(
+    query_tokens: Tensor,
+    passage_tokens: Tensor,
+    query_pool: Tensor,
+    passage_pool: Tensor,
+    passage_mask: Tensor,
+    target: Tensor,
+    row_mask: Tensor,
+    temperature: float,
+) -> Tensor:
+    """Per-pair word-level KL between the teacher's attention and the student's token interaction map.
+
+    For each pair p (shapes: P pairs, Lq / Ld student tokens, U / V aligned query / passage units)::
+
+        M_ij   = <h^q_i / |h^q_i|, h^d_j / |h^d_j|> / tau_w              (student interaction map, Lq x Ld)
+        P_i    = softmax_j(M_ij) over the passage tokens in ``passage_mask``
+        S      = query_pool @ P @ passage_pool                              (pooled onto the units, U x V)
+        L_w(p) = mean_{u in row_mask} KL(target_u || S_u) = mean_u sum_v target_uv log(target_uv / S_uv)
+
+    ``query_pool`` averages a unit's query tokens, ``passage_pool`` sums a unit's passage tokens (identity
+    selections when teacher and student share a vocabulary), and ``target`` is the teacher's attention pooled the
+    same way, each row summing to 1 (see :mod:`md2pr_st.alignment`).
+
+    Args:
+        query_tokens: (P, Lq, dim) student token embeddings of each pair's query (last layer).
+        passage_tokens: (P, Ld, dim) student token embeddings of each pair's passage.
+        query_pool: (P, U, Lq) row-averaging matrices.
+        passage_pool: (P, Ld, V) column-summing matrices.
+        passage_mask: (P, Ld) bool, the passage tokens taking part in the softmax.
+        target: (P, U, V) teacher distributions, rows summing to 1 where ``row_mask``.
+        row_mask: (P, U) bool, the query units present in both models.
+        temperature: tau_w.
+
+    Returns:
+        (P,) the mean row KL of each pair (0 for a pair without any valid row).
+
+    Example:
+        >>> import math, torch
+        >>> from md2pr_st.losses.word_level_distillation import word_level_kl
+        >>> q = torch.tensor([[[1.0, 0.0]]])                 # one query token
+        >>> d = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])     # two passage tokens, cosine 1 and 0
+        >>> eye = torch.eye(2).unsqueeze(0)
+        >>> target = torch.tensor([[[0.5, 0.5]]])
+        >>> kl = word_level_kl(q, d, torch.ones(1, 1, 1), eye, torch.ones(1, 2, dtype=torch.bool), target,
+        ...                    torch.ones(1, 1, dtype=torch.bool), temperature=1.0)
+        >>> p = torch.softmax(torch.tensor([1.0, 0.0]), 0)
+        >>> expected = 0.5 * math.log(0.5 / p[0].item()) + 0.5 * math.log(0.5 / p[1].item())
+        >>> round(kl.item(), 6) == round(expected, 6)
+        True
+    """
+    query = F.normalize(query_tokens.float(), dim=-1)
+    passage = F.normalize(passage_tokens.float(), dim=-1)
+    logits = torch.bmm(query, passage.transpose(1, 2)) / temperature
+    # A finite fill (not -inf) keeps fully masked padding rows finite; they carry zero pooling weight.
+    logits = logits.masked_fill(~passage_mask.unsqueeze(1), torch.finfo(logits.dtype).min)
+    probs = torch.softmax(logits, dim=-1)
+    pooled = torch.bmm(torch.bmm(query_pool, probs), passage_pool)
+    log_pooled = pooled.clamp_min(torch.finfo(pooled.dtype).tiny).log()
+    kl_rows = (torch.xlogy(target, target) - target * log_pooled).sum(dim=-1)
+    rows = row_mask.to(kl_rows.dtype)
+    return (kl_rows * rows).sum(dim=-1) / rows.sum(dim=-1).clamp_min(1.0)
+
+
+@dataclass
+class WordLevelTargets:
+    """The aligned pairs of a batch, ready for :func:`word_level_kl` (pair p: query row, passage row, tensors)."""
+
+    query_index: Tensor
+    passage_index: Tensor
+    query_pool: Tensor
+    passage_pool: Tensor
+    passage_mask: Tensor
+    target: Tensor
+    row_mask: Tensor
+    num_pairs: int
+
+    @property
+    def aligned_fraction(self) -> float:
+        return len(self.query_index) / self.num_pairs if self.num_pairs else 0.0
+
+
+def build_word_level_targets(
+    query_texts: Sequence[StudentText],
+    candidate_texts: Sequence[Sequence[StudentText]],
+    blocks: Sequence[AttentionBlock],
+    same_vocab: tuple[bool, bool],
+    query_width: int,
+    passage_width: int,
+) -> WordLevelTargets:
+    """Align every (query b, candidate column c) pair and pool the teacher's attention onto the aligned units.
+
+    ``blocks`` are ordered column-major (pair ``c * B + b``), as are the passage rows (``c * B + b``).
+    ``same_vocab`` says, for the query and the passage side, whether the student tokenizer shares the teacher's
+    vocabulary (then tokens align position by position).
+    """
+    batch = len(query_texts)
+    kept: list[tuple[int, int, Any, Tensor]] = []
+    for c, column in enumerate(candidate_texts):
+        for b in range(batch):
+            p = c * batch + b
+            alignment = align_pair(query_texts[b], column[b], blocks[p], same_vocab=same_vocab)
+            if alignment is not None:
+                kept.append((b, p, alignment, pool_teacher_attention(blocks[p].weights, alignment)))
+    n = len(kept)
+    units_q = max((len(a.query.groups) for _, _, a, _ in kept), default=1)
+    units_d = max((len(a.passage.groups) for _, _, a, _ in kept), default=1)
+    query_pool = torch.zeros(n, units_q, query_width)
+    passage_pool = torch.zeros(n, passage_width, units_d)
+    passage_mask = torch.zeros(n, passage_width, dtype=torch.bool)
+    target = torch.zeros(n, units_q, units_d)
+    row_mask = torch.zeros(n, units_q, dtype=torch.bool)
+    qp: list[list[float]] = [[], [], [], []]
+    dp: list[list[int]] = [[], [], []]
+    for k, (_, _, alignment, pooled) in enumerate(kept):
+        for u, (positions, _) in enumerate(alignment.query.groups):
+            weight = 1.0 / len(positions)
+            for i in positions:
+                qp[0].append(k), qp[1].append(u), qp[2].append(i), qp[3].append(weight)
+        for v, (positions, _) in enumerate(alignment.passage.groups):
+            for j in positions:
+                dp[0].append(k), dp[1].append(j), dp[2].append(v)
+        target[k, : pooled.shape[0], : pooled.shape[1]] = pooled
+        row_mask[k, : pooled.shape[0]] = True
+    if n:
+        query_pool.index_put_((torch.tensor(qp[0]), torch.tensor(qp[1]), torch.tensor(qp[2])), torch.tensor(qp[3]))
+        passage_pool.index_put_((torch.tensor(dp[0]), torch.tensor(dp[1]), torch.tensor(dp[2])), torch.tensor(1.0))
+        passage_mask[torch.tensor(dp[0]), torch.tensor(dp[1])] = True
+    return WordLevelTargets(
+        query_index=torch.tensor([b for b, _, _, _ in kept], dtype=torch.long),
+        passage_index=torch.tensor([p for _, p, _, _ in kept], dtype=torch.long),
+        query_pool=query_pool,
+        passage_pool=passage_pool,
+        passage_mask=passage_mask,
+        target=target,
+        row_mask=row_mask,
+        num_pairs=batch * len(candidate_texts),
+    )
+
+
+def _chunk_sum(
+    query_tokens: Tensor,
+    passage_tokens: Tensor,
+    query_index: Tensor,
+    passage_index: Tensor,
+    query_pool: Tensor,
+    passage_pool: Tensor,
+    passage_mask: Tensor,
+    target: Tensor,
+    row_mask: Tensor,
+    temperature: float,
+) -> Tensor:
+    return word_level_kl(
+        query_tokens[query_index],
+        passage_tokens[passage_index],
+        query_pool,
+        passage_pool,
+        passage_mask,
+        target,
+        row_mask,
+        temperature,
+    ).sum()
+
+
+def word_level_loss(
+    query_tokens: Tensor, passage_tokens: Tensor, targets: WordLevelTargets, temperature: float, chunk_size: int
+) -> Tensor:
+    """Mean of :func:`word_level_kl` over the aligned pairs, in chunks of ``chunk_size`` pairs.
+
+    Each chunk runs under activation checkpointing, so only one chunk's (pairs x Lq x Ld) interaction map is alive
+    at a time, in the forward and in the backward pass: memory stays bounded for long passages and many negatives.
+    """
+    n = len(targets.query_index)
+    if n == 0:
+        # Nothing aligned: a zero that keeps the graph connected (zero gradient), so the trainer does not break.
+        return query_tokens.sum() * 0.0
+    device = query_tokens.device
+    total = query_tokens.new_zeros((), dtype=torch.float32)
+    for start in range(0, n, chunk_size):
+        sl = slice(start, start + chunk_size)
+        args = (
+            query_tokens,
+            passage_tokens,
+            targets.query_index[sl].to(device),
+            targets.passage_index[sl].to(device),
+            targets.query_pool[sl].to(device),
+            targets.passage_pool[sl].to(device),
+            targets.passage_mask[sl].to(device),
+            targets.target[sl].to(device),
+            targets.row_mask[sl].to(device),
+            temperature,
+        )
+        if torch.is_grad_enabled() and (query_tokens.requires_grad or passage_tokens.requires_grad):
+            total = total + checkpoint(_chunk_sum, *args, use_reentrant=False)
+        else:
+            total = total + _chunk_sum(*args)
+    return total / n
+
+
+def word_level_loss_from_outputs(
+    outputs: Sequence[dict[str, Tensor]],
+    texts: Sequence[Sequence[StudentText]],
+    blocks: Sequence[AttentionBlock],
+    same_vocab: tuple[bool, bool],
+    temperature: float,
+    chunk_size: int,
+) -> tuple[Tensor, WordLevelTargets]:
+    """L_w of a batch from the student outputs (query first, then candidate columns) and the teacher's blocks."""
+    query_tokens = outputs[0]["token_embeddings"]
+    passage_tokens = [out["token_embeddings"] for out in outputs[1:]]
+    width = max(t.shape[1] for t in passage_tokens)
+    passage_tokens = torch.cat([F.pad(t, [0, 0, 0, width - t.shape[1]]) for t in passage_tokens], dim=0)
+    targets = build_word_level_targets(texts[0], texts[1:], blocks, same_vocab, query_tokens.shape[1], width)
+    return word_level_loss(query_tokens, passage_tokens, targets, temperature, chunk_size), targets
+
+
+class WordLevelDistillationLoss(nn.Module):
+    def __init__(
+        self,
+        model: Any,
+        teacher: Teacher | Any | str | Path,
+        temperature: float = 0.05,
+        chunk_size: int = 32,
+    ) -> None:
+        """
+        MD2PR's word-level distillation: the student's token interaction map between a query and a passage is
+        pulled towards the cross-encoder teacher's attention from the query's tokens to the passage's tokens.
+
+        For each (query, candidate) pair of the batch (the positive and every hard negative)::
+
+            A      = teacher attention block: mean over the chosen layers and heads (default: last layer, all
+                     heads), query rows x passage columns, special tokens and padding removed, rows renormalised
+            M_ij   = <h^q_i, h^d_j> / tau_w        (student last-layer token embeddings, L2-normalised)
+            L_w    = mean_pairs mean_i KL( A_i || softmax_j(M_i) )
+
+        Teacher and student tokens are aligned by character offsets (:mod:`md2pr_st.alignment`): position by
+        position when both share a vocabulary; otherwise both sides are pooled to words (passage sub-words summed,
+        query sub-words averaged, identically for teacher and student) and the KL runs over words. Texts that the
+        two models truncate differently are aligned over their overlap only.
+
+        The teacher runs online (attention cannot be precomputed into a dataset column): it reads the texts the
+        student saw, decoded from the student's token ids. The student's token embeddings are the output of its
+        ``Transformer`` module, taken from the same forward pass that gives the sentence embeddings, so nothing is
+        added to the model: it saves and loads as a plain SentenceTransformer. The interaction maps are computed
+        in chunks of ``chunk_size`` pairs under activation checkpointing, so memory stays bounded for long passages
+        and many negatives.
+
+        Args:
+            model: The student SentenceTransformer (Transformer-based, with a fast tokenizer).
+            teacher: The cross-encoder teacher: a :class:`~md2pr_st.teacher.Teacher` (choose layers and heads
+                there), a ``CrossEncoder``, or a Hub id / local folder.
+            temperature: tau_w of the student interaction map (cosine similarities of token embeddings).
+            chunk_size: Pairs per chunk of the interaction-map computation (memory vs. speed).
+
+        References:
+            - MD2PR: A Multi-level Distillation based Dense Passage Retrieval Model, https://arxiv.org/abs/2312.16821
+
+        Requirements:
+            1. (query, positive) pairs or (query, positive, negative_1, ..., negative_n) tuples of texts
+            2. An online cross-encoder teacher whose attention can be read (eager attention; switched on automatically)
+
+        Inputs:
+            +------------------------------------------------+------------------------------------------+
+            | Inputs                                         | Labels                                   |
+            +================================================+==========================================+
+            | (query, positive)                              | none (ignored if present)                |
+            +------------------------------------------------+------------------------------------------+
+            | (query, positive, negative_1, ..., negative_n) | none (ignored if present)                |
+            +------------------------------------------------+------------------------------------------+
+
+        Recommendations:
+            - Use it inside :class:`MD2PRLoss`; alone it teaches token interactions but not the ranking.
+            - A teacher sharing the student's vocabulary (e.g. a cross-encoder trained from the student's backbone)
+              aligns token by token, which is both finer and cheaper than word pooling.
+            - Lower ``chunk_size`` if the interaction maps (pairs x query tokens x passage tokens) do not fit.
+
+        Relations:
+            - :class:`SentenceLevelDistillationLoss` distils the teacher's scores; this loss distils its attention.
+            - :class:`MD2PRLoss` = contrastive + alpha * sentence-level + beta * this loss.
+
+        Example:
+            ::
+
+                from datasets import Dataset
+                from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
+                from md2pr_st.losses import WordLevelDistillationLoss
+
+                model = SentenceTransformer("sentence-transformers/all-MiniLM-L6-v2")
+                train_dataset = Dataset.from_dict({
+                    "query": ["what is python", "capital of france"],
+                    "positive": ["Python is a programming language.", "Paris is the capital of France."],
+                })
+                loss = WordLevelDistillationLoss(model, teacher="cross-encoder/ms-marco-MiniLM-L6-v2")
+                trainer = SentenceTransformerTrainer(model=model, train_dataset=train_dataset, loss=loss)
+                trainer.train()
+        """
+        super().__init__()
+        self.model = model
+        self.teacher = as_teacher(teacher)
+        if self.teacher is None:
+            raise ValueError(
+                "WordLevelDistillationLoss needs an online teacher (attention cannot come from a label column): pass "
+                "teacher= a CrossEncoder, a Hub id / local folder, or an md2pr_st.teacher.Teacher."
+            )
+        self.temperature = check_positive("temperature", temperature)
+        if int(chunk_size) < 1:
+            raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}.")
+        self.chunk_size = int(chunk_size)
+        self.last_aligned_fraction: float | None = None
+        self._same_vocab_cache: dict[int, bool] = {}
+
+    def same_vocab(self, model: Any, features_list: Sequence[dict[str, Any]]) -> tuple[bool, bool]:
+        """Whether the query and the candidate tokenizer share the teacher's vocabulary (cached per tokenizer)."""
+        result = []
+        for features in (features_list[0], features_list[1]):
+            tokenizer = student_tokenizer(model, features)
+            key = id(tokenizer)
+            if key not in self._same_vocab_cache:
+                self._same_vocab_cache[key] = same_vocabulary(tokenizer, self.teacher.tokenizer)
+            result.append(self._same_vocab_cache[key])
+        return result[0], result[1]
+
+    def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor | None = None) -> Tensor:
+        sentence_features = list(sentence_features)
+        check_columns(
+            type(self).__name__,
+            len(sentence_features),
+            2,
+            "query, positive, optional negatives",
+            "The word-level loss compares each query with its candidate passages.",
+        )
+        texts = decode_columns(self.model, sentence_features)
+        batch = len(texts[0])
+        pairs = [(texts[0][b].text, column[b].text) for column in texts[1:] for b in range(batch)]
+        blocks = self.teacher.attention(pairs)
+        outputs = embed_with_tokens(self.model, sentence_features)
+        loss, targets = word_level_loss_from_outputs(
+            outputs, texts, blocks, self.same_vocab(self.model, sentence_features), self.temperature, self.chunk_size
+        )
+        self.last_aligned_fraction = targets.aligned_fraction
+        return loss
+
+    def get_config_dict(self) -> dict[str, Any]:
+        return {
+            "teacher": teacher_name(self.teacher),
+            "teacher_layers": list(self.teacher.layers),
+            "teacher_heads": "mean of all" if self.teacher.heads is None else list(self.teacher.heads),
+            "temperature": self.temperature,
+            "chunk_size": self.chunk_size,
+        }
+
+    @property
+    def citation(self) -> str:
+        return MD2PR_CITATION
