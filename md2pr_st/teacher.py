@@ -146,7 +146,7 @@ class Teacher(nn.Module):
             )
         self.cross_encoder = cross_encoder
         self.cross_encoder.requires_grad_(False)
-        self.cross_encoder.eval()
+        super().train(False)
         self.tokenizer = cross_encoder.tokenizer
         config = cross_encoder.model.config
         self.num_layers = int(getattr(config, "num_hidden_layers", 0) or 0)
