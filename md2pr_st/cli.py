@@ -164,7 +164,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv = argv[1:]
     if not argv or argv[0] not in COMMANDS:
         parser.error(f"unknown command {argv[0] if argv else ''!r}; choose from {', '.join(COMMANDS)}")
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     name, rest = argv[0], argv[1:]
     parsed = _parse(name, rest)
     try:
@@ -177,4 +179,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-

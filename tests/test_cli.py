@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from md2pr_st.cli import main
+from test_data import CORPUS, QUERIES, write_beir
+
+
+def test_top_level_help_lists_commands(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "eval" in out and "COMMAND" in out
+
+
+def test_no_command_prints_help_and_fails(capsys):
+    assert main([]) == 2
+    assert "usage: md2pr" in capsys.readouterr().out
+
+
+def test_unknown_command_is_an_error(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["evaluate"])
+    assert exc.value.code == 2
+    assert "unknown command 'evaluate'" in capsys.readouterr().err
+
+
+def test_eval_help(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "--model" in out and "--index_factory" in out and "--relevance_cut" in out
+
+
+def test_eval_bad_arguments(capsys, tmp_path):
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", "--batch_size", "many"])
+    assert exc.value.code == 2
+    assert main(["eval", "--split", "validation"]) == 1
+    assert "Unknown split 'validation'" in capsys.readouterr().err
+    assert main(["eval", "--dataset", str(tmp_path / "nowhere")]) == 1
+    assert "Unknown dataset" in capsys.readouterr().err
+
+
+def test_eval_on_a_beir_folder_writes_json(tiny_model_path, tmp_path, capsys):
+    folder = write_beir(tmp_path / "toy", CORPUS, QUERIES, [("q1", "d1", 2), ("q2", "d3", 3), ("q2", "d2", 0)])
+    out = tmp_path / "results.json"
+    args = ["eval", "--model", str(tiny_model_path), "--dataset", str(folder), "--output", str(out)]
+    assert main(args + ["--index_dir", str(tmp_path / "index")]) == 0
+    printed = capsys.readouterr().out
+    result = json.loads(out.read_text())
+    assert set(result) >= {"ndcg@10", "mrr@10", "recall@100", "map@100", "n_queries", "corpus_size"}
+    assert result["n_queries"] == 2 and result["corpus_size"] == 3
+    assert result["recall@100"] == 1.0  # a 3-passage corpus: everything is retrieved
+    assert f"{result['ndcg@10']:.4f}" in printed
+    # The second run reuses the saved index and gives the same numbers.
+    assert main(args + ["--index_dir", str(tmp_path / "index"), "--output", str(tmp_path / "again.json")]) == 0
+    assert "Reusing the index" in capsys.readouterr().err
+    again = json.loads((tmp_path / "again.json").read_text())
+    assert {k: again[k] for k in ("ndcg@10", "mrr@10")} == {k: result[k] for k in ("ndcg@10", "mrr@10")}
+
+
+def test_eval_from_a_json_config(tiny_model_path, tmp_path):
+    folder = write_beir(tmp_path / "toy", CORPUS, QUERIES, [("q1", "d1", 2)])
+    config = tmp_path / "eval.json"
+    out = tmp_path / "r.json"
+    config.write_text(json.dumps({"model": str(tiny_model_path), "dataset": str(folder), "output": str(out)}))
+    assert main(["eval", str(config)]) == 0
+    assert json.loads(out.read_text())["n_queries"] == 1
+
+
+def test_console_script_is_installed():
+    script = Path(sys.executable).parent / "md2pr"
+    proc = subprocess.run([str(script), "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "eval" in proc.stdout

@@ -1,0 +1,175 @@
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import pytrec_eval
+from datasets import Dataset
+
+from md2pr_st.data import RetrievalData
+from md2pr_st.evaluation import RetrievalEvaluator, evaluate_run, format_table, run_from_search
+
+QRELS = {"q1": {"a": 3, "b": 1, "c": 2, "d": 0, "e": 2}, "q2": {"f": 2}, "q3": {"g": 1}}
+RUN = {
+    "q1": {"b": 0.9, "a": 0.8, "x": 0.7, "c": 0.6, "e": 0.1},
+    "q2": {f"n{i}": 1.0 - i / 100 for i in range(10)} | {"f": 0.5},  # relevant at rank 11
+    "q3": {"g": 1.0},
+}
+
+
+def test_metrics_match_hand_computed_values():
+    result = evaluate_run(
+        RUN, QRELS, ["ndcg@3", "ndcg@10", "mrr@10", "recall@3", "recall@100", "map@100", "precision@2"]
+    )
+    # q3 has no document at grade >= 2: skipped from every average.
+    assert result["n_queries"] == 2 and result["n_queries_skipped"] == 1
+    # q1 ranking: b(1) a(3) x(-) c(2) e(2); relevant at cut 2: a, c, e.
+    dcg3 = 1 / math.log2(2) + 3 / math.log2(3)
+    idcg3 = 3 / math.log2(2) + 2 / math.log2(3) + 2 / math.log2(4)
+    dcg10 = dcg3 + 2 / math.log2(5) + 2 / math.log2(6)
+    idcg10 = idcg3 + 1 / math.log2(5)
+    # q2: f (grade 2) at rank 11.
+    assert result["ndcg@3"] == pytest.approx((dcg3 / idcg3 + 0) / 2)
+    assert result["ndcg@10"] == pytest.approx((dcg10 / idcg10 + 0) / 2)
+    assert result["mrr@10"] == pytest.approx((1 / 2 + 0) / 2)
+    assert result["recall@3"] == pytest.approx((1 / 3 + 0) / 2)
+    assert result["recall@100"] == pytest.approx((3 / 3 + 1) / 2)
+    ap_q1 = (1 / 2 + 2 / 4 + 3 / 5) / 3
+    assert result["map@100"] == pytest.approx((ap_q1 + 1 / 11) / 2)
+    assert result["precision@2"] == pytest.approx((1 / 2 + 0) / 2)
+
+
+def test_relevance_cut_changes_binary_metrics_only():
+    at1 = evaluate_run(RUN, QRELS, ["mrr@10", "recall@3", "ndcg@10"], relevance_cut=1)
+    at2 = evaluate_run(RUN, QRELS, ["mrr@10", "recall@3", "ndcg@10"], relevance_cut=2)
+    assert at1["n_queries"] == 3
+    assert at1["mrr@10"] == pytest.approx((1 + 0 + 1) / 3)  # b (grade 1) now counts
+    assert at1["recall@3"] == pytest.approx((2 / 4 + 0 + 1) / 3)
+    per_query_2 = evaluate_run(RUN, QRELS, ["ndcg@10"], relevance_cut=2, per_query=True)["per_query"]
+    per_query_1 = evaluate_run(RUN, QRELS, ["ndcg@10"], relevance_cut=1, per_query=True)["per_query"]
+    assert per_query_1["ndcg@10"]["q1"] == per_query_2["ndcg@10"]["q1"]
+    assert at2["ndcg@10"] != at1["ndcg@10"]  # only because the query set differs
+
+
+def test_agrees_with_pytrec_eval_on_random_runs():
+    rng = np.random.default_rng(0)
+    docs = [f"d{i}" for i in range(200)]
+    qrels = {f"q{i}": {d: int(rng.integers(0, 4)) for d in rng.choice(docs, 30, replace=False)} for i in range(25)}
+    run = {q: {d: float(s) for d, s in zip(docs, rng.standard_normal(200))} for q in qrels}
+    ours = evaluate_run(run, qrels, ["ndcg@10", "recall@100", "map@100"], relevance_cut=2)
+    kept = {q: v for q, v in qrels.items() if max(v.values()) >= 2}
+    ref = pytrec_eval.RelevanceEvaluator(kept, {"ndcg_cut.10", "recall.100", "map_cut.100"}, relevance_level=2)
+    ref = ref.evaluate({q: run[q] for q in kept})
+    assert ours["ndcg@10"] == pytest.approx(np.mean([v["ndcg_cut_10"] for v in ref.values()]))
+    assert ours["recall@100"] == pytest.approx(np.mean([v["recall_100"] for v in ref.values()]))
+    assert ours["map@100"] == pytest.approx(np.mean([v["map_cut_100"] for v in ref.values()]))
+
+
+def test_bad_metric_names_and_missing_queries():
+    with pytest.raises(ValueError, match="Unknown metric 'ndcg10'"):
+        evaluate_run(RUN, QRELS, ["ndcg10"])
+    with pytest.raises(ValueError, match="Unknown metric 'hits@10'"):
+        evaluate_run(RUN, QRELS, ["hits@10"])
+    with pytest.raises(ValueError, match="no results for 1 judged queries.*q2"):
+        evaluate_run({"q1": RUN["q1"]}, QRELS, ["ndcg@10"])
+    with pytest.raises(ValueError, match="No query has a document with grade >= 4"):
+        evaluate_run(RUN, QRELS, ["ndcg@10"], relevance_cut=4)
+
+
+def toy_data():
+    corpus = Dataset.from_dict(
+        {
+            "id": [f"d{i}" for i in range(8)],
+            "text": ["the cat", "the dog", "paris france", "python snake", "tea", "coffee island", "a river", "sea"],
+        }
+    )
+    queries = Dataset.from_dict({"id": ["q1", "q2", "q3"], "text": ["cat", "capital of france", "snake"]})
+    qrels = {"q1": {"d0": 3, "d1": 1}, "q2": {"d2": 2}, "q3": {"d3": 2, "d0": 0}}
+    return RetrievalData(corpus, queries, qrels, "toy")
+
+
+def test_evaluator_agrees_with_brute_force_retrieval(tiny_model):
+    data = toy_data()
+    evaluator = RetrievalEvaluator(data, metrics=["ndcg@5", "mrr@10", "recall@3", "map@100"], name="toy")
+    metrics = evaluator(tiny_model)
+    assert evaluator.primary_metric == "toy_ndcg@5"
+    # Independent path: plain encode, numpy similarities, pytrec_eval directly.
+    q = tiny_model.encode(data.queries["text"], normalize_embeddings=True)
+    d = tiny_model.encode(data.corpus["text"], normalize_embeddings=True)
+    sims = q @ d.T
+    run = {qid: dict(zip(data.corpus["id"], map(float, row))) for qid, row in zip(data.queries["id"], sims)}
+    ref = pytrec_eval.RelevanceEvaluator(data.qrels, {"ndcg_cut.5", "recall.3", "map_cut.100"}, relevance_level=2)
+    ref = ref.evaluate(run)
+    assert metrics["toy_ndcg@5"] == pytest.approx(np.mean([v["ndcg_cut_5"] for v in ref.values()]), abs=1e-6)
+    assert metrics["toy_recall@3"] == pytest.approx(np.mean([v["recall_3"] for v in ref.values()]), abs=1e-6)
+    assert metrics["toy_map@100"] == pytest.approx(np.mean([v["map_cut_100"] for v in ref.values()]), abs=1e-6)
+    first_rel = []
+    for qid, row in zip(data.queries["id"], sims):
+        order = [data.corpus["id"][j] for j in np.argsort(-row)]
+        ranks = [r for r, doc in enumerate(order, 1) if data.qrels[qid].get(doc, 0) >= 2]
+        first_rel.append(1 / ranks[0] if ranks and ranks[0] <= 10 else 0.0)
+    assert metrics["toy_mrr@10"] == pytest.approx(np.mean(first_rel), abs=1e-6)
+
+
+def test_evaluator_plugs_into_the_trainer(tiny_model_path, tmp_path):
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+    from sentence_transformers.sentence_transformer.trainer import SentenceTransformerTrainer
+    from sentence_transformers.sentence_transformer.training_args import SentenceTransformerTrainingArguments
+
+    model = SentenceTransformer(str(tiny_model_path), device="cpu")
+    train = Dataset.from_dict({"anchor": ["cat", "snake", "france"], "positive": ["the cat", "python", "paris"]})
+    evaluator = RetrievalEvaluator(toy_data(), metrics=["ndcg@10", "recall@3"], name="toy")
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=3, report_to="none", use_cpu=True
+    )
+    trainer = SentenceTransformerTrainer(
+        model=model, args=args, train_dataset=train, loss=MultipleNegativesRankingLoss(model), evaluator=evaluator
+    )
+    trainer.train()
+    result = trainer.evaluate()
+    assert set(result) >= {"eval_toy_ndcg@10", "eval_toy_recall@3"}
+    assert result["eval_toy_ndcg@10"] == pytest.approx(evaluator(model)["toy_ndcg@10"])
+
+
+def test_run_from_search_and_table():
+    run = run_from_search(["q1"], np.array([[0.5, 0.25]]), [["a", "b"]])
+    assert run == {"q1": {"a": 0.5, "b": 0.25}}
+    table = format_table({"model": {"ndcg@10": 0.5, "mrr@10": 0.25}}, ["ndcg@10", "mrr@10"])
+    assert "0.5000" in table and "0.2500" in table
+
+
+@pytest.mark.slow
+def test_real_run_minilm_on_rag24_test_pools(minilm_path):
+    """A real model on real data: our FAISS + trec_eval path equals plain encode + torch top-k + pytrec_eval."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from md2pr_st.data import load_rag24
+
+    data = load_rag24("test")
+    pool = sorted({d for docs in data.qrels.values() for d in docs})  # ~1.2k passages: keeps the test short
+    keep = set(pool)
+    corpus = data.corpus.select([i for i, d in enumerate(data.corpus["id"]) if d in keep])
+    data = RetrievalData(corpus, data.queries, data.qrels, "rag24-test-pools")
+    model = SentenceTransformer(str(minilm_path), device="cpu")
+    model.max_seq_length = 128
+    metrics = ["ndcg@10", "recall@100", "map@100", "mrr@10"]
+    ours, _ = RetrievalEvaluator(data, metrics=metrics).evaluate(model)
+
+    q = model.encode(data.queries["text"], convert_to_tensor=True, normalize_embeddings=True)
+    d = model.encode(data.corpus["text"], convert_to_tensor=True, normalize_embeddings=True)
+    top = torch.topk(q @ d.T, k=100, dim=1)
+    run = {
+        qid: {data.corpus["id"][j]: float(s) for s, j in zip(scores.tolist(), idx.tolist())}
+        for qid, scores, idx in zip(data.queries["id"], top.values, top.indices)
+    }
+    kept = {qid: v for qid, v in data.qrels.items() if max(v.values()) >= 2}
+    ref = pytrec_eval.RelevanceEvaluator(kept, {"ndcg_cut.10", "recall.100", "map_cut.100"}, relevance_level=2)
+    ref = ref.evaluate({qid: run[qid] for qid in kept})
+    assert ours["n_queries"] == len(kept) > 50
+    assert ours["ndcg@10"] == pytest.approx(np.mean([v["ndcg_cut_10"] for v in ref.values()]), abs=1e-4)
+    assert ours["recall@100"] == pytest.approx(np.mean([v["recall_100"] for v in ref.values()]), abs=1e-4)
+    assert ours["map@100"] == pytest.approx(np.mean([v["map_cut_100"] for v in ref.values()]), abs=1e-4)
+    assert 0.3 < ours["ndcg@10"] < 1.0  # a real retriever, far above random on its own pools

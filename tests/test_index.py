@@ -1,0 +1,134 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from datasets import Dataset
+from sentence_transformers import SentenceTransformer
+
+from md2pr_st.index import FaissIndex, IndexMismatchError, encode, model_fingerprint, retrieve
+from tiny_models import build_tiny_sentence_transformer
+
+
+def random_unit(n, d, seed=0):
+    x = np.random.default_rng(seed).standard_normal((n, d)).astype("float32")
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_exact_search_equals_brute_force_top_k():
+    docs, queries = random_unit(500, 16, 0), random_unit(20, 16, 1)
+    ids = [f"d{i}" for i in range(500)]
+    scores, found = FaissIndex.build(docs, ids).search(queries, k=7)
+    sims = queries @ docs.T
+    expected = np.argsort(-sims, axis=1)[:, :7]
+    assert found == [[ids[j] for j in row] for row in expected]
+    np.testing.assert_allclose(scores, np.take_along_axis(sims, expected, 1), rtol=1e-5, atol=1e-6)
+
+
+def test_k_larger_than_corpus_is_capped():
+    scores, found = FaissIndex.build(np.eye(3, dtype="float32"), ["a", "b", "c"]).search(
+        np.eye(3, dtype="float32"), 10
+    )
+    assert scores.shape == (3, 3) and [row[0] for row in found] == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize("factory", ["HNSW32", "IVF16,Flat", "IVF16,PQ8"])
+def test_approximate_factories_find_most_exact_neighbours(factory):
+    # Clustered data, as embeddings are: approximate search finds the exact neighbours.
+    rng = np.random.default_rng(0)
+    centers = random_unit(40, 32, 1)
+    docs = centers[rng.integers(0, 40, 4000)] + 0.1 * rng.standard_normal((4000, 32)).astype("float32")
+    ids = [str(i) for i in range(4000)]
+    queries = docs[:100] + 0.01
+    _, exact = FaissIndex.build(docs, ids).search(queries, 10)
+    approx_index = FaissIndex.build(docs, ids, factory, nprobe=8)
+    _, approx = approx_index.search(queries, 10)
+    recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approx, exact)])
+    assert recall >= (0.95 if "PQ" not in factory else 0.5), recall
+    assert approx_index.factory == factory
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match="3 embeddings but 2 document ids"):
+        FaissIndex.build(np.eye(3, dtype="float32"), ["a", "b"])
+    with pytest.raises(ValueError, match="unique"):
+        FaissIndex.build(np.eye(2, dtype="float32"), ["a", "a"])
+    with pytest.raises(ValueError, match="non-empty 2-d"):
+        FaissIndex.build(np.zeros((0, 4), dtype="float32"), [])
+    with pytest.raises(ValueError, match="NaN"):
+        FaissIndex.build(np.full((2, 2), np.nan, dtype="float32"), ["a", "b"])
+    index = FaissIndex.build(np.eye(3, dtype="float32"), ["a", "b", "c"])
+    with pytest.raises(ValueError, match=r"expects \(n, 3\)"):
+        index.search(np.ones((1, 4), dtype="float32"))
+
+
+def test_encode_uses_query_and_document_prompts(tiny_model_path):
+    model = SentenceTransformer(str(tiny_model_path), device="cpu")
+    model.prompts = {"query": "query: ", "document": "passage: "}
+    got_q = encode(model, ["the cat"], "query")
+    got_d = encode(model, ["the cat"], "document")
+    want_q = model.encode(["query: the cat"], normalize_embeddings=True)
+    want_d = model.encode(["passage: the cat"], normalize_embeddings=True)
+    np.testing.assert_allclose(got_q, want_q, atol=1e-6)
+    np.testing.assert_allclose(got_d, want_d, atol=1e-6)
+    assert not np.allclose(got_q, got_d)
+    np.testing.assert_allclose(np.linalg.norm(got_q, axis=1), 1.0, atol=1e-5)
+    with pytest.raises(ValueError, match="empty"):
+        encode(model, [], "query")
+    with pytest.raises(ValueError, match="empty or not strings"):
+        encode(model, ["ok", ""], "document")
+
+
+def test_dot_similarity_is_not_normalised(tiny_model_path):
+    model = SentenceTransformer(str(tiny_model_path), device="cpu")
+    model.similarity_fn_name = "dot"
+    np.testing.assert_allclose(encode(model, ["the cat"]), model.encode(["the cat"]), atol=1e-6)
+    model.similarity_fn_name = "euclidean"
+    with pytest.raises(ValueError, match="supports 'cosine' and 'dot'"):
+        encode(model, ["the cat"])
+
+
+def test_save_load_round_trip_and_fingerprint_refusal(tiny_model, tmp_path):
+    corpus = Dataset.from_dict({"id": ["d1", "d2", "d3"], "text": ["the cat", "the dog", "paris france"]})
+    index = FaissIndex.from_model(tiny_model, corpus)
+    saved = index.save(tmp_path / "index")
+    loaded = FaissIndex.load(saved, model=tiny_model, corpus=corpus)
+    q = encode(tiny_model, ["a cat"], "query")
+    assert loaded.search(q, 3)[1] == index.search(q, 3)[1]
+    np.testing.assert_array_equal(loaded.search(q, 3)[0], index.search(q, 3)[0])
+    assert retrieve(tiny_model, ["a cat"], loaded, 3)[1] == index.search(q, 3)[1]
+    assert loaded.model_fingerprint == model_fingerprint(tiny_model)
+
+    other_model = build_tiny_sentence_transformer(tmp_path / "other", seed=5)
+    with pytest.raises(IndexMismatchError, match="different model"):
+        FaissIndex.load(saved, model=other_model)
+    other_corpus = corpus.map(lambda row: {"text": row["text"] + "!"})
+    with pytest.raises(IndexMismatchError, match="different corpus"):
+        FaissIndex.load(saved, corpus=other_corpus)
+
+
+def test_corrupt_or_incomplete_index_is_refused(tiny_model, tmp_path):
+    corpus = Dataset.from_dict({"id": ["d1", "d2"], "text": ["the cat", "the dog"]})
+    saved = FaissIndex.from_model(tiny_model, corpus).save(tmp_path / "index")
+    (saved / "index.faiss").write_bytes((saved / "index.faiss").read_bytes()[:20])
+    with pytest.raises(ValueError, match="corrupt"):
+        FaissIndex.load(saved)
+    (saved / "doc_ids.json").unlink()
+    with pytest.raises(FileNotFoundError, match="doc_ids.json missing"):
+        FaissIndex.load(saved)
+
+
+def test_failed_save_keeps_the_previous_index(tiny_model, tmp_path, monkeypatch):
+    corpus = Dataset.from_dict({"id": ["d1", "d2"], "text": ["the cat", "the dog"]})
+    index = FaissIndex.from_model(tiny_model, corpus)
+    saved = index.save(tmp_path / "index")
+    before = (saved / "index.faiss").read_bytes()
+    import md2pr_st.index as index_mod
+
+    def boom(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(index_mod.faiss, "write_index", boom)
+    with pytest.raises(OSError, match="disk full"):
+        index.save(saved)
+    assert (saved / "index.faiss").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["index"]
