@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -267,11 +268,13 @@ def pooling_matrices(groups: Sequence[tuple[list[int], list[int]]], length: int,
     return row_mean, col_sum
 
 
-def pool_teacher_attention(weights: Tensor, alignment: PairAlignment) -> Tensor:
+def pool_teacher_attention(weights: Tensor | np.ndarray, alignment: PairAlignment) -> np.ndarray:
     """The teacher's attention block pooled onto the aligned units, rows renormalised over the kept passage units.
 
     ``T = renorm_rows(R_q A C_d)`` with ``R_q`` averaging each query unit's rows and ``C_d`` summing each passage
-    unit's columns (see the module docstring for why).
+    unit's columns (see the module docstring for why). Token-mode alignments (all units single tokens) reduce to
+    selecting rows and columns. Computed in numpy: these are many tiny per-pair operations, where torch's
+    per-call overhead (and thread wake-ups) would dominate.
 
     Example:
         >>> import torch
@@ -280,9 +283,19 @@ def pool_teacher_attention(weights: Tensor, alignment: PairAlignment) -> Tensor:
         >>> query = SideAlignment([([1, 2], [0, 1])], "word")
         >>> passage = SideAlignment([([1], [0]), ([2, 3], [1, 2])], "word")
         >>> pool_teacher_attention(weights, PairAlignment(query, passage))
-        tensor([[0.3000, 0.7000]])
+        array([[0.3, 0.7]], dtype=float32)
     """
-    row_mean, _ = pooling_matrices(alignment.query.groups, weights.shape[0], side=1)
-    _, col_sum = pooling_matrices(alignment.passage.groups, weights.shape[1], side=1)
-    pooled = row_mean @ weights.float() @ col_sum
-    return pooled / pooled.sum(dim=1, keepdim=True).clamp_min(torch.finfo(pooled.dtype).tiny)
+    a = weights.numpy() if isinstance(weights, Tensor) else np.asarray(weights)
+    a = a.astype(np.float32, copy=False)
+    query_groups = [t for _, t in alignment.query.groups]
+    passage_groups = [t for _, t in alignment.passage.groups]
+    if all(len(g) == 1 for g in query_groups):
+        rows = a[[g[0] for g in query_groups]]
+    else:
+        rows = np.stack([a[g].mean(axis=0) for g in query_groups])
+    if all(len(g) == 1 for g in passage_groups):
+        pooled = rows[:, [g[0] for g in passage_groups]]
+    else:
+        pooled = np.stack([rows[:, g].sum(axis=1) for g in passage_groups], axis=1)
+    total = pooled.sum(axis=1, keepdims=True)
+    return pooled / np.maximum(total, np.finfo(np.float32).tiny)

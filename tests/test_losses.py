@@ -189,19 +189,17 @@ def test_word_level_kl_pooled_by_hand():
     # one pair: 2 query tokens forming 1 word (rows averaged), 3 passage tokens forming 2 words (columns summed)
     q = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])
     d = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]])
-    query_pool = torch.tensor([[[0.5, 0.5]]])
-    passage_pool = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]]])
     target = torch.tensor([[[0.25, 0.75]]])
     tau = 0.5
     kl = word_level_kl(
         q,
         d,
-        query_pool,
-        passage_pool,
-        torch.ones(1, 3, dtype=torch.bool),
-        target,
-        torch.ones(1, 1, dtype=torch.bool),
-        tau,
+        query_unit=torch.tensor([[0, 0]]),
+        query_weight=torch.tensor([[0.5, 0.5]]),
+        passage_unit=torch.tensor([[0, 1, 1]]),
+        target=target,
+        row_mask=torch.ones(1, 1, dtype=torch.bool),
+        temperature=tau,
     )
     c = 1 / math.sqrt(2)
     rows = [[1.0, 0.0, c], [0.0, 1.0, c]]
@@ -216,16 +214,24 @@ def test_word_level_kl_pooled_by_hand():
 
 
 def test_word_level_kl_masks_columns_and_rows():
+    torch.manual_seed(0)
     q = torch.randn(1, 2, 4)
     d = torch.randn(1, 3, 4)
-    eye = torch.eye(3)[:, :2].unsqueeze(0)  # third passage token is in no unit and masked out of the softmax
-    target = torch.tensor([[[0.5, 0.5], [0.0, 0.0]]])
-    row_mask = torch.tensor([[True, False]])
-    mask = torch.tensor([[True, True, False]])
-    kl = word_level_kl(q, d, torch.eye(2).unsqueeze(0), eye, mask, target, row_mask, 1.0)
-    m = F.normalize(q[0, 0], dim=-1) @ F.normalize(d[0, :2], dim=-1).T
+    target = torch.tensor([[[0.9, 0.1], [0.0, 0.0]]])
+    # passage token 2 is in no unit (index V=2): out of the softmax; query unit 1 is not a valid row
+    kl = word_level_kl(
+        q,
+        d,
+        query_unit=torch.tensor([[0, 1]]),
+        query_weight=torch.ones(1, 2),
+        passage_unit=torch.tensor([[0, 1, 2]]),
+        target=target,
+        row_mask=torch.tensor([[True, False]]),
+        temperature=0.2,
+    )
+    m = F.normalize(q[0, 0], dim=-1) @ F.normalize(d[0, :2], dim=-1).T / 0.2
     p = torch.softmax(m, -1)
-    expected = (0.5 * torch.log(0.5 / p)).sum()
+    expected = (target[0, 0] * torch.log(target[0, 0] / p)).sum()
     assert kl.item() == pytest.approx(expected.item(), rel=1e-5)
 
 
@@ -234,12 +240,13 @@ def test_word_level_chunks_give_the_same_value_and_gradients():
     n, lq, ld, units_q, units_d = 5, 4, 6, 3, 4
     q = torch.randn(2, lq, 8, requires_grad=True)
     d = torch.randn(n, ld, 8, requires_grad=True)
+    query_unit = torch.randint(0, units_q + 1, (n, lq))
     targets = WordLevelTargets(
         query_index=torch.tensor([0, 1, 0, 1, 0]),
         passage_index=torch.arange(n),
-        query_pool=torch.rand(n, units_q, lq),
-        passage_pool=(torch.rand(n, ld, units_d) > 0.5).float(),
-        passage_mask=torch.ones(n, ld, dtype=torch.bool),
+        query_unit=query_unit,
+        query_weight=(query_unit < units_q).float() * 0.5,
+        passage_unit=torch.randint(0, units_d + 1, (n, ld)),
         target=torch.softmax(torch.randn(n, units_q, units_d), -1),
         row_mask=torch.ones(n, units_q, dtype=torch.bool),
         num_pairs=n,
@@ -311,6 +318,7 @@ def test_word_pooling_path_equals_token_path_when_words_are_single_tokens(tiny_m
 def test_word_level_with_a_differently_split_student_vocabulary(tmp_path, teacher):
     from sentence_transformers.sentence_transformer.model import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+
     from tiny_models import build_tiny_char_bert
 
     backbone = build_tiny_char_bert(tmp_path / "char", seed=3)

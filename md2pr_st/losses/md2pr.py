@@ -105,7 +105,7 @@ class MD2PRLoss(nn.Module):
         word_temperature: float = 0.05,
         false_negative_margin: float | None = 0.0,
         gather_across_devices: bool = False,
-        word_level_chunk_size: int = 32,
+        word_level_chunk_size: int = 64,
     ) -> None:
         """
         The MD2PR objective: a contrastive loss over in-batch and hard negatives with the teacher's false negatives

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -30,9 +31,9 @@ logger = logging.getLogger(__name__)
 def word_level_kl(
     query_tokens: Tensor,
     passage_tokens: Tensor,
-    query_pool: Tensor,
-    passage_pool: Tensor,
-    passage_mask: Tensor,
+    query_unit: Tensor,
+    query_weight: Tensor,
+    passage_unit: Tensor,
     target: Tensor,
     row_mask: Tensor,
     temperature: float,
@@ -42,20 +43,22 @@ def word_level_kl(
     For each pair p (shapes: P pairs, Lq / Ld student tokens, U / V aligned query / passage units)::
 
         M_ij   = <h^q_i / |h^q_i|, h^d_j / |h^d_j|> / tau_w              (student interaction map, Lq x Ld)
-        P_i    = softmax_j(M_ij) over the passage tokens in ``passage_mask``
-        S      = query_pool @ P @ passage_pool                              (pooled onto the units, U x V)
+        P_i    = softmax_j(M_ij) over the passage tokens that belong to a unit
+        S_uv   = sum_{i in u} w_i sum_{j in v} P_ij                     (w_i = 1 / |u|: rows averaged, columns summed)
         L_w(p) = mean_{u in row_mask} KL(target_u || S_u) = mean_u sum_v target_uv log(target_uv / S_uv)
 
-    ``query_pool`` averages a unit's query tokens, ``passage_pool`` sums a unit's passage tokens (identity
-    selections when teacher and student share a vocabulary), and ``target`` is the teacher's attention pooled the
-    same way, each row summing to 1 (see :mod:`md2pr_st.alignment`).
+    Units are words, or single tokens when teacher and student share a vocabulary (then S = P restricted to the
+    aligned tokens); ``target`` is the teacher's attention pooled the same way, each row summing to 1 (see
+    :mod:`md2pr_st.alignment`). Pooling goes through unit indices and ``scatter_add`` rather than dense pooling
+    matrices, so memory is O(P * Lq * Ld) like the map itself, not O(P * Ld^2).
 
     Args:
         query_tokens: (P, Lq, dim) student token embeddings of each pair's query (last layer).
         passage_tokens: (P, Ld, dim) student token embeddings of each pair's passage.
-        query_pool: (P, U, Lq) row-averaging matrices.
-        passage_pool: (P, Ld, V) column-summing matrices.
-        passage_mask: (P, Ld) bool, the passage tokens taking part in the softmax.
+        query_unit: (P, Lq) long, the query unit of each query token; U for a token in no unit.
+        query_weight: (P, Lq) float, 1 / (number of tokens in the token's unit); 0 for a token in no unit.
+        passage_unit: (P, Ld) long, the passage unit of each passage token; V for a token in no unit (such tokens
+            are left out of the softmax).
         target: (P, U, V) teacher distributions, rows summing to 1 where ``row_mask``.
         row_mask: (P, U) bool, the query units present in both models.
         temperature: tau_w.
@@ -68,26 +71,30 @@ def word_level_kl(
         >>> from md2pr_st.losses.word_level_distillation import word_level_kl
         >>> q = torch.tensor([[[1.0, 0.0]]])                 # one query token
         >>> d = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])     # two passage tokens, cosine 1 and 0
-        >>> eye = torch.eye(2).unsqueeze(0)
         >>> target = torch.tensor([[[0.5, 0.5]]])
-        >>> kl = word_level_kl(q, d, torch.ones(1, 1, 1), eye, torch.ones(1, 2, dtype=torch.bool), target,
+        >>> kl = word_level_kl(q, d, torch.tensor([[0]]), torch.ones(1, 1), torch.tensor([[0, 1]]), target,
         ...                    torch.ones(1, 1, dtype=torch.bool), temperature=1.0)
         >>> p = torch.softmax(torch.tensor([1.0, 0.0]), 0)
         >>> expected = 0.5 * math.log(0.5 / p[0].item()) + 0.5 * math.log(0.5 / p[1].item())
         >>> round(kl.item(), 6) == round(expected, 6)
         True
     """
+    pairs, units_q, units_d = target.shape
     query = F.normalize(query_tokens.float(), dim=-1)
     passage = F.normalize(passage_tokens.float(), dim=-1)
     logits = torch.bmm(query, passage.transpose(1, 2)) / temperature
     # A finite fill (not -inf) keeps fully masked padding rows finite; they carry zero pooling weight.
-    logits = logits.masked_fill(~passage_mask.unsqueeze(1), torch.finfo(logits.dtype).min)
-    probs = torch.softmax(logits, dim=-1)
-    pooled = torch.bmm(torch.bmm(query_pool, probs), passage_pool)
+    logits = logits.masked_fill((passage_unit >= units_d).unsqueeze(1), torch.finfo(logits.dtype).min)
+    probs = torch.softmax(logits, dim=-1) * query_weight.unsqueeze(-1)
+    length_q, length_d = probs.shape[1], probs.shape[2]
+    rows = probs.new_zeros(pairs, units_q + 1, length_d)
+    rows = rows.scatter_add(1, query_unit.unsqueeze(-1).expand(pairs, length_q, length_d), probs)[:, :units_q]
+    pooled = rows.new_zeros(pairs, units_q, units_d + 1)
+    pooled = pooled.scatter_add(2, passage_unit.unsqueeze(1).expand(pairs, units_q, length_d), rows)[:, :, :units_d]
     log_pooled = pooled.clamp_min(torch.finfo(pooled.dtype).tiny).log()
     kl_rows = (torch.xlogy(target, target) - target * log_pooled).sum(dim=-1)
-    rows = row_mask.to(kl_rows.dtype)
-    return (kl_rows * rows).sum(dim=-1) / rows.sum(dim=-1).clamp_min(1.0)
+    valid = row_mask.to(kl_rows.dtype)
+    return (kl_rows * valid).sum(dim=-1) / valid.sum(dim=-1).clamp_min(1.0)
 
 
 @dataclass
@@ -96,9 +103,9 @@ class WordLevelTargets:
 
     query_index: Tensor
     passage_index: Tensor
-    query_pool: Tensor
-    passage_pool: Tensor
-    passage_mask: Tensor
+    query_unit: Tensor
+    query_weight: Tensor
+    passage_unit: Tensor
     target: Tensor
     row_mask: Tensor
     num_pairs: int
@@ -123,7 +130,7 @@ def build_word_level_targets(
     vocabulary (then tokens align position by position).
     """
     batch = len(query_texts)
-    kept: list[tuple[int, int, Any, Tensor]] = []
+    kept: list[tuple[int, int, Any, np.ndarray]] = []
     for c, column in enumerate(candidate_texts):
         for b in range(batch):
             p = c * batch + b
@@ -133,35 +140,28 @@ def build_word_level_targets(
     n = len(kept)
     units_q = max((len(a.query.groups) for _, _, a, _ in kept), default=1)
     units_d = max((len(a.passage.groups) for _, _, a, _ in kept), default=1)
-    query_pool = torch.zeros(n, units_q, query_width)
-    passage_pool = torch.zeros(n, passage_width, units_d)
-    passage_mask = torch.zeros(n, passage_width, dtype=torch.bool)
-    target = torch.zeros(n, units_q, units_d)
-    row_mask = torch.zeros(n, units_q, dtype=torch.bool)
-    qp: list[list[float]] = [[], [], [], []]
-    dp: list[list[int]] = [[], [], []]
+    # Built in numpy and converted once: per-pair torch calls would cost more than the math.
+    query_unit = np.full((n, query_width), units_q, dtype=np.int64)
+    query_weight = np.zeros((n, query_width), dtype=np.float32)
+    passage_unit = np.full((n, passage_width), units_d, dtype=np.int64)
+    target = np.zeros((n, units_q, units_d), dtype=np.float32)
+    row_mask = np.zeros((n, units_q), dtype=bool)
     for k, (_, _, alignment, pooled) in enumerate(kept):
         for u, (positions, _) in enumerate(alignment.query.groups):
-            weight = 1.0 / len(positions)
-            for i in positions:
-                qp[0].append(k), qp[1].append(u), qp[2].append(i), qp[3].append(weight)
+            query_unit[k, positions] = u
+            query_weight[k, positions] = 1.0 / len(positions)
         for v, (positions, _) in enumerate(alignment.passage.groups):
-            for j in positions:
-                dp[0].append(k), dp[1].append(j), dp[2].append(v)
+            passage_unit[k, positions] = v
         target[k, : pooled.shape[0], : pooled.shape[1]] = pooled
         row_mask[k, : pooled.shape[0]] = True
-    if n:
-        query_pool.index_put_((torch.tensor(qp[0]), torch.tensor(qp[1]), torch.tensor(qp[2])), torch.tensor(qp[3]))
-        passage_pool.index_put_((torch.tensor(dp[0]), torch.tensor(dp[1]), torch.tensor(dp[2])), torch.tensor(1.0))
-        passage_mask[torch.tensor(dp[0]), torch.tensor(dp[1])] = True
     return WordLevelTargets(
         query_index=torch.tensor([b for b, _, _, _ in kept], dtype=torch.long),
         passage_index=torch.tensor([p for _, p, _, _ in kept], dtype=torch.long),
-        query_pool=query_pool,
-        passage_pool=passage_pool,
-        passage_mask=passage_mask,
-        target=target,
-        row_mask=row_mask,
+        query_unit=torch.from_numpy(query_unit),
+        query_weight=torch.from_numpy(query_weight),
+        passage_unit=torch.from_numpy(passage_unit),
+        target=torch.from_numpy(target),
+        row_mask=torch.from_numpy(row_mask),
         num_pairs=batch * len(candidate_texts),
     )
 
@@ -169,25 +169,23 @@ def build_word_level_targets(
 def _chunk_sum(
     query_tokens: Tensor,
     passage_tokens: Tensor,
-    query_index: Tensor,
-    passage_index: Tensor,
-    query_pool: Tensor,
-    passage_pool: Tensor,
-    passage_mask: Tensor,
+    query_unit: Tensor,
+    query_weight: Tensor,
+    passage_unit: Tensor,
     target: Tensor,
     row_mask: Tensor,
     temperature: float,
 ) -> Tensor:
     return word_level_kl(
-        query_tokens[query_index],
-        passage_tokens[passage_index],
-        query_pool,
-        passage_pool,
-        passage_mask,
-        target,
-        row_mask,
-        temperature,
+        query_tokens, passage_tokens, query_unit, query_weight, passage_unit, target, row_mask, temperature
     ).sum()
+
+
+def _rows(tensor: Tensor, index: Tensor) -> Tensor:
+    """``tensor[index]``, as a view (no copy) when the index is a contiguous range."""
+    if len(index) and int(index[-1]) - int(index[0]) == len(index) - 1 and bool((index.diff() == 1).all()):
+        return tensor[int(index[0]) : int(index[-1]) + 1]
+    return tensor[index.to(tensor.device)]
 
 
 def word_level_loss(
@@ -207,13 +205,11 @@ def word_level_loss(
     for start in range(0, n, chunk_size):
         sl = slice(start, start + chunk_size)
         args = (
-            query_tokens,
-            passage_tokens,
-            targets.query_index[sl].to(device),
-            targets.passage_index[sl].to(device),
-            targets.query_pool[sl].to(device),
-            targets.passage_pool[sl].to(device),
-            targets.passage_mask[sl].to(device),
+            _rows(query_tokens, targets.query_index[sl]),
+            _rows(passage_tokens, targets.passage_index[sl]),
+            targets.query_unit[sl].to(device),
+            targets.query_weight[sl].to(device),
+            targets.passage_unit[sl].to(device),
             targets.target[sl].to(device),
             targets.row_mask[sl].to(device),
             temperature,
@@ -223,6 +219,25 @@ def word_level_loss(
         else:
             total = total + _chunk_sum(*args)
     return total / n
+
+
+def _concat_rows(tensors: Sequence[Tensor]) -> Tensor:
+    """Concatenate (rows, tokens, dim) tensors along rows, right-padding tokens; no copy when they are consecutive
+    slices of one tensor (the candidate columns of a merged forward pass)."""
+    first = tensors[0]
+    base = first._base
+    if (
+        base is not None
+        and base.dim() == first.dim()
+        and base.shape[1:] == first.shape[1:]
+        and base.shape[0] == sum(t.shape[0] for t in tensors)
+        and all(t._base is base and t.is_contiguous() for t in tensors)
+        and all(t.storage_offset() == first.storage_offset() + k * first.numel() for k, t in enumerate(tensors))
+        and first.storage_offset() == base.storage_offset()
+    ):
+        return base
+    width = max(t.shape[1] for t in tensors)
+    return torch.cat([F.pad(t, [0, 0, 0, width - t.shape[1]]) for t in tensors], dim=0)
 
 
 def word_level_loss_from_outputs(
@@ -235,10 +250,10 @@ def word_level_loss_from_outputs(
 ) -> tuple[Tensor, WordLevelTargets]:
     """L_w of a batch from the student outputs (query first, then candidate columns) and the teacher's blocks."""
     query_tokens = outputs[0]["token_embeddings"]
-    passage_tokens = [out["token_embeddings"] for out in outputs[1:]]
-    width = max(t.shape[1] for t in passage_tokens)
-    passage_tokens = torch.cat([F.pad(t, [0, 0, 0, width - t.shape[1]]) for t in passage_tokens], dim=0)
-    targets = build_word_level_targets(texts[0], texts[1:], blocks, same_vocab, query_tokens.shape[1], width)
+    passage_tokens = _concat_rows([out["token_embeddings"] for out in outputs[1:]])
+    targets = build_word_level_targets(
+        texts[0], texts[1:], blocks, same_vocab, query_tokens.shape[1], passage_tokens.shape[1]
+    )
     return word_level_loss(query_tokens, passage_tokens, targets, temperature, chunk_size), targets
 
 
@@ -248,7 +263,7 @@ class WordLevelDistillationLoss(nn.Module):
         model: Any,
         teacher: Teacher | Any | str | Path,
         temperature: float = 0.05,
-        chunk_size: int = 32,
+        chunk_size: int = 64,
     ) -> None:
         """
         MD2PR's word-level distillation: the student's token interaction map between a query and a passage is
