@@ -17,6 +17,8 @@ from pathlib import Path
 
 from transformers import HfArgumentParser
 
+from md2pr_st.hub import PushArguments, run_push
+
 logger = logging.getLogger("md2pr_st")
 
 
@@ -133,6 +135,11 @@ COMMANDS: dict[str, tuple[str, tuple[type, ...], Callable]] = {
         "Evaluate a SentenceTransformer as a dense retriever (FAISS + trec_eval metrics).",
         (DataArguments, EvalArguments),
         run_eval,
+    ),
+    "push": (
+        "Push a model or run folder to the Hugging Face Hub with its MD2PR model card and plots, in one commit.",
+        (PushArguments,),
+        run_push,
     ),
 }
 
