@@ -364,3 +364,47 @@ def test_config_and_citation(tiny_model, teacher):
         assert "2312.16821" in loss_fn.citation and loss_fn.citation.strip().startswith("@misc{")
     config = MD2PRLoss(tiny_model, teacher=teacher, false_negative_margin=0.3).get_config_dict()
     assert config["false_negative_margin"] == 0.3 and config["teacher_layers"] == [1]
+
+
+def test_gathered_candidates_use_the_rank_offset():
+    # rank 1 of 2 (2 queries each): the gathered columns hold rank 0's rows first, then rank 1's
+    torch.manual_seed(1)
+    pos, neg = torch.randn(4, 3), torch.randn(4, 3)
+    q = torch.randn(2, 3)
+    flagged = torch.tensor([[False, True], [False, False]])
+    loss = masked_contrastive_loss(q, [pos, neg], flagged, 1.0, dot_score, offset=2)
+    candidates = torch.cat([pos, neg])
+    expected = 0.0
+    for i in range(2):
+        logits = q[i] @ candidates.T
+        if i == 0:
+            logits[4 + 2 + i] = float("-inf")  # its own hard negative, at the gathered row offset + i
+        expected += -(logits[2 + i] - torch.logsumexp(logits, 0)).item()
+    assert loss.item() == pytest.approx(expected / 2, rel=1e-5)
+
+
+def test_gather_across_devices_single_process_equals_local(tiny_model):
+    labels = torch.tensor([[5.0, 4.8], [3.0, -2.0], [1.0, 1.5]])
+    local = MD2PRLoss(tiny_model, beta=0.0, false_negative_margin=0.5)
+    gathered = MD2PRLoss(tiny_model, beta=0.0, false_negative_margin=0.5, gather_across_devices=True)
+    tiny_model.eval()
+    a = local(batch_features(tiny_model, QUERIES, POSITIVES, NEGATIVES), labels)
+    b = gathered(batch_features(tiny_model, QUERIES, POSITIVES, NEGATIVES), labels)
+    tiny_model.train()
+    assert a["contrastive"].item() == pytest.approx(b["contrastive"].item(), rel=1e-6)
+    assert gathered.get_config_dict()["gather_across_devices"] is True
+
+
+def test_md2pr_online_scores_equal_offline_labels(tiny_model, teacher):
+    labels = torch.tensor([teacher.score([(q, p), (q, n)]).tolist() for q, p, n in zip(QUERIES, POSITIVES, NEGATIVES)])
+    gaps = (labels[:, 0] - labels[:, 1]).sort().values
+    margin = float(gaps[0] + gaps[1]) / 2  # flags exactly the row with the smallest gap, far from the boundary
+    tiny_model.eval()
+    offline_fn = MD2PRLoss(tiny_model, teacher=teacher, false_negative_margin=margin)
+    online_fn = MD2PRLoss(tiny_model, teacher=teacher, false_negative_margin=margin)
+    offline = offline_fn(batch_features(tiny_model, QUERIES, POSITIVES, NEGATIVES), labels)
+    online = online_fn(batch_features(tiny_model, QUERIES, POSITIVES, NEGATIVES), None)
+    tiny_model.train()
+    for key in ("contrastive", "sentence_level", "word_level"):
+        assert online[key].item() == pytest.approx(offline[key].item(), rel=1e-5)
+    assert online_fn.masked_counts == offline_fn.masked_counts and offline_fn.masked_counts["flagged"] == 1
