@@ -308,8 +308,8 @@ def replace_usage_model_id(text: str, model_id: str) -> str:
     """Point the ``SentenceTransformer("...")`` calls inside ```python blocks at ``model_id``.
 
     Example:
-        >>> replace_usage_model_id('```python\nm = SentenceTransformer("sentence_transformers_model_id")\n```', "org/x")
-        '```python\nm = SentenceTransformer("org/x")\n```'
+        >>> replace_usage_model_id('```python\\nm = SentenceTransformer("sentence_transformers_model_id")\\n```', "org/x")
+        '```python\\nm = SentenceTransformer("org/x")\\n```'
     """
 
     def fix_block(match: re.Match) -> str:

@@ -1,0 +1,380 @@
+"""md2pr push: dry run, the calls made to huggingface_hub's API, token hygiene, errors, CLI, Hub cache layout.
+
+No test reaches a network or uses a real token: the HfApi is an autospec of the real class (so every call is
+checked against huggingface_hub's signatures), or the real HfApi on a mock HTTP transport.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import traceback
+from types import SimpleNamespace
+from unittest import mock
+
+import httpx2
+import numpy as np
+import pytest
+from huggingface_hub import HfApi, constants
+from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+from huggingface_hub.utils import hf_raise_for_status
+
+from md2pr_st import cli
+from md2pr_st.hub import HubPushError, add_to_hub_cache, push_to_hub, validate_model_folder
+from md2pr_st.model_card import split_front_matter
+
+FAKE_TOKEN = "hf_fakeTOKENnotReal0123456789"
+METRICS = {
+    "before": {"ndcg@10": 0.3, "mrr@10": 0.4, "recall@100": 0.6, "map@100": 0.2, "n_queries": 60, "corpus_size": 6011},
+    "after": {"ndcg@10": 0.45, "mrr@10": 0.5, "recall@100": 0.7, "map@100": 0.3, "n_queries": 60, "corpus_size": 6011},
+}
+RUN_INFO = {"teacher": "cross-encoder/ms-marco-MiniLM-L6-v2", "alpha": 1.0, "beta": 0.5, "command": "md2pr train"}
+
+
+@pytest.fixture
+def no_token(monkeypatch, tmp_path):
+    """No token anywhere: not in HF_TOKEN, not in the login cache."""
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no_token_file"))
+
+
+@pytest.fixture
+def run_dir(tiny_model_path, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_model_path, run / "model")
+    (run / "metrics.json").write_text(json.dumps(METRICS))
+    (run / "run_info.json").write_text(json.dumps(RUN_INFO))
+    (run / "dev_ndcg.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\1" * 32)
+    return run
+
+
+def fake_api(remote_dir=None, user="org"):
+    """An autospec of HfApi: calls with arguments HfApi does not accept fail; upload_folder copies the folder."""
+    api = mock.create_autospec(HfApi, instance=True)
+    api.whoami.return_value = {"name": user, "orgs": [{"name": "acme"}]}
+
+    def upload_folder(*, folder_path, repo_id, **kwargs):
+        if remote_dir is not None:
+            shutil.copytree(folder_path, remote_dir, dirs_exist_ok=True)
+        return SimpleNamespace(commit_url=f"https://huggingface.co/{repo_id}/commit/{'a' * 40}", oid="a" * 40)
+
+    api.upload_folder.side_effect = upload_folder
+    return api
+
+
+def hub_error(status: int, path: str, **headers) -> HfHubHTTPError:
+    """A real huggingface_hub error from a response to a request that carried the token; the server even
+    echoes the token in its message (the worst case for hygiene)."""
+    request = httpx2.Request(
+        "POST", f"https://huggingface.co{path}", headers={"authorization": f"Bearer {FAKE_TOKEN}"}
+    )
+    response = httpx2.Response(
+        status, request=request, headers=headers, json={"error": f"refused for token {FAKE_TOKEN}"}
+    )
+    try:
+        hf_raise_for_status(response)
+    except HfHubHTTPError as exc:
+        return exc
+    raise AssertionError("no error raised")
+
+
+def listing(text: str) -> dict[str, int]:
+    return {
+        m.group(1): int(m.group(2).replace(",", "")) for m in re.finditer(r"^    (\S+)\s+([\d,]+) bytes$", text, re.M)
+    }
+
+
+def expected_files(run) -> dict[str, int]:
+    model = run / "model"
+    files = {p.relative_to(model).as_posix(): p.stat().st_size for p in model.rglob("*") if p.is_file()}
+    files["metrics.json"] = (run / "metrics.json").stat().st_size
+    files["run_info.json"] = (run / "run_info.json").stat().st_size
+    files["plots/dev_ndcg.png"] = (run / "dev_ndcg.png").stat().st_size
+    return files
+
+
+def test_dry_run_lists_exactly_what_is_uploaded_and_calls_no_api(run_dir, monkeypatch, capsys):
+    monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
+    monkeypatch.setattr("huggingface_hub.HfApi", mock.Mock(side_effect=AssertionError("no API in a dry run")))
+    readme_before = (run_dir / "model" / "README.md").read_text()
+
+    code = cli.main(["push", str(run_dir), "--repo-id", "org/md2pr-tiny", "--dry-run", "--private"])
+    out, err = capsys.readouterr()
+
+    assert code == 0
+    assert "Dry run: nothing uploaded, no Hub API called." in out
+    assert "  repo_id: org/md2pr-tiny" in out and "  private: True" in out and "  revision: main" in out
+    assert "  token: found (HF_TOKEN)" in out
+    files = listing(out)
+    expected = expected_files(run_dir)
+    assert set(files) == set(expected)
+    for path, size in files.items():
+        if path != "README.md":  # the card is re-rendered for the repo id
+            assert size == expected[path], path
+    assert FAKE_TOKEN not in out + err
+    # The source is untouched and no staging folder is left behind
+    assert (run_dir / "model" / "README.md").read_text() == readme_before
+    assert not (run_dir / "model" / "plots").exists()
+    assert not [p for p in run_dir.parent.iterdir() if p.name.startswith(".md2pr-push-")]
+
+
+def test_push_calls_the_hub_api_once_each_with_the_card_and_plots(run_dir, tmp_path):
+    remote = tmp_path / "remote"
+    api = fake_api(remote)
+    result = push_to_hub(
+        run_dir, "org/md2pr-tiny", private=True, revision="v1", token=FAKE_TOKEN, commit_message="MD2PR v1", api=api
+    )
+
+    api.whoami.assert_called_once_with()
+    api.create_repo.assert_called_once_with("org/md2pr-tiny", repo_type="model", private=True, exist_ok=False)
+    api.create_branch.assert_called_once_with("org/md2pr-tiny", branch="v1", repo_type="model", exist_ok=True)
+    api.upload_folder.assert_called_once()
+    kwargs = api.upload_folder.call_args.kwargs
+    assert {k: v for k, v in kwargs.items() if k != "folder_path"} == {
+        "repo_id": "org/md2pr-tiny",
+        "repo_type": "model",
+        "revision": "v1",
+        "commit_message": "MD2PR v1",
+    }
+    assert result.created is True and result.commit_url.endswith("a" * 40)
+    # What was uploaded is what the result lists; the card's image link resolves inside the upload
+    uploaded = {p.relative_to(remote).as_posix(): p.stat().st_size for p in remote.rglob("*") if p.is_file()}
+    assert uploaded == dict(result.files)
+    meta, body = split_front_matter((remote / "README.md").read_text())
+    assert "![dev ndcg](plots/dev_ndcg.png)" in body and (remote / "plots" / "dev_ndcg.png").is_file()
+    assert 'SentenceTransformer("org/md2pr-tiny")' in body
+    assert meta["model-index"][0]["results"][0]["metrics"][0] == {
+        "type": "ndcg_at_10",
+        "value": 0.45,
+        "name": "nDCG@10",
+    }
+    assert FAKE_TOKEN not in result.summary() and FAKE_TOKEN not in repr(result)
+    assert not (kwargs["folder_path"] and os.path.exists(kwargs["folder_path"]))  # staging removed
+
+
+def test_push_of_a_model_folder_to_an_existing_repo(tiny_model_path, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_path, model)
+    remote = tmp_path / "remote"
+    api = fake_api(remote)
+    api.create_repo.side_effect = hub_error(409, "/api/repos/create")
+    result = push_to_hub(model, "acme/md2pr-tiny", private=True, token=FAKE_TOKEN, api=api)
+
+    assert result.created is False
+    assert "acme/md2pr-tiny already exists: this push adds one commit" in result.notes[0]
+    assert "--private applies only to new repos" in result.notes[0]
+    api.create_branch.assert_not_called()
+    assert api.upload_folder.call_args.kwargs["revision"] is None
+    assert {p.name for p in remote.iterdir()} >= {"modules.json", "model.safetensors", "README.md"}
+    assert 'SentenceTransformer("acme/md2pr-tiny")' in (remote / "README.md").read_text()
+
+
+def _error_cases():
+    def offline(*args, **kwargs):
+        raise OfflineModeIsEnabled("Cannot reach https://huggingface.co/api/whoami-v2: offline mode is enabled.")
+
+    def network(*args, **kwargs):
+        raise httpx2.ConnectError(f"connection refused (token {FAKE_TOKEN})")
+
+    return {
+        # case: (method to break, side effect, words the message must contain)
+        "rejected token": ("whoami", hub_error(401, "/api/whoami-v2"), ["rejected the token", "hf auth login"]),
+        "forbidden": ("create_repo", hub_error(403, "/api/repos/create"), ["403", "write access"]),
+        "offline": ("whoami", offline, ["HF_HUB_OFFLINE=0"]),
+        "network": ("create_repo", network, ["could not be reached", "HTTPS_PROXY"]),
+        "server error": ("upload_folder", hub_error(500, "/api/models/org/x/commit/main"), ["500", "hf_***"]),
+        "revision": (
+            "upload_folder",
+            hub_error(404, "/api/models/org/x/commit/v9", **{"X-Error-Code": "RevisionNotFound"}),
+            ["revision not found"],
+        ),
+    }
+
+
+@pytest.mark.parametrize("case", list(_error_cases()))
+def test_every_error_is_clear_and_never_shows_the_token(case, run_dir, capsys, caplog):
+    method, effect, words = _error_cases()[case]
+    api = fake_api()
+    getattr(api, method).side_effect = effect
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(HubPushError) as info:
+        push_to_hub(run_dir, "org/x", token=FAKE_TOKEN, api=api, check_load=False)
+    message = str(info.value)
+    for word in words:
+        assert word in message
+    shown = "".join(traceback.format_exception(info.value)) + repr(info.value)
+    out, err = capsys.readouterr()
+    assert FAKE_TOKEN not in message + shown + out + err + caplog.text
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
+def test_someone_elses_namespace_is_refused_before_any_write(run_dir):
+    api = fake_api(user="alice")
+    with pytest.raises(HubPushError, match=r"namespace 'bob' is neither your user \('alice'\).*--repo_id alice/x"):
+        push_to_hub(run_dir, "bob/x", token=FAKE_TOKEN, api=api, check_load=False)
+    api.create_repo.assert_not_called()
+    api.upload_folder.assert_not_called()
+
+
+def test_missing_token_names_the_fix(run_dir, no_token, monkeypatch, capsys):
+    monkeypatch.setattr("huggingface_hub.HfApi", mock.Mock(side_effect=AssertionError("no API without a token")))
+    code = cli.main(["push", str(run_dir), "--repo_id", "org/x"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "md2pr push: error: No Hugging Face token found" in err
+    assert "hf auth login" in err and "huggingface-cli login" in err and "HF_TOKEN" in err
+
+
+@pytest.fixture
+def mock_hub(monkeypatch):
+    """The real HfApi on a mock HTTP transport (no network): returns the requests seen; the handler is set by
+    the test."""
+    from huggingface_hub.utils import _http
+
+    seen, handler = [], {}
+
+    def factory():
+        def respond(request):
+            seen.append(request)
+            return handler["fn"](request)
+
+        return httpx2.Client(
+            transport=httpx2.MockTransport(respond), event_hooks={"request": [_http.hf_request_event_hook]}
+        )
+
+    _http.set_client_factory(factory)
+    yield seen, handler
+    _http.set_client_factory(_http.default_client_factory)
+
+
+@pytest.mark.parametrize(
+    ("status", "where", "words"),
+    [(401, "whoami", ["rejected the token (from HF_TOKEN)", "HF_TOKEN takes precedence"]), (403, "create", ["403"])],
+)
+def test_real_hfapi_errors_through_a_mock_transport(status, where, words, run_dir, mock_hub, monkeypatch, capsys):
+    seen, handler = mock_hub
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
+
+    def respond(request):
+        assert request.headers["authorization"] == f"Bearer {FAKE_TOKEN}"  # the token goes in the header only
+        if request.url.path == "/api/whoami-v2":
+            if where == "whoami":
+                return httpx2.Response(status, json={"error": "Invalid credentials in Authorization header"})
+            return httpx2.Response(200, json={"name": "org", "orgs": []})
+        if request.url.path == "/api/repos/create":
+            payload = json.loads(request.content)
+            assert (payload["name"], payload["organization"], payload["type"]) == ("x", "org", "model")
+            assert payload["visibility"] == "public"
+            return httpx2.Response(status, json={"error": "You don't have the rights to create a model under org"})
+        raise AssertionError(f"unexpected request {request.url}")
+
+    handler["fn"] = respond
+    with pytest.raises(HubPushError) as info:
+        push_to_hub(run_dir, "org/x", check_load=False)
+    for word in words:
+        assert word in str(info.value)
+    assert [r.url.path for r in seen][-1] == ("/api/whoami-v2" if where == "whoami" else "/api/repos/create")
+    out, err = capsys.readouterr()
+    assert FAKE_TOKEN not in str(info.value) + out + err
+
+
+def test_real_hfapi_in_offline_mode(run_dir, mock_hub, monkeypatch):
+    seen, handler = mock_hub
+    handler["fn"] = lambda request: httpx2.Response(200, json={})
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(HubPushError, match="offline mode.*HF_HUB_OFFLINE=0") as info:
+        push_to_hub(run_dir, "org/x", token=FAKE_TOKEN, check_load=False)
+    assert seen == [] and FAKE_TOKEN not in str(info.value)
+
+
+def test_pickle_weights_and_custom_code_are_refused(tiny_model_path, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_path, model)
+    validate_model_folder(model)
+
+    (model / "pytorch_model.bin").write_bytes(b"pickle")
+    with pytest.raises(ValueError, match=r"pickle-based files \['pytorch_model.bin'\].*safetensors"):
+        push_to_hub(model, "org/x", dry_run=True)
+    (model / "pytorch_model.bin").unlink()
+
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "auto_map": {"AutoModel": "modeling.MyModel"}}))
+    with pytest.raises(ValueError, match="auto_map.*trust_remote_code"):
+        validate_model_folder(model)
+    (model / "config.json").write_text(json.dumps(config))
+
+    modules = json.loads((model / "modules.json").read_text())
+    modules[1]["type"] = "my_package.CustomPooling"
+    (model / "modules.json").write_text(json.dumps(modules))
+    with pytest.raises(ValueError, match="not part of sentence-transformers.*trust_remote_code"):
+        validate_model_folder(model)
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="neither a model folder .* nor a run folder"):
+        push_to_hub(tmp_path / "empty", "org/x", dry_run=True)
+
+
+def test_cli_help_and_bad_arguments(run_dir, capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["push", "--help"])
+    out = capsys.readouterr().out
+    assert info.value.code == 0
+    for text in ("usage: md2pr push", "RUN_OR_MODEL_DIR", "--repo_id REPO_ID, --repo-id REPO_ID", "--private"):
+        assert text in out
+    assert "--dry_run" in out and "--dry-run" in out and "--revision" in out and "--token" not in out
+
+    with pytest.raises(SystemExit) as info:
+        cli.main(["push", str(run_dir)])
+    assert info.value.code == 2
+    assert "the following arguments are required: --repo_id/--repo-id" in capsys.readouterr().err
+
+    with pytest.raises(SystemExit) as info:
+        cli.main(["push", "--repo_id", "org/x"])
+    assert info.value.code == 2
+    assert "required: RUN_OR_MODEL_DIR" in capsys.readouterr().err
+
+    with pytest.raises(SystemExit) as info:
+        cli.main(["push", str(run_dir), "--repo_id", "org/x", "--private", "maybe"])
+    assert info.value.code == 2 and "--private" in capsys.readouterr().err
+
+    assert cli.main(["push", str(run_dir), "--repo_id", "no-namespace", "--dry_run"]) == 1
+    assert "repo_id must be NAMESPACE/NAME" in capsys.readouterr().err
+    assert cli.main(["push", str(run_dir), "--repo_id", "org/bad name!", "--dry_run"]) == 1
+    assert "Invalid repo_id 'org/bad name!'" in capsys.readouterr().err
+    assert cli.main(["push", str(run_dir / "missing"), "--repo_id", "org/x", "--dry_run"]) == 1
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_pushed_folder_loads_from_the_hub_cache_layout(run_dir, tiny_model_path, tmp_path, monkeypatch):
+    from sentence_transformers import SentenceTransformer
+
+    remote = tmp_path / "remote"
+    push_to_hub(run_dir, "org/md2pr-tiny", token=FAKE_TOKEN, api=fake_api(remote), check_load=False)
+    cache = tmp_path / "hf_cache"
+    snapshot = add_to_hub_cache(remote, "org/md2pr-tiny", cache)
+
+    repo = cache / "models--org--md2pr-tiny"
+    commit = (repo / "refs" / "main").read_text()
+    assert re.fullmatch(r"[0-9a-f]{40}", commit) and snapshot == repo / "snapshots" / commit
+    weights = snapshot / "model.safetensors"
+    assert weights.is_symlink() and weights.resolve().parent == (repo / "blobs").resolve()
+    import hashlib
+
+    assert weights.resolve().name == hashlib.sha256((remote / "model.safetensors").read_bytes()).hexdigest()
+    assert (snapshot / "1_Pooling" / "config.json").read_text() == (remote / "1_Pooling" / "config.json").read_text()
+
+    monkeypatch.chdir(tmp_path)  # no local folder called org/md2pr-tiny
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    hub_model = SentenceTransformer("org/md2pr-tiny", cache_folder=str(cache), device="cpu")
+    local_model = SentenceTransformer(str(tiny_model_path), device="cpu")
+    texts = ["what is a python", "Paris is the capital of France."]
+    np.testing.assert_array_equal(hub_model.encode(texts), local_model.encode(texts))
+    assert hub_model.get_embedding_dimension() == 32
