@@ -17,7 +17,9 @@ from pathlib import Path
 
 from transformers import HfArgumentParser
 
+from md2pr_st.false_negatives import FilterArguments, run_filter
 from md2pr_st.hub import PushArguments, run_push
+from md2pr_st.mining import MineArguments, run_mine
 
 logger = logging.getLogger("md2pr_st")
 
@@ -140,6 +142,16 @@ COMMANDS: dict[str, tuple[str, tuple[type, ...], Callable]] = {
         "Push a model or run folder to the Hugging Face Hub with its MD2PR model card and plots, in one commit.",
         (PushArguments,),
         run_push,
+    ),
+    "mine": (
+        "Mine hard negatives with the current student and FAISS (cached, resumable corpus embeddings).",
+        (MineArguments,),
+        run_mine,
+    ),
+    "filter": (
+        "Teacher-score mined candidates, drop false negatives (dynamic threshold), attach the `scores` column.",
+        (FilterArguments,),
+        run_filter,
     ),
 }
 

@@ -33,6 +33,7 @@ every (query, positive) and (query, candidate) pair of the round's dataset and e
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Sequence
@@ -112,6 +113,7 @@ class FalseNegativeFilter:
         threshold: float | None = None,
         num_negatives: int | None = None,
         keep_as_positives: bool = False,
+        refill_order: str = "rank",
         query_column: str = "query",
         positive_column: str = "positive",
         scores_column: str = "scores",
@@ -148,6 +150,9 @@ class FalseNegativeFilter:
             num_negatives: negatives kept per row (default: all candidate columns, so any flagged candidate drops
                 its row; mine more candidates than you keep).
             keep_as_positives: add a row per flagged candidate with it as the positive.
+            refill_order: which remaining candidates become the negatives: the first ones in input (mining rank)
+                order (``"rank"``, default) or the highest teacher scores (``"teacher"``, as the host's
+                ``mine_hard_negatives`` picks them after cross-encoder rescoring).
             query_column, positive_column: input column names; candidates are the ``negative_<i>`` columns.
             scores_column: the label column written (and read when ``teacher=None``).
             batch_size: teacher batch size.
@@ -180,6 +185,8 @@ class FalseNegativeFilter:
             raise ValueError(f"quantile must lie in [0, 1], got {quantile}.")
         if min_margin is not None and max_margin is not None and min_margin > max_margin:
             raise ValueError(f"min_margin ({min_margin}) must not exceed max_margin ({max_margin}).")
+        if refill_order not in ("rank", "teacher"):
+            raise ValueError(f"refill_order must be 'rank' or 'teacher', got {refill_order!r}.")
         if num_negatives is not None and num_negatives < 1:
             raise ValueError(f"num_negatives must be at least 1, got {num_negatives}.")
         self.teacher = self._as_teacher(teacher, batch_size)
@@ -192,6 +199,7 @@ class FalseNegativeFilter:
         self.threshold = threshold
         self.num_negatives = num_negatives
         self.keep_as_positives = keep_as_positives
+        self.refill_order = refill_order
         self.query_column = query_column
         self.positive_column = positive_column
         self.scores_column = scores_column
@@ -222,7 +230,9 @@ class FalseNegativeFilter:
             config["relative_margin"] = self.relative_margin
         else:
             config["threshold"] = self.threshold
-        config.update(num_negatives=self.num_negatives, keep_as_positives=self.keep_as_positives)
+        config.update(
+            num_negatives=self.num_negatives, keep_as_positives=self.keep_as_positives, refill_order=self.refill_order
+        )
         config["teacher"] = getattr(self.teacher, "model_name", None) if self.teacher is not None else "scores column"
         return config
 
@@ -402,11 +412,14 @@ class FalseNegativeFilter:
             stats["candidates_scored"] += len(columns)
             flagged = [k for k in range(len(columns)) if flags[i, k]]
             stats["flagged"] += len(flagged)
-            kept = [k for k in range(len(columns)) if not flags[i, k]][:n]
+            kept = [k for k in range(len(columns)) if not flags[i, k]]
+            if self.refill_order == "teacher":
+                kept = sorted(kept, key=lambda k: -candidates[i, k])
+            kept = kept[:n]
             if len(kept) < n:
                 stats["dropped_rows"] += 1
                 continue
-            if any(k >= n for k in kept):
+            if flags[i, :n].any():  # a flagged candidate among the first n was replaced
                 stats["refilled_rows"] += 1
             negatives = [batch[columns[k]][i] for k in kept]
             negative_scores = [float(candidates[i, k]) for k in kept]
@@ -457,6 +470,20 @@ class FalseNegativeFilter:
         """Write :attr:`statistics` as JSON, atomically."""
         return write_json(path, self.statistics)
 
+    def load_statistics(self, path: str | Path) -> FalseNegativeFilter:
+        """Continue the rounds saved by :meth:`save_statistics` (the next :meth:`fit` is round ``len + 1``)."""
+        import json
+
+        saved = json.loads(Path(path).read_text(encoding="utf-8"))
+        previous = saved.get("rounds") if isinstance(saved, dict) else None
+        if not isinstance(previous, list):
+            raise ValueError(f"{path} is not a FalseNegativeFilter statistics file (no 'rounds' list).")
+        self.rounds = [dict(r) for r in previous] + self.rounds
+        empty = [np.zeros(0)] * len(previous)
+        self._gaps = empty + self._gaps
+        self._flags = [np.zeros(0, dtype=bool)] * len(previous) + self._flags
+        return self
+
     def plot(self, path: str | Path, round: int = -1, bins: int = 60) -> Path:
         """A PNG histogram of the round's teacher score gaps ``t(q, d+) - t(q, d)``, flagged candidates in red and
         the margin m_r (dynamic / margin rules) as a vertical line."""
@@ -486,3 +513,89 @@ class FalseNegativeFilter:
             fig.savefig(tmp, format="png", dpi=120)
         plt.close(fig)
         return path
+
+
+# --------------------------------------------------------------------------------------------------------------
+# md2pr filter
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class FilterArguments:
+    """Options of ``md2pr filter``."""
+
+    input: str = dataclasses.field(default="mined", metadata={"help": "`datasets` folder from `md2pr mine`."})
+    output: str = dataclasses.field(default="filtered", metadata={"help": "Output `datasets` folder."})
+    teacher: str | None = dataclasses.field(
+        default=None, metadata={"help": "Cross-encoder (Hub id or folder); none: use the input's scores column."}
+    )
+    rule: str = dataclasses.field(default="dynamic", metadata={"help": "dynamic, margin, relative or absolute."})
+    quantile: float = dataclasses.field(default=0.1, metadata={"help": "dynamic: p of m_r = Q_p(gaps)."})
+    min_margin: float | None = dataclasses.field(default=0.0, metadata={"help": "dynamic: lower clip of m_r."})
+    max_margin: float | None = dataclasses.field(default=None, metadata={"help": "dynamic: upper clip of m_r."})
+    margin: float | None = dataclasses.field(default=None, metadata={"help": "margin rule: m."})
+    relative_margin: float | None = dataclasses.field(default=None, metadata={"help": "relative rule: r."})
+    threshold: float | None = dataclasses.field(default=None, metadata={"help": "absolute rule: tau (logit)."})
+    num_negatives: int = dataclasses.field(default=4, metadata={"help": "Negatives kept per row."})
+    keep_as_positives: bool = dataclasses.field(default=False, metadata={"help": "Flagged -> extra positives."})
+    refill_order: str = dataclasses.field(default="rank", metadata={"help": "'rank' or 'teacher'."})
+    max_length: int | None = dataclasses.field(default=None, metadata={"help": "Teacher max tokens per pair."})
+    batch_size: int = dataclasses.field(default=32, metadata={"help": "Teacher batch size."})
+    statistics: str | None = dataclasses.field(
+        default=None,
+        metadata={"help": "Statistics JSON; rounds already in it are continued (default OUTPUT/md2pr_filter.json)."},
+    )
+    device: str | None = dataclasses.field(default=None, metadata={"help": "cpu, cuda, ... (default: auto)."})
+
+
+def run_filter(args: FilterArguments) -> dict:
+    """``md2pr filter``: one round of false-negative filtering; writes the dataset, JSON statistics and a PNG."""
+    import sys
+
+    from datasets import load_from_disk
+
+    teacher = None
+    if args.teacher:
+        from md2pr_st.teacher import Teacher
+
+        teacher = Teacher(args.teacher, max_length=args.max_length, batch_size=args.batch_size, device=args.device)
+    source = Path(args.input)
+    if not source.is_dir():
+        raise FileNotFoundError(f"--input {args.input} is not a `datasets` folder (the output of md2pr mine).")
+    dataset = load_from_disk(str(source))
+    extra = [c for c in dataset.column_names if c in ("query_id", "positive_id", "negative_ids")]
+    if extra:
+        dataset = dataset.remove_columns(extra)
+    fn_filter = FalseNegativeFilter(
+        teacher,
+        args.rule,
+        quantile=args.quantile,
+        min_margin=args.min_margin,
+        max_margin=args.max_margin,
+        margin=args.margin,
+        relative_margin=args.relative_margin,
+        threshold=args.threshold,
+        num_negatives=args.num_negatives,
+        keep_as_positives=args.keep_as_positives,
+        refill_order=args.refill_order,
+        batch_size=args.batch_size,
+        show_progress_bar=True,
+    )
+    stats_path = Path(args.statistics) if args.statistics else None
+    if stats_path is not None and stats_path.is_file():
+        fn_filter.load_statistics(stats_path)
+    filtered = fn_filter.apply(dataset)
+    with atomic_path(args.output, is_dir=True) as tmp:
+        filtered.save_to_disk(str(tmp))
+        fn_filter.save_statistics(tmp / "md2pr_filter.json")
+        fn_filter.plot(tmp / "md2pr_filter_gaps.png")
+    if stats_path is not None:
+        fn_filter.save_statistics(stats_path)
+    last = fn_filter.statistics["rounds"][-1]
+    margin = "" if last["margin"] is None else f", margin {last['margin']:.4f}"
+    print(
+        f"Round {last['round']} ({args.rule}{margin}): {last['flagged']:,} of {last['candidates_scored']:,} "
+        f"candidates flagged, {last['dropped_rows']:,} rows dropped, {last['rows_out']:,} rows -> {args.output}",
+        file=sys.stderr,
+    )
+    return last

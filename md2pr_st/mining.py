@@ -617,3 +617,117 @@ def save_mining_stats(stats: MiningStats, path: str | Path) -> Path:
 def load_manifest(cache_path: str | Path) -> dict:
     """The manifest of a :class:`CorpusEmbeddingCache` folder."""
     return json.loads((Path(cache_path) / _MANIFEST).read_text(encoding="utf-8"))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# md2pr mine
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class MineArguments:
+    """Options of ``md2pr mine``."""
+
+    input: str = dataclasses.field(
+        default="rag24",
+        metadata={
+            "help": "Training queries: 'rag24', a BEIR-layout folder (positives from the qrels of --split), or a "
+            "`datasets` folder (save_to_disk) with query/positive columns (then --corpus is required)."
+        },
+    )
+    output: str = dataclasses.field(default="mined", metadata={"help": "Output `datasets` folder (n-tuples)."})
+    corpus: str | None = dataclasses.field(
+        default=None, metadata={"help": "A `datasets` folder with id/text, or a BEIR folder (its corpus.jsonl)."}
+    )
+    split: str = dataclasses.field(default="train", metadata={"help": "Split of rag24 / BEIR input."})
+    model: str | None = dataclasses.field(
+        default=None, metadata={"help": "The current student (Hub id or folder; default the embedded MiniLM)."}
+    )
+    num_negatives: int = dataclasses.field(default=16, metadata={"help": "Negatives (candidates) per row."})
+    range_min: int = dataclasses.field(default=0, metadata={"help": "First rank (0-based, positives removed)."})
+    range_max: int = dataclasses.field(default=100, metadata={"help": "Ranks below this are candidates."})
+    sampling: str = dataclasses.field(default="top", metadata={"help": "'top' or 'random'."})
+    seed: int = dataclasses.field(default=0, metadata={"help": "Seed of random sampling."})
+    min_grade: int = dataclasses.field(default=2, metadata={"help": "Qrels grade that makes a positive."})
+    positives: str = dataclasses.field(default="all", metadata={"help": "'all' judged positives or the 'best'."})
+    skip_queries_without_positive: bool = dataclasses.field(
+        default=True, metadata={"help": "Drop queries without a positive (else: error)."}
+    )
+    cache_dir: str | None = dataclasses.field(
+        default=None, metadata={"help": "Corpus-embedding cache folder (default: OUTPUT.embeddings)."}
+    )
+    chunk_size: int = dataclasses.field(default=4096, metadata={"help": "Passages per cached chunk."})
+    batch_size: int = dataclasses.field(default=64, metadata={"help": "Encoding batch size."})
+    max_seq_length: int | None = dataclasses.field(default=None, metadata={"help": "Student max tokens."})
+    factory: str = dataclasses.field(default="Flat", metadata={"help": "faiss.index_factory string."})
+    with_ids: bool = dataclasses.field(default=False, metadata={"help": "Add id columns (for analysis only)."})
+    data_cache_dir: str | None = dataclasses.field(default=None, metadata={"help": "RAG24 data cache folder."})
+    device: str | None = dataclasses.field(default=None, metadata={"help": "cpu, cuda, ... (default: auto)."})
+
+
+def _load_corpus(path: str) -> Dataset:
+    from datasets import load_from_disk
+
+    from md2pr_st.data import _read_jsonl
+
+    folder = Path(path)
+    if (folder / "corpus.jsonl").is_file():
+        ids, texts = _read_jsonl(folder / "corpus.jsonl", "corpus")
+        return Dataset.from_dict({"id": ids, "text": texts})
+    if folder.is_dir():
+        return load_from_disk(str(folder))
+    raise FileNotFoundError(f"--corpus {path} is neither a `datasets` folder nor a BEIR folder with corpus.jsonl.")
+
+
+def run_mine(args: MineArguments) -> dict:
+    """``md2pr mine``: mine hard negatives and save the n-tuples as a `datasets` folder."""
+    import sys
+
+    from datasets import load_from_disk
+    from sentence_transformers import SentenceTransformer
+
+    from md2pr_st.data import load_retrieval_data
+    from md2pr_st.models import resolve_model_name
+
+    source = Path(args.input)
+    if args.input.startswith("rag24") or (source / "corpus.jsonl").is_file():
+        kwargs = {"cache_dir": args.data_cache_dir} if args.input.startswith("rag24") else {}
+        data = load_retrieval_data(args.input, args.split, **kwargs)
+        pairs = training_pairs(data, args.min_grade, args.positives, args.skip_queries_without_positive)
+        corpus = _load_corpus(args.corpus) if args.corpus else data.corpus
+    elif source.is_dir():
+        pairs = load_from_disk(str(source))
+        if args.corpus is None:
+            raise ValueError("A `datasets` input needs --corpus (a `datasets` folder with id/text or a BEIR folder).")
+        corpus = _load_corpus(args.corpus)
+    else:
+        raise FileNotFoundError(f"--input {args.input}: not 'rag24', a BEIR folder or a `datasets` folder.")
+    model = SentenceTransformer(resolve_model_name(args.model), device=args.device)
+    if args.max_seq_length:
+        model.max_seq_length = args.max_seq_length
+    mined, stats = mine_hard_negatives(
+        pairs,
+        corpus,
+        model,
+        num_negatives=args.num_negatives,
+        range_min=args.range_min,
+        range_max=args.range_max,
+        sampling=args.sampling,
+        seed=args.seed,
+        cache_dir=args.cache_dir or f"{args.output.rstrip('/')}.embeddings",
+        chunk_size=args.chunk_size,
+        batch_size=args.batch_size,
+        factory=args.factory,
+        with_ids=args.with_ids,
+        return_stats=True,
+        show_progress_bar=True,
+    )
+    with atomic_path(args.output, is_dir=True) as tmp:
+        mined.save_to_disk(str(tmp))
+        save_mining_stats(stats, tmp / "md2pr_mining.json")
+    print(
+        f"Mined {stats.rows_out:,} rows ({stats.queries:,} queries, {args.num_negatives} negatives each; "
+        f"{stats.dropped_rows} rows dropped) -> {args.output}",
+        file=sys.stderr,
+    )
+    return stats.to_dict()

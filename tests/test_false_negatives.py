@@ -218,3 +218,37 @@ def test_output_feeds_the_sentence_level_loss(tiny_model):
     features = [tiny_model.tokenize(out[c]) for c in ("query", "positive", "negative_1", "negative_2")]
     value = loss(features, torch.tensor(out["scores"]))
     assert value.ndim == 0 and torch.isfinite(value)
+
+
+def test_refill_by_teacher_order_and_continued_rounds(tmp_path):
+    fn_filter = FalseNegativeFilter(rule="absolute", threshold=2.0, num_negatives=1, refill_order="teacher")
+    out = fn_filter.apply(rows([[3.0, 1.0, 2.5, -1.0, 1.5], *SCORES[1:]]))
+    # Row A: 2.5 is flagged (>= 2); of the rest the teacher's best is 1.5 (negative_4), not the first in rank order.
+    assert out["negative_1"] == ["a4", "b2", "c1"]
+    assert fn_filter.statistics["rounds"][0]["refilled_rows"] == 1  # only row B had a flagged first candidate
+    fn_filter.save_statistics(tmp_path / "stats.json")
+    later = FalseNegativeFilter(rule="absolute", threshold=2.0, num_negatives=1).load_statistics(
+        tmp_path / "stats.json"
+    )
+    later.apply(rows())
+    assert [r["round"] for r in later.statistics["rounds"]] == [1, 2]
+    assert later.plot(tmp_path / "round2.png").is_file()
+
+
+def test_cli_filter_round_trip(tmp_path):
+    from datasets import load_from_disk
+
+    from md2pr_st.cli import main
+
+    rows().save_to_disk(str(tmp_path / "mined"))
+    stats_file = tmp_path / "rounds.json"
+    argv = ["filter", "--input", str(tmp_path / "mined"), "--output", str(tmp_path / "filtered"), "--quantile", "0.3"]
+    argv += ["--num_negatives", "2", "--statistics", str(stats_file)]
+    assert main(argv) == 0
+    out = load_from_disk(str(tmp_path / "filtered"))
+    assert out["negative_1"] == ["a3", "b2", "c2"]
+    assert (tmp_path / "filtered" / "md2pr_filter_gaps.png").is_file()
+    assert main(argv) == 0  # a second round continues the statistics file
+    rounds = json.loads(stats_file.read_text())["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2] and rounds[1]["margin"] == pytest.approx(1.3)
+    assert main(argv[:-4] + ["--rule", "relative"]) == 1  # relative needs --relative_margin: a clear error

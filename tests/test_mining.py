@@ -293,3 +293,24 @@ def test_minilm_on_a_rag24_slice(minilm_path, tmp_path):
         # With real MiniLM, the hardest negatives of a topic come mostly from its own judged pool.
         own_pool = sum(d in data.qrels[row["query_id"]] for d in row["negative_ids"])
         assert own_pool >= 3
+
+
+def test_cli_mine_writes_a_datasets_folder(tiny_model_path, tmp_path):
+    from datasets import load_from_disk
+
+    from md2pr_st.cli import main
+
+    Dataset.from_dict({"query": [Q, "how do cats sleep"], "positive": [POS, "Cats sleep a lot."]}).save_to_disk(
+        str(tmp_path / "pairs")
+    )
+    CORPUS.save_to_disk(str(tmp_path / "corpus"))
+    argv = ["mine", "--input", str(tmp_path / "pairs"), "--corpus", str(tmp_path / "corpus"), "--output"]
+    argv += [str(tmp_path / "mined"), "--model", str(tiny_model_path), "--num_negatives", "3", "--range_max", "6"]
+    assert main(argv + ["--chunk_size", "4"]) == 0
+    mined = load_from_disk(str(tmp_path / "mined"))
+    assert mined.column_names == ["query", "positive", "negative_1", "negative_2", "negative_3"]
+    assert len(mined) == 2
+    stats = __import__("json").loads((tmp_path / "mined" / "md2pr_mining.json").read_text())
+    assert (stats["rows_out"], stats["chunks_encoded"]) == (2, 3)
+    assert len(list((tmp_path / "mined.embeddings").glob("*/chunk_*.npy"))) == 3
+    assert main(["mine", "--input", str(tmp_path / "pairs"), "--output", str(tmp_path / "x")]) == 1  # no --corpus
