@@ -160,10 +160,11 @@ def decode_student_texts(
     mask = attention_mask.tolist() if attention_mask is not None else [[1] * len(row) for row in ids]
     special = set(tokenizer.all_special_ids)
     skip = int(prompt_length or 0)
-    positions = [
-        [p for p, (t, m) in enumerate(zip(row, row_mask)) if m and p >= skip and t not in special]
-        for row, row_mask in zip(ids, mask)
-    ]
+    positions = []
+    for row, row_mask in zip(ids, mask):
+        # The prompt starts at the first attended position (after any left padding), as in Pooling.
+        start = next((p for p, m in enumerate(row_mask) if m), 0) + skip
+        positions.append([p for p, (t, m) in enumerate(zip(row, row_mask)) if m and p >= start and t not in special])
     content = [[row[p] for p in pos] for row, pos in zip(ids, positions)]
     texts = tokenizer.batch_decode(content, skip_special_tokens=True, clean_up_tokenization_spaces=False)
     encoded = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)

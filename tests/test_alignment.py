@@ -142,3 +142,15 @@ def test_align_pair_and_pool_teacher_attention_by_hand():
     alignment = align_pair(query, passage, cut, same_vocab=False)
     assert alignment.passage.groups == [([1], [0])]
     np.testing.assert_allclose(pool_teacher_attention(cut.weights, alignment), np.ones((2, 1)), rtol=1e-6)
+
+
+def test_decode_student_texts_with_left_padding_and_prompt(word_tokenizer):
+    word_tokenizer.padding_side = "left"
+    try:
+        batch = word_tokenizer(["query: python snake", "query: tea"], padding=True, return_tensors="pt")
+    finally:
+        word_tokenizer.padding_side = "right"
+    prompt_length = len(word_tokenizer("query: ")["input_ids"]) - 1
+    rows = decode_student_texts(word_tokenizer, batch["input_ids"], batch["attention_mask"], prompt_length)
+    assert [r.text for r in rows] == ["python snake", "tea"]
+    assert rows[1].positions == [4]  # one left pad, [CLS] query :, then "tea"

@@ -303,13 +303,13 @@ class WordLevelDistillationLoss(nn.Module):
             2. An online cross-encoder teacher whose attention can be read (eager attention; switched on automatically)
 
         Inputs:
-            +------------------------------------------------+------------------------------------------+
-            | Inputs                                         | Labels                                   |
-            +================================================+==========================================+
-            | (query, positive)                              | none (ignored if present)                |
-            +------------------------------------------------+------------------------------------------+
-            | (query, positive, negative_1, ..., negative_n) | none (ignored if present)                |
-            +------------------------------------------------+------------------------------------------+
+            +------------------------------------------------+----------------------------------+
+            | Inputs                                         | Labels                           |
+            +================================================+==================================+
+            | (query, positive)                              | none (a label column is ignored) |
+            +------------------------------------------------+----------------------------------+
+            | (query, positive, negative_1, ..., negative_n) | none (a label column is ignored) |
+            +------------------------------------------------+----------------------------------+
 
         Recommendations:
             - Use it inside :class:`MD2PRLoss`; alone it teaches token interactions but not the ranking.
