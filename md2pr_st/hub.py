@@ -424,8 +424,6 @@ def _push_staged(api: Any, staging: Path, result: PushResult, token: str, commit
         try:
             return fn(*args, **kwargs)
         except Exception as exc:  # every failure becomes a token-free HubPushError
-            if isinstance(exc, HfHubHTTPError) and action == "create the repo" and _status(exc) == 409:
-                raise
             raise _explain(exc, action, repo_id, token, result.token_source) from None
 
     user = call("check the token (whoami)", api.whoami)
@@ -438,10 +436,18 @@ def _push_staged(api: Any, staging: Path, result: PushResult, token: str, commit
             f"--repo_id {user_name}/{name}, or ask the owner of {namespace!r} for write access. Nothing was uploaded."
         )
     try:
-        call("create the repo", api.create_repo, repo_id, repo_type="model", private=result.private, exist_ok=False)
+        api.create_repo(repo_id, repo_type="model", private=result.private, exist_ok=False)
         result.created = True
         logger.info("Created %s (private=%s)", repo_id, result.private)
-    except HfHubHTTPError:  # 409: the repo exists and the namespace is ours (checked above)
+    except Exception as exc:
+        # 409: the repo exists (in our namespace, checked above). 403: no right to create repos in the namespace,
+        # which is fine when the repo exists and the token may write to it (as huggingface_hub's exist_ok=True).
+        status = _status(exc) if isinstance(exc, HfHubHTTPError) else None
+        exists = status == 409 or (
+            status == 403 and call("check whether the repo exists", api.repo_exists, repo_id, repo_type="model")
+        )
+        if not exists:
+            raise _explain(exc, "create the repo", repo_id, token, result.token_source) from None
         result.created = False
         result.notes.append(
             f"{repo_id} already exists: this push adds one commit to it (files with the same path are replaced, "

@@ -73,8 +73,11 @@ class RoundInfo:
 
     Args:
         round: 1-based round number.
+        rule: the filter rule (``dynamic``, ``margin``, ``relative``, ``absolute``; see
+            :mod:`md2pr_st.false_negatives`).
         threshold: the absolute threshold theta_r, when one was used.
         margin: the margin m_r of the default rule theta_r(q) = t(q, d+) - m_r.
+        relative_margin: r of the relative rule theta(q) = t(q, d+) - |t(q, d+)| * r.
         candidates_scored: mined candidates the teacher scored.
         flagged: candidates flagged as false negatives (removed from the negatives).
         filter_rate: ``flagged / candidates_scored`` (computed when not given).
@@ -82,8 +85,10 @@ class RoundInfo:
     """
 
     round: int
+    rule: str | None = None
     threshold: float | None = None
     margin: float | None = None
+    relative_margin: float | None = None
     candidates_scored: int | None = None
     flagged: int | None = None
     filter_rate: float | None = None
@@ -94,6 +99,7 @@ class RoundInfo:
         "candidates": "candidates_scored",
         "scored": "candidates_scored",
         "false_negatives": "flagged",
+        "flagged_fraction": "filter_rate",  # FalseNegativeFilter's per-round statistics
         "dev_ndcg@10": "dev_ndcg_at_10",
         "ndcg@10": "dev_ndcg_at_10",
     }
@@ -104,7 +110,15 @@ class RoundInfo:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], default_round: int = 1) -> RoundInfo:
-        """Build from a dict; accepts ``dev_ndcg@10``, ``candidates``, ``false_negatives`` as aliases."""
+        """Build from a dict, e.g. one of :class:`md2pr_st.false_negatives.FalseNegativeFilter`'s round statistics
+        (``flagged_fraction`` is the filter rate) plus ``dev_ndcg@10``; other keys are ignored.
+
+        Example:
+            >>> r = RoundInfo.from_dict({"round": 2, "rule": "dynamic", "margin": 1.5, "candidates_scored": 400,
+            ...                          "flagged": 10, "flagged_fraction": 0.025, "gaps": {"count": 400}})
+            >>> r.rule, r.margin, r.filter_rate
+            ('dynamic', 1.5, 0.025)
+        """
         known = {f.name for f in dataclasses.fields(cls)}
         values: dict[str, Any] = {}
         for key, value in data.items():
@@ -235,6 +249,19 @@ def _fmt(value: Any, digits: int = 4) -> str:
     if isinstance(value, float):
         return f"{value:.{digits}f}"
     return str(value)
+
+
+def _round_rule(r: RoundInfo) -> str:
+    """``"dynamic, margin 1.5000"``: the rule and the value that set the round's threshold."""
+    if r.threshold is not None:
+        value = f"threshold {_fmt(r.threshold)}"
+    elif r.margin is not None:
+        value = f"margin {_fmt(r.margin)}"
+    elif r.relative_margin is not None:
+        value = f"relative margin {_fmt(r.relative_margin)}"
+    else:
+        value = ""
+    return ", ".join(part for part in (r.rule, value) if part) or "-"
 
 
 def _hub_id(name: str | None) -> str | None:
@@ -437,11 +464,7 @@ def render_model_card(
     rounds = [
         {
             "round": r.round,
-            "threshold": (
-                f"threshold {_fmt(r.threshold)}"
-                if r.threshold is not None
-                else (f"margin {_fmt(r.margin)}" if r.margin is not None else "-")
-            ),
+            "threshold": _round_rule(r),
             "candidates_scored": _fmt(r.candidates_scored),
             "flagged": _fmt(r.flagged),
             "filter_rate": "-" if r.filter_rate is None else f"{100 * r.filter_rate:.2f}%",

@@ -56,6 +56,7 @@ def fake_api(remote_dir=None, user="org"):
     """An autospec of HfApi: calls with arguments HfApi does not accept fail; upload_folder copies the folder."""
     api = mock.create_autospec(HfApi, instance=True)
     api.whoami.return_value = {"name": user, "orgs": [{"name": "acme"}]}
+    api.repo_exists.return_value = False
 
     def upload_folder(*, folder_path, repo_id, **kwargs):
         if remote_dir is not None:
@@ -173,6 +174,24 @@ def test_push_of_a_model_folder_to_an_existing_repo(tiny_model_path, tmp_path):
     assert 'SentenceTransformer("acme/md2pr-tiny")' in (remote / "README.md").read_text()
 
 
+def test_403_on_create_for_an_existing_writable_repo_still_pushes(run_dir):
+    api = fake_api()
+    api.create_repo.side_effect = hub_error(403, "/api/repos/create")
+    api.repo_exists.return_value = True
+    result = push_to_hub(run_dir, "acme/x", token=FAKE_TOKEN, api=api, check_load=False)
+    api.repo_exists.assert_called_once_with("acme/x", repo_type="model")
+    api.upload_folder.assert_called_once()
+    assert result.created is False and "acme/x already exists" in result.notes[0]
+
+
+def test_a_folder_that_does_not_load_is_refused(tiny_model_path, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_path, model)
+    (model / "model.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(ValueError, match=r"does not load with SentenceTransformer\(\.\.\., trust_remote_code=False\)"):
+        push_to_hub(model, "org/x", dry_run=True)
+
+
 def _error_cases():
     def offline(*args, **kwargs):
         raise OfflineModeIsEnabled("Cannot reach https://huggingface.co/api/whoami-v2: offline mode is enabled.")
@@ -271,6 +290,10 @@ def test_real_hfapi_errors_through_a_mock_transport(status, where, words, run_di
             assert (payload["name"], payload["organization"], payload["type"]) == ("x", "org", "model")
             assert payload["visibility"] == "public"
             return httpx2.Response(status, json={"error": "You don't have the rights to create a model under org"})
+        if request.url.path.startswith("/api/models/org/x"):  # repo_exists after a 403: it does not
+            return httpx2.Response(
+                404, headers={"X-Error-Code": "RepoNotFound"}, json={"error": "Repository not found"}
+            )
         raise AssertionError(f"unexpected request {request.url}")
 
     handler["fn"] = respond
@@ -278,7 +301,8 @@ def test_real_hfapi_errors_through_a_mock_transport(status, where, words, run_di
         push_to_hub(run_dir, "org/x", check_load=False)
     for word in words:
         assert word in str(info.value)
-    assert [r.url.path for r in seen][-1] == ("/api/whoami-v2" if where == "whoami" else "/api/repos/create")
+    paths = [r.url.path for r in seen]
+    assert paths[0] == "/api/whoami-v2" and ("/api/repos/create" in paths) == (where == "create")
     out, err = capsys.readouterr()
     assert FAKE_TOKEN not in str(info.value) + out + err
 

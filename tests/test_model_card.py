@@ -134,6 +134,26 @@ def test_body_has_the_required_sections(model_dir, tmp_path):
     assert "Haifeng Li and Mo Hai and Dong Tang" in body
 
 
+def test_rounds_from_false_negative_filter_statistics(model_dir):
+    # The shape of md2pr_st.false_negatives.FalseNegativeFilter's per-round statistics, plus the dev metric
+    stats = {
+        "round": 1,
+        "rule": "dynamic",
+        "quantile": 0.1,
+        "threshold": None,
+        "margin": 1.25,
+        "rows": 100,
+        "candidates_scored": 800,
+        "flagged": 24,
+        "flagged_fraction": 0.03,
+        "gaps": {"count": 800, "mean": 4.0},
+        "thresholds": {"count": 100, "mean": 3.5},
+        "dev_ndcg@10": 0.375,
+    }
+    text = write_model_card(model_dir, METRICS, dict(RUN_INFO, rounds=[stats])).read_text(encoding="utf-8")
+    assert "| 1 | dynamic, margin 1.2500 | 800 | 24 | 3.00% | 0.3750 |" in text
+
+
 def test_host_card_is_kept_once_and_rewriting_is_idempotent(model_dir):
     host_text = (model_dir / "README.md").read_text(encoding="utf-8")
     host_front, host_body = split_front_matter(host_text)
