@@ -234,7 +234,9 @@ def stage_upload(run_or_model_dir: str | Path, staging_dir: str | Path, repo_id:
                 _link_or_copy(run_dir / name, staging_dir / name)
         metrics = run_dir / METRICS_FILE if (run_dir / METRICS_FILE).is_file() else None
         run_info = run_dir / RUN_INFO_FILE if (run_dir / RUN_INFO_FILE).is_file() else None
-        plots = sorted(run_dir.glob("*.png")) + sorted((run_dir / PLOTS_DIR).glob("*.png"))
+        # the run's plots, then those an earlier card already linked from the model folder (same names: once)
+        plots = [*sorted(run_dir.glob("*.png")), *sorted((run_dir / PLOTS_DIR).glob("*.png"))]
+        plots += sorted((staging_dir / PLOTS_DIR).glob("*.png"))
     if metrics is not None or run_info is not None or plots:
         write_model_card(staging_dir, metrics, run_info, plots=plots, model_id=repo_id)
     elif readme.is_file():
@@ -287,9 +289,26 @@ def _status(exc: BaseException) -> int | None:
     return getattr(response, "status_code", None)
 
 
+def _network_errors() -> tuple[type[BaseException], ...]:
+    """Connection and timeout errors of the HTTP clients huggingface_hub may use (httpx2, httpx, requests)."""
+    import importlib
+
+    errors: list[type[BaseException]] = [ConnectionError, TimeoutError]
+    for module_name, names in (
+        ("httpx2", ("TransportError",)),
+        ("httpx", ("TransportError",)),
+        ("requests.exceptions", ("ConnectionError", "Timeout")),
+    ):
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        errors += [getattr(module, name) for name in names if isinstance(getattr(module, name, None), type)]
+    return tuple(errors)
+
+
 def _explain(exc: BaseException, action: str, repo_id: str, token: str, token_source: str | None) -> HubPushError:
     """A clear, token-free error for a failed Hub call."""
-    import httpx2
     from huggingface_hub.errors import (
         HfHubHTTPError,
         LocalTokenNotFoundError,
@@ -332,7 +351,7 @@ def _explain(exc: BaseException, action: str, repo_id: str, token: str, token_so
             )
         else:
             message = f"Cannot {action}: the Hub answered {status}. Server: {detail}"
-    elif isinstance(exc, (httpx2.TransportError, ConnectionError, TimeoutError)):
+    elif isinstance(exc, _network_errors()):
         message = (
             f"Cannot {action}: the Hub could not be reached ({type(exc).__name__}). Check the network connection, "
             "a proxy (HTTPS_PROXY) or HF_ENDPOINT, then retry; nothing was uploaded."

@@ -50,7 +50,7 @@ RESULT_ROWS = ("before", "after", "teacher_rerank")
 HOST_START = "<!-- md2pr-card: sentence-transformers generated card starts here -->"
 HOST_END = "<!-- md2pr-card: sentence-transformers generated card ends here -->"
 PLACEHOLDER_MODEL_ID = "sentence_transformers_model_id"  # what the host card's usage snippet says without an id
-_TOKEN_PATTERN = re.compile(r"hf_[A-Za-z0-9]{8,}")
+_TOKEN_PATTERN = re.compile(r"hf_[A-Za-z0-9]{20,}")  # user access tokens: hf_ + 34 letters/digits
 _HUB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -58,8 +58,10 @@ def redact_tokens(text: str, *tokens: str | None) -> str:
     """Replace Hugging Face tokens (``hf_...``, and any ``tokens`` given) in ``text`` by ``hf_***``.
 
     Example:
-        >>> redact_tokens("md2pr train --hub_token hf_abcdefghijklmnop --alpha 1")
+        >>> redact_tokens("md2pr train --hub_token hf_abcdefghijklmnopqrstuvwxyz12345678 --alpha 1")
         'md2pr train --hub_token hf_*** --alpha 1'
+        >>> redact_tokens("pip install hf_transfer")
+        'pip install hf_transfer'
     """
     for token in tokens:
         if token:

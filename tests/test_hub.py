@@ -174,6 +174,22 @@ def test_push_of_a_model_folder_to_an_existing_repo(tiny_model_path, tmp_path):
     assert 'SentenceTransformer("acme/md2pr-tiny")' in (remote / "README.md").read_text()
 
 
+def test_a_card_written_by_the_pipeline_keeps_its_plots_when_pushed(run_dir, tmp_path):
+    from md2pr_st.model_card import write_model_card
+
+    write_model_card(run_dir / "model", METRICS, RUN_INFO, plots=[run_dir / "dev_ndcg.png"])
+    (run_dir / "dev_ndcg.png").unlink()  # the plot now lives only in model/plots/
+    plot_bytes = (run_dir / "model" / "plots" / "dev_ndcg.png").read_bytes()
+    for source, remote in ((run_dir, tmp_path / "remote_run"), (run_dir / "model", tmp_path / "remote_model")):
+        push_to_hub(source, "org/md2pr-tiny", token=FAKE_TOKEN, api=fake_api(remote), check_load=False)
+        text = (remote / "README.md").read_text()
+        assert "![dev ndcg](plots/dev_ndcg.png)" in text and text.count("![dev ndcg]") == 1
+        assert (remote / "plots" / "dev_ndcg.png").read_bytes() == plot_bytes
+        assert 'SentenceTransformer("org/md2pr-tiny")' in text and "sentence_transformers_model_id" not in text
+    assert (run_dir / "model" / "plots" / "dev_ndcg.png").read_bytes() == plot_bytes
+    assert "sentence_transformers_model_id" in (run_dir / "model" / "README.md").read_text()  # source untouched
+
+
 def test_403_on_create_for_an_existing_writable_repo_still_pushes(run_dir):
     api = fake_api()
     api.create_repo.side_effect = hub_error(403, "/api/repos/create")

@@ -184,9 +184,9 @@ def test_card_is_generated_when_the_folder_has_no_readme(model_dir):
 
 
 def test_tokens_in_the_command_are_redacted(model_dir):
-    info = dict(RUN_INFO, command="md2pr train --hub_token hf_SECRETsecret123456 --alpha 1")
+    info = dict(RUN_INFO, command="md2pr train --hub_token hf_SECRETsecret1234567890abcdefXYZ --alpha 1")
     text = write_model_card(model_dir, METRICS, info).read_text(encoding="utf-8")
-    assert "hf_SECRETsecret123456" not in text
+    assert "hf_SECRETsecret1234567890abcdefXYZ" not in text
     assert "md2pr train --hub_token hf_*** --alpha 1" in text
 
 
