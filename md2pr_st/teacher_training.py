@@ -1,0 +1,304 @@
+"""Train the cross-encoder teacher on a :class:`~md2pr_st.data.RetrievalData` train split.
+
+No pretrained cross-encoder ships on machines without Hub access, so MD2PR's teacher is trained here: a
+sentence-transformers ``CrossEncoder`` (``num_labels=1``, by default on the embedded all-MiniLM-L6-v2
+backbone) fitted with ``CrossEncoderTrainer`` and ``BinaryCrossEntropyLoss`` on graded relevance judgements.
+
+Training pairs: every judged ``(query, passage)`` of the split with the soft label ``grade / max_grade`` (grades
+0..3 -> 0, 1/3, 2/3, 1), plus ``random_negatives`` passages per query drawn from the corpus outside the query's
+judgements with label 0 (mined negatives come from the whole corpus, so the teacher must also have seen easy
+ones). The loss is ``BCEWithLogits(t(q, d), y)``, so the teacher outputs logits ``t(q, d)`` on the scale the
+false-negative filter and the sentence-level loss use.
+
+:func:`reranking_gap` measures what there is to distil: nDCG@10 of the teacher and of the student reranking the
+same candidate lists of a dev split (each query's judged pool).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from datasets import Dataset
+
+from md2pr_st.data import RetrievalData
+from md2pr_st.evaluation import evaluate_run
+from md2pr_st.utils import atomic_path, write_json
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.cross_encoder import CrossEncoder
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["teacher_training_pairs", "train_teacher", "reranking_gap"]
+
+TEACHER_REPORT = "md2pr_teacher.json"
+
+
+def teacher_training_pairs(
+    data: RetrievalData, random_negatives: int = 2, max_grade: int | None = None, seed: int = 0
+) -> Dataset:
+    """The ``(query, passage, label)`` pairs the teacher is trained on.
+
+    ``label = grade / max_grade`` for each judged pair (``max_grade`` defaults to the largest grade in the
+    qrels), and ``label = 0`` for ``random_negatives`` corpus passages per query that the query's qrels do not
+    judge (drawn with ``seed``).
+
+    Example:
+        >>> from datasets import Dataset
+        >>> data = RetrievalData(
+        ...     corpus=Dataset.from_dict({"id": ["a", "b", "c"], "text": ["Paris is in France.", "Tea.", "Cats."]}),
+        ...     queries=Dataset.from_dict({"id": ["q"], "text": ["where is paris"]}),
+        ...     qrels={"q": {"a": 3, "b": 0}},
+        ... )
+        >>> pairs = teacher_training_pairs(data, random_negatives=1)
+        >>> list(pairs["passage"]), list(pairs["label"])
+        (['Paris is in France.', 'Tea.', 'Cats.'], [1.0, 0.0, 0.0])
+    """
+    if random_negatives < 0:
+        raise ValueError(f"random_negatives must be >= 0, got {random_negatives}.")
+    grades = [g for docs in data.qrels.values() for g in docs.values()]
+    max_grade = max_grade if max_grade is not None else max(grades, default=0)
+    if max_grade <= 0:
+        raise ValueError(
+            f"{data.name}: no judgement has a positive grade (max_grade={max_grade}), so the teacher would only "
+            "see negatives. Train on qrels with relevant documents."
+        )
+    row_of = {doc_id: i for i, doc_id in enumerate(data.corpus["id"])}
+    rng = random.Random(seed)
+    queries = dict(zip(data.queries["id"], data.queries["text"]))
+    rows: list[tuple[str, int, float]] = []
+    for query_id, query in queries.items():
+        judged = data.qrels.get(query_id, {})
+        for doc_id, grade in judged.items():
+            rows.append((query, row_of[doc_id], min(max(grade, 0), max_grade) / max_grade))
+        drawn: set[int] = set()
+        tries = 0
+        while len(drawn) < random_negatives and tries < 100 * (random_negatives + 1):
+            tries += 1
+            row = rng.randrange(len(data.corpus))
+            if data.corpus[row]["id"] not in judged:
+                drawn.add(row)
+        rows += [(query, row, 0.0) for row in sorted(drawn)]
+    texts = data.corpus.select([r for _, r, _ in rows])["text"]
+    return Dataset.from_dict(
+        {"query": [q for q, _, _ in rows], "passage": texts, "label": [float(y) for _, _, y in rows]}
+    )
+
+
+def train_teacher(
+    train: RetrievalData | Dataset,
+    output_dir: str | Path,
+    *,
+    base_model: str | Path | None = None,
+    dev: RetrievalData | None = None,
+    student: str | Path | SentenceTransformer | None = None,
+    max_length: int = 192,
+    epochs: float = 1.0,
+    batch_size: int = 16,
+    learning_rate: float = 2e-5,
+    warmup_ratio: float = 0.1,
+    random_negatives: int = 2,
+    max_pairs: int | None = None,
+    seed: int = 0,
+    save_steps: int = 50,
+    device: str | None = None,
+    overwrite: bool = False,
+    show_progress_bar: bool = True,
+    callbacks: list | None = None,
+) -> Path:
+    """Train a ``CrossEncoder`` teacher with ``CrossEncoderTrainer`` and return the folder it was saved to.
+
+    The teacher minimises ``BCEWithLogits(t(q, d), y)`` over :func:`teacher_training_pairs` (``y = grade /
+    max_grade``; random corpus passages with ``y = 0``). The final model is written atomically to
+    ``output_dir``; trainer checkpoints go to ``output_dir + ".checkpoints"`` every ``save_steps`` steps, and a
+    run that was interrupted resumes from the last one. When ``dev`` is given, :func:`reranking_gap` compares
+    teacher and student on it and the result is saved in ``output_dir/md2pr_teacher.json`` (with the training
+    settings).
+
+    Args:
+        train: the train split (a :class:`RetrievalData`), or a ready ``(query, passage, label)`` dataset.
+        output_dir: where the trained teacher is saved (a plain ``CrossEncoder`` folder).
+        base_model: backbone or cross-encoder to start from (Hub id or folder; default: the embedded
+            all-MiniLM-L6-v2, given a fresh one-logit head).
+        dev: a dev split for the teacher-vs-student nDCG@10 reranking gap.
+        student: the student for the gap (default: the embedded all-MiniLM-L6-v2).
+        max_length: maximum tokens of a (query, passage) pair.
+        epochs, batch_size, learning_rate, warmup_ratio, seed: trainer settings.
+        random_negatives: label-0 corpus passages added per query.
+        max_pairs: train on a random sample of at most this many pairs (to bound CPU time).
+        save_steps: checkpoint interval, for resuming.
+        device: ``cpu``, ``cuda``, ... (default: auto).
+        overwrite: retrain even if ``output_dir`` already holds a trained teacher.
+        show_progress_bar: show the trainer's progress bar.
+        callbacks: extra ``transformers.TrainerCallback`` objects for the trainer.
+
+    Returns:
+        The path of the trained teacher, loadable with ``CrossEncoder(path)`` or ``Teacher(path)``.
+
+    Example:
+        ::
+
+            >>> from md2pr_st.data import load_rag24
+            >>> from md2pr_st.teacher_training import train_teacher
+            >>> path = train_teacher(load_rag24("train"), "runs/teacher", dev=load_rag24("dev"))  # doctest: +SKIP
+            >>> Teacher(path).score([("what is python", "Python is a language.")])  # doctest: +SKIP
+    """
+    from sentence_transformers.cross_encoder import (
+        CrossEncoder,
+        CrossEncoderTrainer,
+        CrossEncoderTrainingArguments,
+    )
+    from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss
+
+    from md2pr_st.models import resolve_model_name
+
+    output_dir = Path(output_dir)
+    if (output_dir / TEACHER_REPORT).is_file() and not overwrite:
+        logger.info("%s already holds a trained teacher; reusing it (overwrite=True retrains).", output_dir)
+        return output_dir
+    if isinstance(train, RetrievalData):
+        pairs = teacher_training_pairs(train, random_negatives=random_negatives, seed=seed)
+        train_name = train.name
+    elif isinstance(train, Dataset):
+        missing = {"query", "passage", "label"} - set(train.column_names)
+        if missing:
+            raise ValueError(
+                f"The teacher's training dataset needs columns query, passage, label; it lacks {sorted(missing)} "
+                f"(it has {train.column_names}). Build it with teacher_training_pairs(data)."
+            )
+        pairs, train_name = train.select_columns(["query", "passage", "label"]), "dataset"
+    else:
+        raise TypeError(f"train must be a RetrievalData or a datasets.Dataset, got {type(train).__name__}.")
+    if len(pairs) == 0:
+        raise ValueError("No training pairs: the train split has no judged pairs.")
+    if max_pairs is not None and len(pairs) > max_pairs:
+        pairs = pairs.shuffle(seed=seed).select(range(max_pairs))
+    base_name = resolve_model_name(base_model)
+    model = CrossEncoder(base_name, num_labels=1, max_length=max_length, device=device)
+    checkpoints = output_dir.with_name(output_dir.name + ".checkpoints")
+    args = CrossEncoderTrainingArguments(
+        output_dir=str(checkpoints),
+        num_train_epochs=epochs,
+        per_device_train_batch_size=batch_size,
+        learning_rate=learning_rate,
+        warmup_steps=float(warmup_ratio),  # transformers 5: a float < 1 is a ratio
+        seed=seed,
+        save_strategy="steps",
+        save_steps=save_steps,
+        save_total_limit=1,
+        logging_steps=max(1, save_steps // 2),
+        report_to=[],
+        disable_tqdm=not show_progress_bar,
+        dataloader_drop_last=False,
+    )
+    trainer = CrossEncoderTrainer(
+        model=model,
+        args=args,
+        train_dataset=pairs.shuffle(seed=seed),
+        loss=BinaryCrossEntropyLoss(model),
+        callbacks=callbacks,
+    )
+    found = sorted(checkpoints.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    resume = bool(found)
+    if resume:
+        logger.info("Resuming teacher training from %s", found[-1])
+    start = time.perf_counter()
+    trainer.train(resume_from_checkpoint=True if resume else None)
+    seconds = time.perf_counter() - start
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    report: dict[str, Any] = {
+        "base_model": str(base_model or "sentence-transformers/all-MiniLM-L6-v2 (embedded)"),
+        "train": train_name,
+        "train_pairs": len(pairs),
+        "max_length": max_length,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "learning_rate": learning_rate,
+        "random_negatives": random_negatives,
+        "seed": seed,
+        "train_seconds": round(seconds, 1),
+        "resumed_from": found[-1].name if found else None,
+        "steps": trainer.state.global_step,
+        "first_loss": losses[0] if losses else None,
+        "last_loss": losses[-1] if losses else None,
+    }
+    if dev is not None:
+        report["dev"] = reranking_gap(model, student, dev, show_progress_bar=show_progress_bar)
+    with atomic_path(output_dir, is_dir=True) as tmp:
+        model.save(str(tmp))
+        write_json(tmp / TEACHER_REPORT, report)
+    import shutil
+
+    shutil.rmtree(checkpoints, ignore_errors=True)
+    return output_dir
+
+
+def reranking_gap(
+    teacher: str | Path | CrossEncoder,
+    student: str | Path | SentenceTransformer | None,
+    dev: RetrievalData,
+    metric: str = "ndcg@10",
+    batch_size: int = 32,
+    show_progress_bar: bool = False,
+) -> dict[str, Any]:
+    """nDCG@10 of the teacher and of the student reranking each dev query's judged pool, and their gap.
+
+    Both rerank the same candidates (the documents judged for the query, so every candidate has a grade):
+    the teacher by its logit ``t(q, d)``, the student by ``sim(E(q), E(d))``. ``gap = teacher - student``; a
+    positive gap is what distillation can transfer.
+
+    Example:
+        ::
+
+            >>> reranking_gap("runs/teacher", None, load_rag24("dev"))  # doctest: +SKIP
+            {'metric': 'ndcg@10', 'teacher': 0.71, 'student': 0.66, 'gap': 0.05, 'n_queries': 56, ...}
+    """
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.cross_encoder import CrossEncoder
+
+    from md2pr_st.index import encode
+    from md2pr_st.models import resolve_model_name
+    from md2pr_st.teacher import Teacher
+
+    if not isinstance(teacher, CrossEncoder):
+        teacher = CrossEncoder(str(teacher))
+    if not isinstance(student, SentenceTransformer):
+        student = SentenceTransformer(resolve_model_name(student), device=str(teacher.device))
+    scorer = Teacher(teacher, batch_size=batch_size, cache_scores=False)
+    queries = dict(zip(dev.queries["id"], dev.queries["text"]))
+    row_of = {doc_id: i for i, doc_id in enumerate(dev.corpus["id"])}
+    pool_ids = sorted({d for docs in dev.qrels.values() for d in docs})
+    pool_texts = dev.corpus.select([row_of[d] for d in pool_ids])["text"]
+    text_of = dict(zip(pool_ids, pool_texts))
+    pairs = [(qid, did) for qid in queries for did in dev.qrels.get(qid, {})]
+    start = time.perf_counter()
+    t_scores = scorer.score([(queries[q], text_of[d]) for q, d in pairs], show_progress_bar=show_progress_bar)
+    teacher_seconds = time.perf_counter() - start
+    q_ids = list(queries)
+    q_emb = encode(student, [queries[q] for q in q_ids], "query", batch_size, show_progress_bar)
+    d_emb = encode(student, pool_texts, "document", batch_size, show_progress_bar)
+    q_row = {q: i for i, q in enumerate(q_ids)}
+    d_row = {d: i for i, d in enumerate(pool_ids)}
+    s_scores = np.array([float(q_emb[q_row[q]] @ d_emb[d_row[d]]) for q, d in pairs])
+    runs: dict[str, dict[str, dict[str, float]]] = {"teacher": {}, "student": {}}
+    for (q, d), t, s in zip(pairs, t_scores.tolist(), s_scores.tolist()):
+        runs["teacher"].setdefault(q, {})[d] = t
+        runs["student"].setdefault(q, {})[d] = s
+    results = {name: evaluate_run(run, dev.qrels, [metric]) for name, run in runs.items()}
+    return {
+        "metric": metric,
+        "teacher": round(results["teacher"][metric], 4),
+        "student": round(results["student"][metric], 4),
+        "gap": round(results["teacher"][metric] - results["student"][metric], 4),
+        "n_queries": results["teacher"]["n_queries"],
+        "candidates": "judged pool",
+        "n_pairs": len(pairs),
+        "dev": dev.name,
+        "teacher_pairs_per_second": round(len(pairs) / max(teacher_seconds, 1e-9), 1),
+    }
