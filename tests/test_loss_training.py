@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -15,10 +16,20 @@ from sentence_transformers.base.sampler import BatchSamplers
 from sentence_transformers.sentence_transformer.model import SentenceTransformer
 from sentence_transformers.sentence_transformer.trainer import SentenceTransformerTrainer
 from sentence_transformers.sentence_transformer.training_args import SentenceTransformerTrainingArguments
-from tiny_models import build_tiny_bert
 
 from md2pr_st.losses import MD2PRLoss, SentenceLevelDistillationLoss, WordLevelDistillationLoss
 from md2pr_st.teacher import Teacher
+from tiny_models import build_tiny_bert
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny models run many tiny ops: on a shared 2-core machine, intra-op threads only add wake-up latency."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 
 ROWS = {
     "query": ["what is python", "capital of france", "tea or coffee", "why a cat", "where is paris", "who can cope"],
@@ -120,7 +131,10 @@ def test_trained_model_is_a_plain_sentence_transformers_folder(student, teacher,
         print(json.dumps(model.encode({texts!r}).tolist()))
         """
     )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True, env=env
+    )
     reloaded = np.array(json.loads(result.stdout.strip().splitlines()[-1]))
     np.testing.assert_allclose(reloaded, expected, rtol=1e-5, atol=1e-6)
 

@@ -23,6 +23,16 @@ from md2pr_st.losses.word_level_distillation import (
 )
 from md2pr_st.teacher import Teacher
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny models run many tiny ops: on a shared 2-core machine, intra-op threads only add wake-up latency."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 QUERIES = ["what is python", "capital of france", "tea or coffee"]
 POSITIVES = ["python is a snake", "paris is the capital city of france", "tea and coffee in paris"]
 NEGATIVES = ["java island in the sea", "the river of the city", "the cat and the dog"]
