@@ -160,10 +160,16 @@ def _parse(name: str, argv: Sequence[str]):
     help_text, classes, _ = COMMANDS[name]
     parser = HfArgumentParser(classes, prog=f"md2pr {name}", description=help_text)
     if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")) and Path(argv[0]).is_file():
-        if argv[0].endswith(".json"):
-            return parser.parse_json_file(argv[0])
-        return parser.parse_yaml_file(argv[0])
-    return parser.parse_args_into_dataclasses(args=list(argv))
+        try:
+            if argv[0].endswith(".json"):
+                return parser.parse_json_file(argv[0])
+            return parser.parse_yaml_file(argv[0])
+        except (ValueError, TypeError) as exc:  # unknown keys, wrong types
+            parser.error(f"{argv[0]}: {exc}")
+    *parsed, remaining = parser.parse_args_into_dataclasses(args=list(argv), return_remaining_strings=True)
+    if remaining:
+        parser.error(f"unrecognized arguments: {' '.join(remaining)}")
+    return parsed
 
 
 def main(argv: Sequence[str] | None = None) -> int:

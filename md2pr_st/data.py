@@ -331,7 +331,7 @@ def load_rag24(
         seed: the split seed.
 
     Example:
-        >>> data = load_rag24("test")  # doctest: +SKIP
+        >>> data = load_rag24("test")
         >>> data
         RetrievalData(name='rag24-test', corpus=6,011 docs, queries=60, qrels=1,245 judgements)
     """

@@ -78,3 +78,16 @@ def test_console_script_is_installed():
     script = Path(sys.executable).parent / "md2pr"
     proc = subprocess.run([str(script), "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "eval" in proc.stdout
+
+
+def test_unknown_flag_and_bad_config_exit_cleanly(capsys, tmp_path):
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", "--no_such_flag", "1"])
+    assert exc.value.code == 2
+    assert "unrecognized arguments: --no_such_flag 1" in capsys.readouterr().err
+    config = tmp_path / "bad.json"
+    config.write_text('{"modle": "typo"}')
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", str(config)])
+    assert exc.value.code == 2
+    assert "modle" in capsys.readouterr().err
