@@ -418,3 +418,34 @@ def test_md2pr_online_scores_equal_offline_labels(tiny_model, teacher):
     for key in ("contrastive", "sentence_level", "word_level"):
         assert online[key].item() == pytest.approx(offline[key].item(), rel=1e-5)
     assert online_fn.masked_counts == offline_fn.masked_counts and offline_fn.masked_counts["flagged"] == 1
+
+
+@pytest.mark.slow
+def test_minilm_student_and_teacher_backbone(minilm_path):
+    """The real all-MiniLM-L6-v2 as student and as teacher backbone (random head): the teacher's attention matches
+    output_attentions=True, the shared vocabulary aligns every pair token by token, and one step trains."""
+    from sentence_transformers.cross_encoder.model import CrossEncoder
+    from sentence_transformers.sentence_transformer.model import SentenceTransformer
+
+    student = SentenceTransformer(str(minilm_path), device="cpu")
+    teacher = Teacher(CrossEncoder(str(minilm_path), num_labels=1, device="cpu"), max_length=64)
+    pairs = [(q, p) for q, p in zip(QUERIES, POSITIVES)]
+    blocks = teacher.attention(pairs)
+    raw = teacher.cross_encoder.model
+    enc = teacher.tokenizer(pairs[0][0], pairs[0][1], return_tensors="pt")
+    with torch.no_grad():
+        attention = raw(**enc, output_attentions=True).attentions[-1][0].mean(0)
+    seq = enc.sequence_ids(0)
+    rows = [k for k, s in enumerate(seq) if s == 0]
+    cols = [k for k, s in enumerate(seq) if s == 1]
+    reference = attention[rows][:, cols]
+    torch.testing.assert_close(blocks[0].weights, reference / reference.sum(1, keepdim=True), rtol=1e-4, atol=1e-6)
+
+    loss_fn = MD2PRLoss(student, teacher=teacher)
+    parts = loss_fn(batch_features(student, QUERIES, POSITIVES, NEGATIVES), None)
+    assert loss_fn.last_aligned_fraction == 1.0
+    total = torch.stack(list(parts.values())).sum()
+    assert torch.isfinite(total)
+    total.backward()
+    assert student[0].auto_model.encoder.layer[-1].output.dense.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in teacher.parameters())
