@@ -28,6 +28,12 @@ from md2pr_st.teacher import Teacher
 logger = logging.getLogger(__name__)
 
 
+def _batch_size(features: dict[str, Tensor]) -> int:
+    from sentence_transformers.base.losses.gradcache import _get_batch_size
+
+    return _get_batch_size(features)
+
+
 def false_negative_mask(teacher_scores: Tensor, margin: float | None) -> Tensor:
     """Flag the hard negatives the teacher scores within ``margin`` of the positive: ``t(q, d) >= t(q, d+) - margin``.
 
@@ -254,6 +260,20 @@ class MD2PRLoss(nn.Module):
         self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor | None = None
     ) -> dict[str, Tensor]:
         sentence_features = list(sentence_features)
+        teacher_scores, texts, blocks = self.prepare_teacher(sentence_features, labels)
+        if self.beta > 0:
+            outputs = embed_with_tokens(self.model, sentence_features)
+        else:
+            from sentence_transformers.base.losses.merged_forward import embed_columns
+
+            outputs = [{"sentence_embedding": e} for e in embed_columns(self.model, sentence_features)]
+        return self.compute_loss_from_outputs(outputs, teacher_scores, texts, blocks, sentence_features)
+
+    def prepare_teacher(
+        self, sentence_features: list[dict[str, Tensor]], labels: Tensor | None
+    ) -> tuple[Tensor | None, list | None, list | None]:
+        """Input checks, then the teacher's side of a batch: scores (B, 1 + n) from the labels or online, and for the
+        word level the decoded student texts and the teacher's attention blocks (column-major pairs)."""
         name = type(self).__name__
         check_columns(
             name,
@@ -271,11 +291,9 @@ class MD2PRLoss(nn.Module):
             )
         has_labels = labels is not None and labels.numel() > 0
         need_scores = self.alpha > 0 or self.false_negative_margin is not None
-        need_teacher_scores_online = need_scores and not has_labels
-
         texts = blocks = None
         teacher_scores = labels if has_labels else None
-        if self.beta > 0 or need_teacher_scores_online:
+        if self.beta > 0 or (need_scores and not has_labels):
             if self.teacher is None:
                 raise ValueError(
                     f"{name} got no label column and no teacher, so it has no teacher scores for the sentence-level "
@@ -293,26 +311,32 @@ class MD2PRLoss(nn.Module):
                 online = torch.as_tensor(self.teacher.score(pairs, show_progress_bar=False))
             if teacher_scores is None:
                 teacher_scores = online.reshape(num_candidates, batch).T.contiguous()
-
-        if self.beta > 0:
-            outputs = embed_with_tokens(self.model, sentence_features)
-        else:
-            from sentence_transformers.base.losses.merged_forward import embed_columns
-
-            outputs = [{"sentence_embedding": e} for e in embed_columns(self.model, sentence_features)]
-        embeddings = [out["sentence_embedding"] for out in outputs]
-        query = embeddings[0]
-        batch = query.shape[0]
-
         if teacher_scores is not None:
-            teacher_scores = teacher_scores.to(query.device).float()
+            batch = _batch_size(sentence_features[0])
+            teacher_scores = teacher_scores.float()
             source = "label column" if has_labels else "online teacher output"
             if not self._checked_first_batch or tuple(teacher_scores.shape) != (batch, num_candidates):
                 check_teacher_scores(name, teacher_scores, batch, num_candidates, source)
-        if not self._checked_first_batch and teacher_scores is not None and self.alpha > 0:
-            warn_softmax_underflow(name, teacher_scores, self.teacher_temperature, "teacher_temperature")
+            if not self._checked_first_batch and self.alpha > 0:
+                warn_softmax_underflow(name, teacher_scores, self.teacher_temperature, "teacher_temperature")
         self._checked_first_batch = True
+        return teacher_scores, texts, blocks
 
+    def compute_loss_from_outputs(
+        self,
+        outputs: list[dict[str, Tensor]],
+        teacher_scores: Tensor | None,
+        texts: list | None,
+        blocks: list | None,
+        sentence_features: list[dict[str, Tensor]],
+    ) -> dict[str, Tensor]:
+        """The weighted parts from the student outputs (per column: ``sentence_embedding``, and ``token_embeddings``
+        when beta > 0) and the teacher's side from :meth:`prepare_teacher`."""
+        embeddings = [out["sentence_embedding"] for out in outputs]
+        query = embeddings[0]
+        batch, num_candidates = query.shape[0], len(embeddings) - 1
+        if teacher_scores is not None:
+            teacher_scores = teacher_scores.to(query.device)
         losses: dict[str, Tensor] = {}
         flagged = (
             false_negative_mask(teacher_scores, self.false_negative_margin)
