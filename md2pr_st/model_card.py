@@ -33,7 +33,20 @@ from md2pr_st.utils import atomic_path
 
 logger = logging.getLogger(__name__)
 
-TEMPLATE_PATH = Path(__file__).resolve().parent.parent / "model_cards" / "md2pr_model_card_template.md"
+_TEMPLATE_NAME = "md2pr_model_card_template.md"
+
+
+def _template_path() -> Path:
+    """The card template: ``model_cards/`` of a source checkout, else the copy installed as ``md2pr_st.model_cards``."""
+    source = Path(__file__).resolve().parent.parent / "model_cards" / _TEMPLATE_NAME
+    if source.is_file():
+        return source
+    import importlib.resources
+
+    return Path(str(importlib.resources.files("md2pr_st.model_cards") / _TEMPLATE_NAME))
+
+
+TEMPLATE_PATH = _template_path()
 METRICS_FILE = "metrics.json"
 RUN_INFO_FILE = "run_info.json"
 PLOTS_DIR = "plots"
@@ -415,8 +428,8 @@ def render_model_card(
     template_path = Path(template_path or TEMPLATE_PATH)
     if not template_path.is_file():
         raise FileNotFoundError(
-            f"The model card template {template_path} is missing. It ships in the source tree under model_cards/; "
-            "install md2pr-st from a source checkout (pip install -e .) or pass template_path=."
+            f"The model card template {template_path} is missing. It ships in model_cards/ (installed as "
+            "md2pr_st.model_cards); reinstall md2pr-st or pass template_path=."
         )
     model_id = model_id or PLACEHOLDER_MODEL_ID
     student_hub_id = _hub_id(run_info.student_base)
