@@ -17,7 +17,7 @@ from sentence_transformers.sentence_transformer.model import SentenceTransformer
 from sentence_transformers.sentence_transformer.trainer import SentenceTransformerTrainer
 from sentence_transformers.sentence_transformer.training_args import SentenceTransformerTrainingArguments
 
-from md2pr_st.losses import MD2PRLoss, SentenceLevelDistillationLoss, WordLevelDistillationLoss
+from md2pr_st.losses import CachedMD2PRLoss, MD2PRLoss, SentenceLevelDistillationLoss, WordLevelDistillationLoss
 from md2pr_st.teacher import Teacher
 from tiny_models import build_tiny_bert
 
@@ -84,13 +84,15 @@ def changed(model, reference_path):
     return any(not torch.equal(v, reference[k]) for k, v in model.state_dict().items())
 
 
-@pytest.mark.parametrize("kind", ["md2pr_online", "md2pr_offline", "sentence_level", "word_level"])
+@pytest.mark.parametrize("kind", ["md2pr_online", "md2pr_offline", "cached_md2pr", "sentence_level", "word_level"])
 def test_three_trainer_steps_per_loss(kind, student, teacher, tiny_model_path, tmp_path):
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     if kind == "md2pr_online":
         loss, data = MD2PRLoss(student, teacher=teacher, false_negative_margin=0.5), dataset()
     elif kind == "md2pr_offline":
         loss, data = MD2PRLoss(student, teacher=teacher, false_negative_margin=0.2), dataset(with_scores=True)
+    elif kind == "cached_md2pr":
+        loss, data = CachedMD2PRLoss(student, teacher=teacher, mini_batch_size=2), dataset()
     elif kind == "sentence_level":
         loss, data = SentenceLevelDistillationLoss(student, teacher=teacher), dataset()
     else:
@@ -98,7 +100,7 @@ def test_three_trainer_steps_per_loss(kind, student, teacher, tiny_model_path, t
     trainer = train(student, loss, data, tmp_path)
     logs = [entry for entry in trainer.state.log_history if "loss" in entry]
     assert len(logs) == 3 and all(np.isfinite(entry["loss"]) for entry in logs)
-    if kind.startswith("md2pr"):
+    if "md2pr" in kind:
         for entry in logs:  # each part is logged, and they add up to the loss
             assert {"contrastive", "sentence_level", "word_level"} <= set(entry)
             parts = entry["contrastive"] + entry["sentence_level"] + entry["word_level"]

@@ -449,3 +449,31 @@ def test_minilm_student_and_teacher_backbone(minilm_path):
     total.backward()
     assert student[0].auto_model.encoder.layer[-1].output.dense.weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in teacher.parameters())
+
+
+@pytest.mark.parametrize("beta", [1.0, 0.0])
+def test_cached_md2pr_gives_the_same_loss_and_gradients(tiny_model, teacher, beta):
+    from md2pr_st.losses import CachedMD2PRLoss
+
+    def run(loss_fn):
+        tiny_model.zero_grad()
+        parts = loss_fn(batch_features(tiny_model, QUERIES, POSITIVES, NEGATIVES), None)
+        torch.stack(list(parts.values())).sum().backward()
+        grads = [p.grad.clone() for p in tiny_model.parameters() if p.grad is not None]
+        return {k: v.item() for k, v in parts.items()}, grads
+
+    tiny_model.eval()  # same dropout draws are not possible across one merged and several mini-batch forwards
+    kwargs = {"teacher": teacher, "beta": beta, "false_negative_margin": 0.001}
+    plain, plain_grads = run(MD2PRLoss(tiny_model, **kwargs))
+    cached_fn = CachedMD2PRLoss(tiny_model, mini_batch_size=2, **kwargs)
+    cached, cached_grads = run(cached_fn)
+    tiny_model.train()
+    tiny_model.zero_grad()
+    assert cached.keys() == plain.keys()
+    for key in plain:
+        assert cached[key] == pytest.approx(plain[key], rel=1e-5, abs=1e-7)
+    assert len(cached_grads) == len(plain_grads) > 0
+    for a, b in zip(plain_grads, cached_grads):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+    assert cached_fn.uses_gradient_cache and cached_fn.get_config_dict()["mini_batch_size"] == 2
+    assert all(p.grad is None for p in teacher.parameters())
