@@ -191,6 +191,7 @@ class MD2PRLoss(nn.Module):
             - With ``alpha=0, beta=0, false_negative_margin=None`` this is MultipleNegativesRankingLoss with
               cosine similarity and the same scale.
             - :class:`SentenceLevelDistillationLoss` and :class:`WordLevelDistillationLoss` are L_s and L_w alone.
+            - :class:`CachedMD2PRLoss` is this loss with GradCache, for batches whose activations do not fit.
             - Like GISTEmbedLoss it uses a second model to remove false negatives, but it uses a cross-encoder and
               only masks the query's own hard negatives.
 
