@@ -90,8 +90,9 @@ class Teacher(nn.Module):
         ``.train()`` on the loss holding it, and runs under ``torch.no_grad``. Attention maps need the
         eager attention implementation (sdpa returns none); the teacher switches its model to eager the first
         time attention is asked for and stays there, so a teacher used only for scores (mining, filtering)
-        keeps the faster default. Scores computed with :meth:`score` are cached by a hash of the (query,
-        passage) text, so repeated mining rounds do not rescore the same pairs.
+        keeps the faster default. Scores computed with :meth:`score` are cached in memory by a hash of the (query,
+        passage) text, so repeated mining rounds (and epochs of a loss scoring online) do not rescore the same
+        pairs; pass ``cache_scores=False`` or call :meth:`clear_cache` to bound that memory.
 
         Args:
             model: A ``CrossEncoder`` instance, or any Hub id or local folder that ``CrossEncoder`` loads.
@@ -232,14 +233,11 @@ class Teacher(nn.Module):
     def score_and_attend(self, pairs: Sequence[tuple[str, str]], batch_size: int | None = None) -> TeacherOutput:
         """Logits and attention blocks of (query, passage) pairs from one teacher forward pass per batch.
 
-        The scores also fill the score cache. Attention is not cached (it is large and used once).
+        Nothing is cached: the attention is large and used once, and a cached score would not save this forward
+        pass (the attention needs it anyway), while caching every training pair would grow without bound.
         """
         pairs = self._check_pairs(pairs)
-        output = self._run(pairs, batch_size, attention=True, progress=False)
-        if self.cache_scores:
-            for (q, d), s in zip(pairs, output.scores.tolist()):
-                self.score_cache[self.pair_key(q, d)] = float(s)
-        return output
+        return self._run(pairs, batch_size, attention=True, progress=False)
 
     def attention(self, pairs: Sequence[tuple[str, str]], batch_size: int | None = None) -> list[AttentionBlock]:
         """The :class:`AttentionBlock` of each (query, passage) pair."""
