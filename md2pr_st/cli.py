@@ -20,6 +20,7 @@ from transformers import HfArgumentParser
 from md2pr_st.false_negatives import FilterArguments, run_filter
 from md2pr_st.hub import PushArguments, run_push
 from md2pr_st.mining import MineArguments, run_mine
+from md2pr_st.pipeline import PipelineArguments
 
 logger = logging.getLogger("md2pr_st")
 
@@ -131,12 +132,23 @@ def run_eval(data_args: DataArguments, args: EvalArguments) -> dict:
     return result
 
 
+def run_pipeline_command(data_args: DataArguments, args) -> dict:
+    from md2pr_st.pipeline import command_line, run_pipeline
+
+    return run_pipeline(args, data_args, command=command_line())
+
+
 # name -> (help, dataclasses, runner)
 COMMANDS: dict[str, tuple[str, tuple[type, ...], Callable]] = {
     "eval": (
         "Evaluate a SentenceTransformer as a dense retriever (FAISS + trec_eval metrics).",
         (DataArguments, EvalArguments),
         run_eval,
+    ),
+    "pipeline": (
+        "The whole MD2PR pipeline: teacher, then rounds of mine -> filter -> train -> evaluate; resumable.",
+        (DataArguments, PipelineArguments),
+        run_pipeline_command,
     ),
     "push": (
         "Push a model or run folder to the Hugging Face Hub with its MD2PR model card and plots, in one commit.",

@@ -1,0 +1,581 @@
+"""The MD2PR pipeline: teacher -> rounds of (mine, filter, train, evaluate) -> test report, card, plots.
+
+Stages and what each writes into the run folder (every stage writes its outputs, then a ``stage.json`` manifest,
+atomically; a stage whose manifest exists with the same settings is skipped when the command is run again, and
+student training resumes from its last checkpoint)::
+
+    run/
+      teacher/                     stage 0: the cross-encoder (trained, or a given Hub id / folder recorded)
+      embeddings/                  corpus embeddings per student, shared by mining and evaluation
+      round_1/mined/               hard negatives mined with the current student (datasets folder)
+      round_1/filtered/            false negatives dropped, teacher logits in `scores`
+      round_1/filter_stats.json    + filter_gaps.png: threshold and counts of the round
+      round_1/student/             the student after the round (a plain sentence-transformers folder)
+      round_1/dev.json             dev metrics after the round
+      ...
+      model/                       the final student, with its model card and plots
+      metrics.json                 before / after / teacher_rerank on the test split
+      run_info.json                settings, per-round statistics, the command
+      *.png                        loss parts per step, dev nDCG@10 per round, threshold per round
+
+Each stage is a function that takes and returns paths or ``datasets`` objects (:func:`train_student`,
+:func:`teacher_rerank`); :func:`run_pipeline` composes them and the CLI only parses options.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shlex
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from datasets import Dataset, load_from_disk
+
+from md2pr_st.data import RetrievalData
+from md2pr_st.evaluation import evaluate_run, format_table, run_from_search
+from md2pr_st.utils import atomic_path, fingerprint, write_json
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+logger = logging.getLogger(__name__)
+
+REPORT_METRICS = ("ndcg@10", "mrr@10", "recall@100", "map@100")
+STAGE_FILE = "stage.json"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Options
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class PipelineArguments:
+    """Options of ``md2pr pipeline`` (and ``md2pr demo``, which only changes defaults)."""
+
+    output_dir: str = dataclasses.field(default="runs/md2pr", metadata={"help": "The run folder."})
+    model: str | None = dataclasses.field(
+        default=None, metadata={"help": "Student: Hub id or folder (default: the embedded all-MiniLM-L6-v2)."}
+    )
+    teacher: str | None = dataclasses.field(
+        default=None,
+        metadata={"help": "A trained cross-encoder (Hub id or folder): skips teacher training."},
+    )
+    teacher_base: str | None = dataclasses.field(
+        default=None, metadata={"help": "Backbone of a teacher trained here (default: embedded MiniLM)."}
+    )
+    teacher_epochs: float = dataclasses.field(default=1.0, metadata={"help": "Teacher training epochs."})
+    teacher_max_length: int = dataclasses.field(default=192, metadata={"help": "Teacher max tokens per pair."})
+    teacher_max_pairs: int | None = dataclasses.field(
+        default=None, metadata={"help": "Train the teacher on at most this many pairs (bounds CPU time)."}
+    )
+    teacher_random_negatives: int = dataclasses.field(
+        default=2, metadata={"help": "Label-0 corpus passages per query in teacher training."}
+    )
+    rounds: int = dataclasses.field(default=2, metadata={"help": "Rounds of mine -> filter -> train -> evaluate."})
+    num_negatives: int = dataclasses.field(default=4, metadata={"help": "Hard negatives per training row."})
+    mine_candidates: int = dataclasses.field(
+        default=8, metadata={"help": "Candidates mined per row before filtering (refill pool)."}
+    )
+    range_min: int = dataclasses.field(default=0, metadata={"help": "Skip this many top-ranked non-positives."})
+    range_max: int = dataclasses.field(default=50, metadata={"help": "Mine candidates from ranks up to this."})
+    sampling: str = dataclasses.field(default="top", metadata={"help": "'top' or 'random' within the range."})
+    min_grade: int = dataclasses.field(default=2, metadata={"help": "Lowest qrels grade used as a positive."})
+    filter_rule: str = dataclasses.field(
+        default="dynamic", metadata={"help": "False-negative rule: dynamic, margin, relative, absolute."}
+    )
+    filter_quantile: float = dataclasses.field(
+        default=0.1, metadata={"help": "Dynamic rule: m_r is this quantile of the round's teacher gaps."}
+    )
+    alpha: float = dataclasses.field(default=1.0, metadata={"help": "Weight of the sentence-level loss."})
+    beta: float = dataclasses.field(default=1.0, metadata={"help": "Weight of the word-level loss."})
+    scale: float = dataclasses.field(default=20.0, metadata={"help": "1 / tau of the contrastive loss."})
+    student_temperature: float = dataclasses.field(default=0.05, metadata={"help": "T_s of the sentence level."})
+    teacher_temperature: float = dataclasses.field(default=1.0, metadata={"help": "T_t of the sentence level."})
+    word_temperature: float = dataclasses.field(default=0.05, metadata={"help": "tau_w of the word level."})
+    epochs_per_round: float = dataclasses.field(default=1.0, metadata={"help": "Student epochs per round."})
+    batch_size: int = dataclasses.field(default=16, metadata={"help": "Student training batch size."})
+    learning_rate: float = dataclasses.field(default=2e-5, metadata={"help": "Student learning rate."})
+    max_seq_length: int | None = dataclasses.field(
+        default=None, metadata={"help": "Student max tokens (default: the model's own)."}
+    )
+    rerank_k: int = dataclasses.field(default=20, metadata={"help": "Teacher reranks the student's top-k (test)."})
+    save_steps: int = dataclasses.field(default=20, metadata={"help": "Student checkpoint interval (resume)."})
+    seed: int = dataclasses.field(default=13, metadata={"help": "Seed of sampling and training."})
+    device: str | None = dataclasses.field(default=None, metadata={"help": "cpu, cuda, ... (default: auto)."})
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1:
+            raise ValueError(f"rounds must be >= 1, got {self.rounds}.")
+        if self.mine_candidates < self.num_negatives:
+            raise ValueError(
+                f"mine_candidates ({self.mine_candidates}) must be >= num_negatives ({self.num_negatives}): the "
+                "filter refills rows from the mined candidates."
+            )
+        if self.sampling not in ("top", "random"):
+            raise ValueError(f"sampling must be 'top' or 'random', got {self.sampling!r}.")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Stage bookkeeping
+# --------------------------------------------------------------------------------------------------------------
+
+
+class Stage:
+    """A pipeline stage's folder with its manifest: ``done`` iff ``stage.json`` exists with the same settings."""
+
+    def __init__(self, folder: str | Path, settings: dict[str, Any]) -> None:
+        self.folder = Path(folder)
+        self.settings = json.loads(json.dumps(settings, default=str))
+        self.key = fingerprint([json.dumps(self.settings, sort_keys=True)])
+
+    @property
+    def manifest(self) -> dict[str, Any] | None:
+        path = self.folder / STAGE_FILE
+        try:
+            return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+        except json.JSONDecodeError:
+            return None
+
+    @property
+    def done(self) -> bool:
+        manifest = self.manifest
+        return manifest is not None and manifest.get("key") == self.key
+
+    def finish(self, outputs: dict[str, Any] | None = None, seconds: float | None = None) -> dict[str, Any]:
+        manifest = {"key": self.key, "settings": self.settings, "outputs": outputs or {}, "seconds": seconds}
+        self.folder.mkdir(parents=True, exist_ok=True)
+        write_json(self.folder / STAGE_FILE, manifest)
+        return manifest
+
+
+def save_dataset(dataset: Dataset, folder: str | Path) -> Path:
+    """``Dataset.save_to_disk`` into ``folder`` atomically."""
+    with atomic_path(folder, is_dir=True) as tmp:
+        dataset.save_to_disk(str(tmp))
+    return Path(folder)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Stages usable alone
+# --------------------------------------------------------------------------------------------------------------
+
+
+def train_student(
+    model: str | Path | SentenceTransformer,
+    train_dataset: Dataset,
+    output_dir: str | Path,
+    *,
+    teacher: Any = None,
+    alpha: float = 1.0,
+    beta: float = 1.0,
+    scale: float = 20.0,
+    student_temperature: float = 0.05,
+    teacher_temperature: float = 1.0,
+    word_temperature: float = 0.05,
+    false_negative_margin: float | None = None,
+    epochs: float = 1.0,
+    batch_size: int = 16,
+    learning_rate: float = 2e-5,
+    max_seq_length: int | None = None,
+    save_steps: int = 20,
+    seed: int = 13,
+    device: str | None = None,
+    evaluator: Any = None,
+) -> tuple[Path, list[dict[str, Any]]]:
+    """Train a student with :class:`~md2pr_st.losses.MD2PRLoss` on ``(query, positive, negative_1..n[, scores])``.
+
+    ``L = L_c + alpha * L_s + beta * L_w`` (see :class:`~md2pr_st.losses.MD2PRLoss`). Uses the host's
+    ``SentenceTransformerTrainer`` with ``BatchSamplers.NO_DUPLICATES`` (so an in-batch negative is never a copy of
+    a row's own positive). Checkpoints go to ``output_dir + ".checkpoints"``; an interrupted run resumes from the
+    last one. The trained model is saved atomically to ``output_dir``.
+
+    Returns:
+        ``(path, log_history)``: the saved model folder and the trainer's log entries (loss parts per step).
+    """
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.base.sampler import BatchSamplers
+    from sentence_transformers.sentence_transformer.trainer import SentenceTransformerTrainer
+    from sentence_transformers.sentence_transformer.training_args import SentenceTransformerTrainingArguments
+
+    from md2pr_st.losses import MD2PRLoss
+    from md2pr_st.models import resolve_model_name
+
+    output_dir = Path(output_dir)
+    if not isinstance(model, SentenceTransformer):
+        model = SentenceTransformer(resolve_model_name(model), device=device)
+    if max_seq_length:
+        model.max_seq_length = max_seq_length
+    loss = MD2PRLoss(
+        model,
+        teacher=teacher,
+        alpha=alpha,
+        beta=beta,
+        scale=scale,
+        student_temperature=student_temperature,
+        teacher_temperature=teacher_temperature,
+        word_temperature=word_temperature,
+        false_negative_margin=false_negative_margin,
+    )
+    checkpoints = output_dir.with_name(output_dir.name + ".checkpoints")
+    steps_per_epoch = max(1, len(train_dataset) // batch_size)
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(checkpoints),
+        num_train_epochs=epochs,
+        per_device_train_batch_size=batch_size,
+        learning_rate=learning_rate,
+        warmup_steps=0.1,
+        seed=seed,
+        batch_sampler=BatchSamplers.NO_DUPLICATES,
+        save_strategy="steps",
+        save_steps=save_steps,
+        save_total_limit=1,
+        logging_steps=max(1, min(5, steps_per_epoch // 4)),
+        report_to=[],
+        use_cpu=device == "cpu",
+    )
+    trainer = SentenceTransformerTrainer(
+        model=model, args=args, train_dataset=train_dataset, loss=loss, evaluator=evaluator
+    )
+    found = sorted(checkpoints.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    if found:
+        logger.info("Resuming student training from %s", found[-1])
+    trainer.train(resume_from_checkpoint=True if found else None)
+    with atomic_path(output_dir, is_dir=True) as tmp:
+        model.save(str(tmp))
+    shutil.rmtree(checkpoints, ignore_errors=True)
+    return output_dir, list(trainer.state.log_history)
+
+
+def teacher_rerank(
+    teacher: Any,
+    data: RetrievalData,
+    query_ids: Sequence[str],
+    scores: np.ndarray,
+    doc_ids: list[list[str]],
+    k: int = 20,
+    metrics: Sequence[str] = REPORT_METRICS,
+    relevance_cut: int = 2,
+) -> dict[str, Any]:
+    """The teacher reranks the student's top-``k`` of each query; ranks below ``k`` keep the student's order.
+
+    A ceiling for distillation: what the student would score if it ranked its own top-k like the teacher.
+    ``scores``/``doc_ids`` are the student's search results (best first), at least ``k`` deep.
+    """
+    texts = dict(zip(data.corpus["id"], data.corpus["text"]))
+    queries = dict(zip(data.queries["id"], data.queries["text"]))
+    pairs = [(queries[q], texts[d]) for q, ids in zip(query_ids, doc_ids) for d in ids[:k]]
+    logits = np.asarray(teacher.score(pairs, show_progress_bar=True), dtype=np.float64)
+    run: dict[str, dict[str, float]] = {}
+    offset = 0
+    for q, ids in zip(query_ids, doc_ids):
+        head = ids[:k]
+        top = logits[offset : offset + len(head)]
+        offset += len(head)
+        # Reranked head above everything else: shift the teacher's logits above the tail's ranks.
+        ranked = {d: 1e6 + float(s) for d, s in zip(head, top)}
+        ranked.update({d: float(len(ids) - i) for i, d in enumerate(ids[k:])})
+        run[q] = ranked
+    result = evaluate_run(run, data.qrels, metrics, relevance_cut)
+    result["corpus_size"] = len(data.corpus)
+    result["rerank_k"] = k
+    return result
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The pipeline
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _load_splits(data_args: Any) -> dict[str, RetrievalData]:
+    splits = {}
+    for split in ("train", "dev", "test"):
+        data_args = dataclasses.replace(data_args, split=split)
+        splits[split] = data_args.load()
+    return splits
+
+
+def _evaluate(model, data: RetrievalData, cache, depth: int = 100) -> tuple[dict, np.ndarray, list[list[str]]]:
+    """Student retrieval on ``data`` with the corpus embeddings from ``cache``: (result, scores, doc_ids)."""
+    from md2pr_st.index import encode
+
+    index = cache.build_index()
+    query_embeddings = encode(model, data.queries["text"], "query")
+    scores, doc_ids = index.search(query_embeddings, depth)
+    result = evaluate_run(run_from_search(data.queries["id"], scores, doc_ids), data.qrels, REPORT_METRICS)
+    result["corpus_size"] = len(data.corpus)
+    return result, scores, doc_ids
+
+
+def run_pipeline(args: PipelineArguments, data_args: Any, command: str | None = None) -> dict[str, Any]:
+    """Run (or resume) the whole MD2PR pipeline; returns the ``metrics.json`` content.
+
+    Example:
+        >>> from md2pr_st.cli import DataArguments
+        >>> metrics = run_pipeline(PipelineArguments(output_dir="runs/x"), DataArguments())  # doctest: +SKIP
+        >>> metrics["after"]["ndcg@10"] > metrics["before"]["ndcg@10"]  # doctest: +SKIP
+    """
+    from sentence_transformers import SentenceTransformer
+
+    from md2pr_st.false_negatives import FalseNegativeFilter
+    from md2pr_st.mining import CorpusEmbeddingCache, mine_hard_negatives, training_pairs
+    from md2pr_st.models import resolve_model_name
+    from md2pr_st.teacher import Teacher
+    from md2pr_st.teacher_training import train_teacher
+
+    start = time.perf_counter()
+    run_dir = Path(args.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    splits = _load_splits(data_args)
+    corpus = splits["train"].corpus
+    embeddings_dir = run_dir / "embeddings"
+    student_name = resolve_model_name(args.model)
+    timings: dict[str, float] = {}
+
+    def load_student(path: str) -> SentenceTransformer:
+        model = SentenceTransformer(path, device=args.device)
+        if args.max_seq_length:
+            model.max_seq_length = args.max_seq_length
+        return model
+
+    def cache_for(model: SentenceTransformer) -> CorpusEmbeddingCache:
+        return CorpusEmbeddingCache(model, corpus, embeddings_dir, show_progress_bar=True)
+
+    # Stage 0: the teacher.
+    t0 = time.perf_counter()
+    teacher_stage = Stage(
+        run_dir / "teacher",
+        {"teacher": args.teacher, "base": args.teacher_base, "epochs": args.teacher_epochs,
+         "max_length": args.teacher_max_length, "max_pairs": args.teacher_max_pairs,
+         "random_negatives": args.teacher_random_negatives, "seed": args.seed, "data": splits["train"].name},
+    )  # fmt: skip
+    if args.teacher:
+        teacher_path = args.teacher
+        if not teacher_stage.done:
+            teacher_stage.finish({"teacher": teacher_path, "trained": False})
+    elif teacher_stage.done:
+        teacher_path = teacher_stage.manifest["outputs"]["teacher"]
+    else:
+        print("Stage 0: training the teacher cross-encoder", file=sys.stderr, flush=True)
+        teacher_path = str(
+            train_teacher(
+                splits["train"],
+                run_dir / "teacher" / "model",
+                base_model=args.teacher_base,
+                dev=splits["dev"],
+                student=student_name,
+                max_length=args.teacher_max_length,
+                epochs=args.teacher_epochs,
+                random_negatives=args.teacher_random_negatives,
+                max_pairs=args.teacher_max_pairs,
+                seed=args.seed,
+                device=args.device,
+            )
+        )
+        teacher_stage.finish({"teacher": teacher_path, "trained": True})
+    timings["teacher"] = time.perf_counter() - t0
+    teacher = Teacher(teacher_path, max_length=args.teacher_max_length, device=args.device)
+    teacher_report_path = Path(teacher_path) / "md2pr_teacher.json"
+    teacher_report = json.loads(teacher_report_path.read_text()) if teacher_report_path.is_file() else {}
+
+    # Before: the off-the-shelf student on test.
+    student = load_student(student_name)
+    before_stage = Stage(run_dir / "before", {"student": student_name, "max_seq_length": args.max_seq_length})
+    t0 = time.perf_counter()
+    if before_stage.done:
+        before = before_stage.manifest["outputs"]
+    else:
+        before, _, _ = _evaluate(student, splits["test"], cache_for(student))
+        before_stage.finish(before)
+    timings["before"] = time.perf_counter() - t0
+
+    pairs = training_pairs(splits["train"], min_grade=args.min_grade, skip_queries_without_positive=True)
+    rounds: list[dict[str, Any]] = []
+    history: list[dict[str, Any]] = []
+    filter_ = FalseNegativeFilter(
+        teacher, rule=args.filter_rule, quantile=args.filter_quantile, num_negatives=args.num_negatives
+    )
+    current = student_name
+    for r in range(1, args.rounds + 1):
+        round_dir = run_dir / f"round_{r}"
+        settings = {**dataclasses.asdict(args), "round": r, "student": current, "teacher": teacher_path}
+        settings.pop("output_dir"), settings.pop("device")
+        stage = Stage(round_dir, settings)
+        if stage.done:
+            info = stage.manifest["outputs"]
+            rounds.append(info)
+            history.extend(info.get("log_history", []))
+            filter_.load_statistics(round_dir / "filter_stats.json")
+            current = str(round_dir / "student")
+            continue
+        print(f"Round {r}/{args.rounds}: mine, filter, train, evaluate", file=sys.stderr, flush=True)
+        t0 = time.perf_counter()
+        model = load_student(current)
+        mined = mine_hard_negatives(
+            pairs,
+            corpus,
+            model,
+            num_negatives=args.mine_candidates,
+            range_min=args.range_min,
+            range_max=args.range_max,
+            sampling=args.sampling,
+            seed=args.seed + r,
+            cache_dir=embeddings_dir,
+            show_progress_bar=True,
+        )
+        filtered = filter_.apply(mined)
+        save_dataset(filtered, round_dir / "filtered")
+        filter_.save_statistics(round_dir / "filter_stats.json")
+        filter_.plot(round_dir / "filter_gaps.png")
+        stats = filter_.statistics["rounds"][-1]
+        mined_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        path, log_history = train_student(
+            model,
+            load_from_disk(str(round_dir / "filtered")),
+            round_dir / "student",
+            teacher=teacher if args.beta > 0 else None,
+            alpha=args.alpha,
+            beta=args.beta,
+            scale=args.scale,
+            student_temperature=args.student_temperature,
+            teacher_temperature=args.teacher_temperature,
+            word_temperature=args.word_temperature,
+            false_negative_margin=stats.get("margin"),
+            epochs=args.epochs_per_round,
+            batch_size=args.batch_size,
+            learning_rate=args.learning_rate,
+            max_seq_length=args.max_seq_length,
+            save_steps=args.save_steps,
+            seed=args.seed + r,
+            device=args.device,
+        )
+        train_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        trained = load_student(str(path))
+        dev, _, _ = _evaluate(trained, splits["dev"], cache_for(trained))
+        write_json(round_dir / "dev.json", dev)
+        for entry in log_history:
+            entry["round"] = r
+        info = {
+            "round": r,
+            "rows": len(filtered),
+            "filter": stats,
+            "dev": dev,
+            "log_history": log_history,
+            "seconds": {"mine_filter": mined_s, "train": train_s, "eval": time.perf_counter() - t0},
+        }
+        stage.finish(info)
+        rounds.append(info)
+        history.extend(log_history)
+        current = str(path)
+
+    # After: the trained student on test, and the teacher reranking its top-k.
+    final = load_student(current)
+    after, scores, doc_ids = _evaluate(final, splits["test"], cache_for(final))
+    rerank = teacher_rerank(teacher, splits["test"], splits["test"].queries["id"], scores, doc_ids, args.rerank_k)
+    metrics = {"before": before, "after": after, "teacher_rerank": rerank}
+    with atomic_path(run_dir / "model", is_dir=True) as tmp:
+        final.save(str(tmp))
+    write_json(run_dir / "metrics.json", metrics)
+    plots = plot_run(run_dir, rounds, history, before)
+    run_info = {
+        "teacher": teacher_path,
+        "teacher_report": teacher_report,
+        "student_base": args.model or "sentence-transformers/all-MiniLM-L6-v2",
+        "alpha": args.alpha,
+        "beta": args.beta,
+        "temperatures": {
+            "student": args.student_temperature,
+            "teacher": args.teacher_temperature,
+            "word": args.word_temperature,
+            "contrastive_scale": args.scale,
+        },
+        "rounds": [
+            {
+                "round": info["round"],
+                "rule": info["filter"].get("rule"),
+                "margin": info["filter"].get("margin"),
+                "candidates_scored": info["filter"].get("candidates_scored"),
+                "flagged": info["filter"].get("flagged"),
+                "flagged_fraction": info["filter"].get("flagged_fraction"),
+                "dev_ndcg@10": info["dev"]["ndcg@10"],
+            }
+            for info in rounds
+        ],
+        "command": command or "md2pr pipeline",
+        "dataset": splits["test"].name,
+        "settings": dataclasses.asdict(args),
+        "seconds": round(time.perf_counter() - start, 1),
+        "timings": {k: round(v, 1) for k, v in timings.items()},
+    }
+    write_json(run_dir / "run_info.json", run_info)
+    try:
+        from md2pr_st.model_card import write_model_card
+
+        write_model_card(run_dir / "model", metrics, run_info, plots=plots)
+    except Exception as exc:  # the model is saved either way; a card problem must not lose the run
+        logger.warning("Could not write the model card: %s", exc)
+    print(format_table({"before (student)": before, "after (MD2PR)": after,
+                        f"teacher rerank@{args.rerank_k}": rerank}, REPORT_METRICS))  # fmt: skip
+    print(f"{splits['test'].name}: {after['n_queries']} queries, corpus {after['corpus_size']:,}; "
+          f"{run_info['seconds']:.0f} s; run folder {run_dir}")  # fmt: skip
+    return metrics
+
+
+def plot_run(run_dir: Path, rounds: list[dict], history: list[dict], before: dict) -> list[Path]:
+    """PNG plots: loss parts per step, dev nDCG@10 per round, false-negative margin per round."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    step = 0
+    xs: dict[str, list] = {}
+    for entry in history:
+        if "loss" not in entry:
+            continue
+        step += 1
+        for key in ("loss", "contrastive", "sentence_level", "word_level"):
+            if key in entry:
+                xs.setdefault(key, []).append((step, entry[key]))
+    for key, points in xs.items():
+        ax.plot(*zip(*points), label=key, marker="." if len(points) < 30 else None)
+    ax.set_xlabel("logging step (all rounds)")
+    ax.set_ylabel("loss")
+    ax.set_title("MD2PR loss parts")
+    ax.legend()
+    fig.tight_layout()
+    paths.append(run_dir / "loss_parts.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(8, 3.2))
+    rs = [info["round"] for info in rounds]
+    ax1.plot(rs, [info["dev"]["ndcg@10"] for info in rounds], marker="o")
+    ax1.set_xlabel("round")
+    ax1.set_ylabel("dev nDCG@10")
+    ax1.set_xticks(rs)
+    ax2.plot(rs, [info["filter"].get("margin") or 0.0 for info in rounds], marker="o", color="tab:red")
+    ax2.set_xlabel("round")
+    ax2.set_ylabel("false-negative margin m_r")
+    ax2.set_xticks(rs)
+    fig.tight_layout()
+    paths.append(run_dir / "rounds.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+    return paths
+
+
+def command_line() -> str:
+    """The command that is running, for the model card (arguments quoted)."""
+    return " ".join(shlex.quote(a) for a in ["md2pr", *sys.argv[1:]])

@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from md2pr_st.cli import DataArguments, main
+from md2pr_st.pipeline import PipelineArguments, Stage, run_pipeline
+from test_data import write_beir
+from tiny_models import build_tiny_bert
+
+TOPICS = ["cat", "dog", "paris", "python", "tea", "coffee", "river", "sea", "snake", "island", "france", "ocean"]
+
+
+def beir_with_splits(folder):
+    corpus, queries, qrels = [], [], {"train": [], "dev": [], "test": []}
+    for i, topic in enumerate(TOPICS):
+        queries.append({"_id": f"q{i}", "text": f"what is the {topic}"})
+        for j in range(3):
+            corpus.append({"_id": f"d{i}_{j}", "text": f"the {topic} is {['a', 'the', 'not'][j]} {topic} {j}"})
+        split = "train" if i < 8 else ("dev" if i < 10 else "test")
+        qrels[split] += [(f"q{i}", f"d{i}_0", 3), (f"q{i}", f"d{i}_1", 2), (f"q{i}", f"d{i}_2", 0)]
+    write_beir(folder, corpus, queries, qrels["train"], "train")
+    for split in ("dev", "test"):
+        lines = ["query-id\tcorpus-id\tscore"] + [f"{q}\t{d}\t{g}" for q, d, g in qrels[split]]
+        (folder / "qrels" / f"{split}.tsv").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def test_stage_manifest_detects_changed_settings(tmp_path):
+    stage = Stage(tmp_path / "s", {"a": 1})
+    assert not stage.done
+    stage.finish({"x": 2})
+    assert Stage(tmp_path / "s", {"a": 1}).done
+    assert not Stage(tmp_path / "s", {"a": 2}).done
+    assert Stage(tmp_path / "s", {"a": 1}).manifest["outputs"] == {"x": 2}
+
+
+def test_pipeline_end_to_end_on_tiny_models_and_resume(tiny_model_path, tmp_path, capsys):
+    data = beir_with_splits(tmp_path / "data")
+    teacher_base = build_tiny_bert(tmp_path / "teacher_base", seed=3)
+    args = PipelineArguments(
+        output_dir=str(tmp_path / "run"),
+        model=str(tiny_model_path),
+        teacher_base=str(teacher_base),
+        teacher_max_length=48,
+        rounds=2,
+        num_negatives=2,
+        mine_candidates=3,
+        range_max=10,
+        batch_size=4,
+        rerank_k=5,
+        device="cpu",
+    )
+    metrics = run_pipeline(args, DataArguments(dataset=str(data)), command="md2pr pipeline --test")
+    run = tmp_path / "run"
+    assert set(metrics) == {"before", "after", "teacher_rerank"}
+    for part in metrics.values():
+        assert {"ndcg@10", "mrr@10", "recall@100", "map@100", "n_queries", "corpus_size"} <= set(part)
+        assert part["n_queries"] == 2 and part["corpus_size"] == 36
+    assert json.loads((run / "metrics.json").read_text()) == metrics
+    for png in ("loss_parts.png", "rounds.png", "round_1/filter_gaps.png"):
+        assert (run / png).stat().st_size > 1000
+    info = json.loads((run / "run_info.json").read_text())
+    assert [r["round"] for r in info["rounds"]] == [1, 2]
+    assert info["command"] == "md2pr pipeline --test"
+    # The model is a plain sentence-transformers folder with a card whose model-index equals metrics.json.
+    from sentence_transformers import SentenceTransformer
+
+    assert SentenceTransformer(str(run / "model"), device="cpu").encode(["a cat"]).shape == (1, 32)
+    card = (run / "model" / "README.md").read_text()
+    front = yaml.safe_load(card.split("---")[1])
+    values = {m["type"]: m["value"] for m in front["model-index"][0]["results"][0]["metrics"]}
+    assert values["ndcg_at_10"] == metrics["after"]["ndcg@10"]
+    # Re-running the same command redoes no finished stage.
+    stamps = {p: p.stat().st_mtime_ns for p in run.glob("*/stage.json")}
+    assert len(stamps) == 4  # teacher, before, round_1, round_2
+    again = run_pipeline(args, DataArguments(dataset=str(data)), command="md2pr pipeline --test")
+    assert {p: p.stat().st_mtime_ns for p in run.glob("*/stage.json")} == stamps
+    assert again["after"] == metrics["after"]
+
+
+def test_pipeline_argument_errors(capsys):
+    with pytest.raises(ValueError, match="mine_candidates .* must be >= num_negatives"):
+        PipelineArguments(num_negatives=4, mine_candidates=2)
+    with pytest.raises(ValueError, match="rounds must be >= 1"):
+        PipelineArguments(rounds=0)
+    with pytest.raises(SystemExit) as exc:
+        main(["pipeline", "--help"])
+    assert exc.value.code == 0
