@@ -132,3 +132,17 @@ def test_failed_save_keeps_the_previous_index(tiny_model, tmp_path, monkeypatch)
         index.save(saved)
     assert (saved / "index.faiss").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["index"]
+
+
+def test_hnsw_defaults_and_search_params_are_applied():
+    import faiss
+
+    from md2pr_st.index import DEFAULT_HNSW_EF_CONSTRUCTION, DEFAULT_HNSW_EF_SEARCH
+
+    index = FaissIndex.build(random_unit(200, 8), [str(i) for i in range(200)], "HNSW16")
+    hnsw = faiss.downcast_index(index.index).hnsw
+    assert (hnsw.efConstruction, hnsw.efSearch) == (DEFAULT_HNSW_EF_CONSTRUCTION, DEFAULT_HNSW_EF_SEARCH) == (100, 128)
+    index.set_search_params(ef_search=256)
+    assert faiss.downcast_index(index.index).hnsw.efSearch == 256
+    ivf = FaissIndex.build(random_unit(400, 8), [str(i) for i in range(400)], "IVF8,Flat", nprobe=3)
+    assert faiss.extract_index_ivf(ivf.index).nprobe == 3
