@@ -1,0 +1,72 @@
+"""Each example runs end to end at tiny size (tiny random models, a 36-passage BEIR folder)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from test_pipeline import beir_with_splits
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def run_example(name: str, *args: str, cwd: Path) -> str:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / name), *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+@pytest.fixture(scope="module")
+def beir_folder(tmp_path_factory):
+    return beir_with_splits(tmp_path_factory.mktemp("examples") / "data")
+
+
+def test_drop_in_fit(tiny_model_path, tiny_cross_encoder_path, beir_folder, tmp_path):
+    out = run_example(
+        "drop_in_fit.py",
+        *("--model", str(tiny_model_path), "--teacher", str(tiny_cross_encoder_path)),
+        *("--dataset", str(beir_folder), "--max-steps", "2", "--batch-size", "4"),
+        *("--output-dir", str(tmp_path / "fit")),
+        cwd=tmp_path,
+    )
+    assert "dev_ndcg@10" in out
+    assert (tmp_path / "fit" / "final" / "model.safetensors").is_file()
+
+
+def test_bring_your_own_data(tiny_model_path, tiny_cross_encoder_path, beir_folder, tmp_path):
+    out = run_example(
+        "bring_your_own_data.py",
+        str(beir_folder),
+        *("--model", str(tiny_model_path), "--teacher", str(tiny_cross_encoder_path)),
+        *("--num-negatives", "2", "--batch-size", "4", "--output-dir", str(tmp_path / "byod")),
+        cwd=tmp_path,
+    )
+    assert "before:" in out and "after:" in out and "false negatives:" in out
+    assert (tmp_path / "byod" / "student" / "modules.json").is_file()
+
+
+def test_train_rag24_runs_the_pipeline_on_any_dataset(tiny_model_path, tiny_cross_encoder_path, beir_folder, tmp_path):
+    out = run_example(
+        "train_rag24.py",
+        *("--dataset", str(beir_folder), "--model", str(tiny_model_path), "--teacher", str(tiny_cross_encoder_path)),
+        *("--rounds", "1", "--batch-size", "4", "--teacher-max-length", "48", "--output-dir", str(tmp_path / "run")),
+        cwd=tmp_path,
+    )
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert set(metrics) == {"before", "after", "teacher_rerank"}
+    assert str(round(metrics["after"]["ndcg@10"], 4)) in out
+
+
+def test_multi_gpu_doc_names_real_options():
+    text = (EXAMPLES / "multi_gpu.md").read_text()
+    from md2pr_st.losses import MD2PRLoss
+
+    assert "gather_across_devices" in text
+    assert "gather_across_devices" in MD2PRLoss.__init__.__code__.co_varnames
