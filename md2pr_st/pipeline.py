@@ -88,6 +88,9 @@ class PipelineArguments:
     range_max: int = dataclasses.field(default=50, metadata={"help": "Mine candidates from ranks up to this."})
     sampling: str = dataclasses.field(default="top", metadata={"help": "'top' or 'random' within the range."})
     min_grade: int = dataclasses.field(default=2, metadata={"help": "Lowest qrels grade used as a positive."})
+    positives: str = dataclasses.field(
+        default="all", metadata={"help": "Training rows per query: 'all' (one per positive) or 'best' (one)."}
+    )
     filter_rule: str = dataclasses.field(
         default="dynamic", metadata={"help": "False-negative rule: dynamic, margin, relative, absolute."}
     )
@@ -396,7 +399,9 @@ def run_pipeline(args: PipelineArguments, data_args: Any, command: str | None = 
         before_stage.finish(before)
     timings["before"] = time.perf_counter() - t0
 
-    pairs = training_pairs(splits["train"], min_grade=args.min_grade, skip_queries_without_positive=True)
+    pairs = training_pairs(
+        splits["train"], min_grade=args.min_grade, positives=args.positives, skip_queries_without_positive=True
+    )
     rounds: list[dict[str, Any]] = []
     history: list[dict[str, Any]] = []
     filter_ = FalseNegativeFilter(
