@@ -207,8 +207,8 @@ class FalseNegativeFilter:
         self.show_progress_bar = show_progress_bar
         self.margin_: float | None = margin if rule == "margin" else None
         self.rounds: list[dict[str, Any]] = []
-        self._gaps: list[np.ndarray] = []  # per round, for the histogram
-        self._flags: list[np.ndarray] = []
+        # round number -> (gaps, flags) of the rounds fitted by this object, for the histogram
+        self._fitted: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     @staticmethod
     def _as_teacher(teacher: Any, batch_size: int) -> Any:
@@ -389,8 +389,8 @@ class FalseNegativeFilter:
             "thresholds": _summary(self.thresholds(positive_scores)) if positive_scores is not None else None,
         }
         self.rounds.append(stats)
-        self._gaps.append(gaps.reshape(-1))
-        self._flags.append(flags.reshape(-1) if flags is not None else np.zeros(gaps.size, dtype=bool))
+        if flags is not None:
+            self._fitted[stats["round"]] = (gaps.reshape(-1), flags.reshape(-1))
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
         """Filter one batch (for ``Dataset.map(batched=True, remove_columns=dataset.column_names)``)."""
@@ -471,17 +471,26 @@ class FalseNegativeFilter:
         return write_json(path, self.statistics)
 
     def load_statistics(self, path: str | Path) -> FalseNegativeFilter:
-        """Continue the rounds saved by :meth:`save_statistics` (the next :meth:`fit` is round ``len + 1``)."""
+        """Continue the rounds saved by :meth:`save_statistics`: the next :meth:`fit` is round ``len(rounds) + 1``.
+
+        Rounds are merged by their number (a saved round replaces one of the same number held here), so loading the
+        cumulative files of rounds 1, 2, ... one after the other, as a resumed pipeline does, gives rounds 1, 2, ...
+        once each. The margin of the last round becomes the current margin.
+        """
         import json
 
         saved = json.loads(Path(path).read_text(encoding="utf-8"))
         previous = saved.get("rounds") if isinstance(saved, dict) else None
-        if not isinstance(previous, list):
+        if not isinstance(previous, list) or not all(isinstance(r, dict) and "round" in r for r in previous):
             raise ValueError(f"{path} is not a FalseNegativeFilter statistics file (no 'rounds' list).")
-        self.rounds = [dict(r) for r in previous] + self.rounds
-        empty = [np.zeros(0)] * len(previous)
-        self._gaps = empty + self._gaps
-        self._flags = [np.zeros(0, dtype=bool)] * len(previous) + self._flags
+        merged = {int(r["round"]): dict(r) for r in self.rounds}
+        merged.update({int(r["round"]): dict(r) for r in previous})
+        numbers = sorted(merged)
+        if numbers != list(range(1, len(numbers) + 1)):
+            raise ValueError(f"{path}: the rounds {numbers} are not numbered 1..n; was it written by another run?")
+        self.rounds = [merged[n] for n in numbers]
+        if self.rule == "dynamic" and self.rounds and self.rounds[-1].get("margin") is not None:
+            self.margin_ = float(self.rounds[-1]["margin"])
         return self
 
     def plot(self, path: str | Path, round: int = -1, bins: int = 60) -> Path:
@@ -494,9 +503,13 @@ class FalseNegativeFilter:
 
         if not self.rounds:
             raise RuntimeError("No round yet: call fit(dataset) (or apply) before plotting.")
-        gaps, flags, stats = self._gaps[round], self._flags[round], self.rounds[round]
-        if gaps.size == 0:
-            raise RuntimeError("This round was not fitted (map without fit), so its gaps were not recorded.")
+        stats = self.rounds[round]
+        if stats["round"] not in self._fitted:
+            raise RuntimeError(
+                f"Round {stats['round']} was not fitted by this object (map without fit, or loaded from a file), so "
+                "its gaps were not recorded: plot right after fit/apply."
+            )
+        gaps, flags = self._fitted[stats["round"]]
         fig, ax = plt.subplots(figsize=(7, 4))
         edges = np.histogram_bin_edges(gaps, bins=bins)
         ax.hist([gaps[~flags], gaps[flags]], bins=edges, stacked=True, color=["#4c72b0", "#c44e52"],

@@ -252,3 +252,23 @@ def test_cli_filter_round_trip(tmp_path):
     rounds = json.loads(stats_file.read_text())["rounds"]
     assert [r["round"] for r in rounds] == [1, 2] and rounds[1]["margin"] == pytest.approx(1.3)
     assert main(argv[:-4] + ["--rule", "relative"]) == 1  # relative needs --relative_margin: a clear error
+
+
+def test_loading_cumulative_statistics_files_round_by_round(tmp_path):
+    fn_filter = FalseNegativeFilter(rule="dynamic", quantile=0.3, num_negatives=2)
+    fn_filter.apply(rows())
+    fn_filter.save_statistics(tmp_path / "round_1.json")
+    fn_filter.apply(rows([[s[0]] + [c + 1.0 for c in s[1:]] for s in SCORES]))
+    fn_filter.save_statistics(tmp_path / "round_2.json")  # holds rounds 1 and 2
+    resumed = FalseNegativeFilter(rule="dynamic", quantile=0.3, num_negatives=2)
+    resumed.load_statistics(tmp_path / "round_1.json").load_statistics(tmp_path / "round_2.json")
+    assert [r["round"] for r in resumed.statistics["rounds"]] == [1, 2]
+    assert resumed.margin_ == pytest.approx(0.3)
+    with pytest.raises(RuntimeError, match="not fitted by this object"):
+        resumed.plot(tmp_path / "x.png")
+    resumed.apply(rows())
+    assert [r["round"] for r in resumed.statistics["rounds"]] == [1, 2, 3]
+    assert resumed.plot(tmp_path / "round3.png").is_file()
+    (tmp_path / "bad.json").write_text('{"rounds": [{"round": 2}]}')
+    with pytest.raises(ValueError, match="not numbered 1..n"):
+        FalseNegativeFilter().load_statistics(tmp_path / "bad.json")
