@@ -13,6 +13,17 @@ sys.path.insert(0, str(Path(__file__).parent))
 from tiny_models import build_tiny_bert, build_tiny_sentence_transformer  # noqa: E402
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models run many tiny ops: on a shared 2-core machine, intra-op threads only add wake-up latency."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
     """A tiny random SentenceTransformer (BERT, 32-d, mean pooling, normalised)."""

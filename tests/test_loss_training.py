@@ -21,14 +21,7 @@ from md2pr_st.losses import CachedMD2PRLoss, MD2PRLoss, SentenceLevelDistillatio
 from md2pr_st.teacher import Teacher
 from tiny_models import build_tiny_bert
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models run many tiny ops: on a shared 2-core machine, intra-op threads only add wake-up latency."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 ROWS = {
