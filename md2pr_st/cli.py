@@ -20,7 +20,7 @@ from transformers import HfArgumentParser
 from md2pr_st.false_negatives import FilterArguments, run_filter
 from md2pr_st.hub import PushArguments, run_push
 from md2pr_st.mining import MineArguments, run_mine
-from md2pr_st.pipeline import PipelineArguments
+from md2pr_st.pipeline import PipelineArguments, TeacherArguments, TrainArguments, run_teacher_stage, run_train_stage
 
 logger = logging.getLogger("md2pr_st")
 
@@ -144,6 +144,16 @@ COMMANDS: dict[str, tuple[str, tuple[type, ...], Callable]] = {
         "Evaluate a SentenceTransformer as a dense retriever (FAISS + trec_eval metrics).",
         (DataArguments, EvalArguments),
         run_eval,
+    ),
+    "teacher": (
+        "Stage 0: train the cross-encoder teacher on the train split; reports its nDCG@10 gap to the student on dev.",
+        (DataArguments, TeacherArguments),
+        run_teacher_stage,
+    ),
+    "train": (
+        "Train the student with MD2PRLoss on a filtered `datasets` folder (resumes from its last checkpoint).",
+        (TrainArguments,),
+        run_train_stage,
     ),
     "pipeline": (
         "The whole MD2PR pipeline: teacher, then rounds of mine -> filter -> train -> evaluate; resumable.",

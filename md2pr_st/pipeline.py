@@ -292,6 +292,128 @@ def teacher_rerank(
     return result
 
 
+@dataclasses.dataclass
+class TeacherArguments:
+    """Options of ``md2pr teacher`` (stage 0 alone)."""
+
+    output_dir: str = dataclasses.field(default="runs/teacher", metadata={"help": "Where the teacher is saved."})
+    base_model: str | None = dataclasses.field(
+        default=None, metadata={"help": "Backbone or cross-encoder to start from (default: embedded MiniLM)."}
+    )
+    student: str | None = dataclasses.field(
+        default=None, metadata={"help": "Student for the teacher-vs-student dev gap (default: embedded MiniLM)."}
+    )
+    max_length: int = dataclasses.field(default=192, metadata={"help": "Max tokens per (query, passage) pair."})
+    epochs: float = dataclasses.field(default=1.0, metadata={"help": "Training epochs."})
+    batch_size: int = dataclasses.field(default=16, metadata={"help": "Training batch size."})
+    learning_rate: float = dataclasses.field(default=2e-5, metadata={"help": "Learning rate."})
+    random_negatives: int = dataclasses.field(default=2, metadata={"help": "Label-0 corpus passages per query."})
+    max_pairs: int | None = dataclasses.field(default=None, metadata={"help": "Train on at most this many pairs."})
+    seed: int = dataclasses.field(default=13, metadata={"help": "Seed."})
+    overwrite: bool = dataclasses.field(default=False, metadata={"help": "Retrain even if a teacher is there."})
+    device: str | None = dataclasses.field(default=None, metadata={"help": "cpu, cuda, ... (default: auto)."})
+
+
+def run_teacher_stage(data_args: Any, args: TeacherArguments) -> dict[str, Any]:
+    """Train the teacher on the train split and report the teacher-vs-student nDCG@10 gap on dev."""
+    from md2pr_st.teacher_training import TEACHER_REPORT, train_teacher
+
+    train = dataclasses.replace(data_args, split="train").load()
+    dev = dataclasses.replace(data_args, split="dev").load()
+    path = train_teacher(
+        train,
+        args.output_dir,
+        base_model=args.base_model,
+        dev=dev,
+        student=args.student,
+        max_length=args.max_length,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        random_negatives=args.random_negatives,
+        max_pairs=args.max_pairs,
+        seed=args.seed,
+        device=args.device,
+        overwrite=args.overwrite,
+    )
+    report = json.loads((Path(path) / TEACHER_REPORT).read_text(encoding="utf-8"))
+    gap = report.get("dev", {})
+    if gap:
+        print(
+            f"Teacher {path}: dev {gap['metric']} reranking the judged pools: teacher {gap['teacher']:.4f}, "
+            f"student {gap['student']:.4f}, gap {gap['gap']:+.4f}"
+        )
+    return report
+
+
+@dataclasses.dataclass
+class TrainArguments:
+    """Options of ``md2pr train`` (one student training stage on a filtered ``datasets`` folder)."""
+
+    input: str = dataclasses.field(
+        default="filtered", metadata={"help": "`datasets` folder: query, positive, negative_1..n[, scores]."}
+    )
+    output_dir: str = dataclasses.field(default="runs/student", metadata={"help": "Where the student is saved."})
+    model: str | None = dataclasses.field(
+        default=None, metadata={"help": "Student: Hub id or folder (default: the embedded all-MiniLM-L6-v2)."}
+    )
+    teacher: str | None = dataclasses.field(
+        default=None, metadata={"help": "Cross-encoder for online scores and the word level (needed if beta > 0)."}
+    )
+    teacher_max_length: int = dataclasses.field(default=192, metadata={"help": "Teacher max tokens per pair."})
+    alpha: float = dataclasses.field(default=1.0, metadata={"help": "Weight of the sentence-level loss."})
+    beta: float = dataclasses.field(default=1.0, metadata={"help": "Weight of the word-level loss."})
+    scale: float = dataclasses.field(default=20.0, metadata={"help": "1 / tau of the contrastive loss."})
+    student_temperature: float = dataclasses.field(default=0.05, metadata={"help": "T_s."})
+    teacher_temperature: float = dataclasses.field(default=1.0, metadata={"help": "T_t."})
+    word_temperature: float = dataclasses.field(default=0.05, metadata={"help": "tau_w."})
+    false_negative_margin: float | None = dataclasses.field(
+        default=None, metadata={"help": "Mask hard negatives with t(q,d) >= t(q,d+) - margin in L_c."}
+    )
+    epochs: float = dataclasses.field(default=1.0, metadata={"help": "Epochs."})
+    batch_size: int = dataclasses.field(default=16, metadata={"help": "Batch size."})
+    learning_rate: float = dataclasses.field(default=2e-5, metadata={"help": "Learning rate."})
+    max_seq_length: int | None = dataclasses.field(default=None, metadata={"help": "Student max tokens."})
+    seed: int = dataclasses.field(default=13, metadata={"help": "Seed."})
+    device: str | None = dataclasses.field(default=None, metadata={"help": "cpu, cuda, ... (default: auto)."})
+
+
+def run_train_stage(args: TrainArguments) -> Path:
+    """Train a student with MD2PRLoss on a filtered dataset folder (resumes from its last checkpoint)."""
+    from md2pr_st.teacher import Teacher
+
+    folder = Path(args.input)
+    if not (folder / "dataset_info.json").is_file() and not (folder / "state.json").is_file():
+        raise FileNotFoundError(
+            f"{folder} is not a `datasets` folder (save_to_disk). Make one with `md2pr mine` and `md2pr filter`."
+        )
+    dataset = load_from_disk(str(folder))
+    if args.beta > 0 and args.teacher is None:
+        raise ValueError("The word-level loss (beta > 0) needs an online teacher: pass --teacher, or --beta 0.")
+    teacher = Teacher(args.teacher, max_length=args.teacher_max_length, device=args.device) if args.teacher else None
+    path, _ = train_student(
+        args.model,
+        dataset,
+        args.output_dir,
+        teacher=teacher,
+        alpha=args.alpha,
+        beta=args.beta,
+        scale=args.scale,
+        student_temperature=args.student_temperature,
+        teacher_temperature=args.teacher_temperature,
+        word_temperature=args.word_temperature,
+        false_negative_margin=args.false_negative_margin,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        max_seq_length=args.max_seq_length,
+        seed=args.seed,
+        device=args.device,
+    )
+    print(f"Saved the student to {path}")
+    return path
+
+
 # --------------------------------------------------------------------------------------------------------------
 # The pipeline
 # --------------------------------------------------------------------------------------------------------------

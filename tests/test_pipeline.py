@@ -89,3 +89,39 @@ def test_pipeline_argument_errors(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["pipeline", "--help"])
     assert exc.value.code == 0
+
+
+def test_teacher_and_train_stage_commands(tiny_model_path, tmp_path, capsys):
+    from datasets import Dataset
+    from sentence_transformers import CrossEncoder, SentenceTransformer
+
+    data = beir_with_splits(tmp_path / "data")
+    base = build_tiny_bert(tmp_path / "teacher_base", seed=3)
+    teacher_dir = tmp_path / "teacher"
+    args = ["teacher", "--dataset", str(data), "--base_model", str(base), "--student", str(tiny_model_path)]
+    assert main(args + ["--output_dir", str(teacher_dir), "--max_length", "48", "--device", "cpu"]) == 0
+    assert "gap" in capsys.readouterr().out
+    report = json.loads((teacher_dir / "md2pr_teacher.json").read_text())
+    assert report["dev"]["gap"] == pytest.approx(report["dev"]["teacher"] - report["dev"]["student"], abs=1e-4)
+    assert CrossEncoder(str(teacher_dir)).predict([("a", "b")]).shape == (1,)
+
+    rows = Dataset.from_dict(
+        {
+            "query": ["what is the cat", "what is the dog", "what is the tea", "what is the sea"],
+            "positive": ["the cat is a cat", "the dog is a dog", "the tea is a tea", "the sea is a sea"],
+            "negative_1": ["the dog is not", "the tea is not", "the sea is not", "the cat is not"],
+            "scores": [[3.0, -1.0], [2.0, 0.0], [1.5, -0.5], [2.5, 1.0]],
+        }
+    )
+    rows.save_to_disk(str(tmp_path / "filtered"))
+    out = tmp_path / "student"
+    train = ["train", "--input", str(tmp_path / "filtered"), "--model", str(tiny_model_path), "--beta", "0"]
+    assert main(train + ["--output_dir", str(out), "--batch_size", "2", "--device", "cpu"]) == 0
+    trained = SentenceTransformer(str(out), device="cpu").encode(["a cat"])
+    before = SentenceTransformer(str(tiny_model_path), device="cpu").encode(["a cat"])
+    assert trained.shape == before.shape and not (trained == before).all()
+
+    assert main(["train", "--input", str(tmp_path / "nowhere")]) == 1
+    assert "not a `datasets` folder" in capsys.readouterr().err
+    assert main(["train", "--input", str(tmp_path / "filtered"), "--model", str(tiny_model_path)]) == 1
+    assert "needs an online teacher" in capsys.readouterr().err
