@@ -20,7 +20,14 @@ from transformers import HfArgumentParser
 from md2pr_st.false_negatives import FilterArguments, run_filter
 from md2pr_st.hub import PushArguments, run_push
 from md2pr_st.mining import MineArguments, run_mine
-from md2pr_st.pipeline import PipelineArguments, TeacherArguments, TrainArguments, run_teacher_stage, run_train_stage
+from md2pr_st.pipeline import (
+    LossArguments,
+    PipelineArguments,
+    TeacherArguments,
+    TrainArguments,
+    run_teacher_stage,
+    run_train_stage,
+)
 
 logger = logging.getLogger("md2pr_st")
 
@@ -132,10 +139,10 @@ def run_eval(data_args: DataArguments, args: EvalArguments) -> dict:
     return result
 
 
-def run_pipeline_command(data_args: DataArguments, args) -> dict:
+def run_pipeline_command(data_args: DataArguments, args, loss_args) -> dict:
     from md2pr_st.pipeline import command_line, run_pipeline
 
-    return run_pipeline(args, data_args, command=command_line())
+    return run_pipeline(args, data_args, command=command_line(), loss_args=loss_args)
 
 
 # name -> (help, dataclasses, runner)
@@ -152,12 +159,12 @@ COMMANDS: dict[str, tuple[str, tuple[type, ...], Callable]] = {
     ),
     "train": (
         "Train the student with MD2PRLoss on a filtered `datasets` folder (resumes from its last checkpoint).",
-        (TrainArguments,),
+        (TrainArguments, LossArguments),
         run_train_stage,
     ),
     "pipeline": (
         "The whole MD2PR pipeline: teacher, then rounds of mine -> filter -> train -> evaluate; resumable.",
-        (DataArguments, PipelineArguments),
+        (DataArguments, PipelineArguments, LossArguments),
         run_pipeline_command,
     ),
     "push": (

@@ -57,6 +57,19 @@ STAGE_FILE = "stage.json"
 
 
 @dataclasses.dataclass
+class LossArguments:
+    """Weights and temperatures of ``L = L_c + alpha * L_s + beta * L_w`` (see :class:`~md2pr_st.losses.MD2PRLoss`),
+    shared by ``md2pr train`` and ``md2pr pipeline``."""
+
+    alpha: float = dataclasses.field(default=1.0, metadata={"help": "Weight of the sentence-level loss."})
+    beta: float = dataclasses.field(default=1.0, metadata={"help": "Weight of the word-level loss."})
+    scale: float = dataclasses.field(default=20.0, metadata={"help": "1 / tau of the contrastive loss."})
+    student_temperature: float = dataclasses.field(default=0.05, metadata={"help": "T_s of the sentence level."})
+    teacher_temperature: float = dataclasses.field(default=1.0, metadata={"help": "T_t of the sentence level."})
+    word_temperature: float = dataclasses.field(default=0.05, metadata={"help": "tau_w of the word level."})
+
+
+@dataclasses.dataclass
 class PipelineArguments:
     """Options of ``md2pr pipeline`` (and ``md2pr demo``, which only changes defaults)."""
 
@@ -97,12 +110,6 @@ class PipelineArguments:
     filter_quantile: float = dataclasses.field(
         default=0.1, metadata={"help": "Dynamic rule: m_r is this quantile of the round's teacher gaps."}
     )
-    alpha: float = dataclasses.field(default=1.0, metadata={"help": "Weight of the sentence-level loss."})
-    beta: float = dataclasses.field(default=1.0, metadata={"help": "Weight of the word-level loss."})
-    scale: float = dataclasses.field(default=20.0, metadata={"help": "1 / tau of the contrastive loss."})
-    student_temperature: float = dataclasses.field(default=0.05, metadata={"help": "T_s of the sentence level."})
-    teacher_temperature: float = dataclasses.field(default=1.0, metadata={"help": "T_t of the sentence level."})
-    word_temperature: float = dataclasses.field(default=0.05, metadata={"help": "tau_w of the word level."})
     epochs_per_round: float = dataclasses.field(default=1.0, metadata={"help": "Student epochs per round."})
     batch_size: int = dataclasses.field(default=16, metadata={"help": "Student training batch size."})
     learning_rate: float = dataclasses.field(default=2e-5, metadata={"help": "Student learning rate."})
@@ -361,12 +368,6 @@ class TrainArguments:
         default=None, metadata={"help": "Cross-encoder for online scores and the word level (needed if beta > 0)."}
     )
     teacher_max_length: int = dataclasses.field(default=192, metadata={"help": "Teacher max tokens per pair."})
-    alpha: float = dataclasses.field(default=1.0, metadata={"help": "Weight of the sentence-level loss."})
-    beta: float = dataclasses.field(default=1.0, metadata={"help": "Weight of the word-level loss."})
-    scale: float = dataclasses.field(default=20.0, metadata={"help": "1 / tau of the contrastive loss."})
-    student_temperature: float = dataclasses.field(default=0.05, metadata={"help": "T_s."})
-    teacher_temperature: float = dataclasses.field(default=1.0, metadata={"help": "T_t."})
-    word_temperature: float = dataclasses.field(default=0.05, metadata={"help": "tau_w."})
     false_negative_margin: float | None = dataclasses.field(
         default=None, metadata={"help": "Mask hard negatives with t(q,d) >= t(q,d+) - margin in L_c."}
     )
@@ -378,7 +379,7 @@ class TrainArguments:
     device: str | None = dataclasses.field(default=None, metadata={"help": "cpu, cuda, ... (default: auto)."})
 
 
-def run_train_stage(args: TrainArguments) -> Path:
+def run_train_stage(args: TrainArguments, loss_args: LossArguments | None = None) -> Path:
     """Train a student with MD2PRLoss on a filtered dataset folder (resumes from its last checkpoint)."""
     from md2pr_st.teacher import Teacher
 
@@ -388,7 +389,8 @@ def run_train_stage(args: TrainArguments) -> Path:
             f"{folder} is not a `datasets` folder (save_to_disk). Make one with `md2pr mine` and `md2pr filter`."
         )
     dataset = load_from_disk(str(folder))
-    if args.beta > 0 and args.teacher is None:
+    loss_args = loss_args or LossArguments()
+    if loss_args.beta > 0 and args.teacher is None:
         raise ValueError("The word-level loss (beta > 0) needs an online teacher: pass --teacher, or --beta 0.")
     teacher = Teacher(args.teacher, max_length=args.teacher_max_length, device=args.device) if args.teacher else None
     path, _ = train_student(
@@ -396,12 +398,7 @@ def run_train_stage(args: TrainArguments) -> Path:
         dataset,
         args.output_dir,
         teacher=teacher,
-        alpha=args.alpha,
-        beta=args.beta,
-        scale=args.scale,
-        student_temperature=args.student_temperature,
-        teacher_temperature=args.teacher_temperature,
-        word_temperature=args.word_temperature,
+        **dataclasses.asdict(loss_args),
         false_negative_margin=args.false_negative_margin,
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -439,7 +436,9 @@ def _evaluate(model, data: RetrievalData, cache, depth: int = 100) -> tuple[dict
     return result, scores, doc_ids
 
 
-def run_pipeline(args: PipelineArguments, data_args: Any, command: str | None = None) -> dict[str, Any]:
+def run_pipeline(
+    args: PipelineArguments, data_args: Any, command: str | None = None, loss_args: LossArguments | None = None
+) -> dict[str, Any]:
     """Run (or resume) the whole MD2PR pipeline; returns the ``metrics.json`` content.
 
     Example:
@@ -456,6 +455,7 @@ def run_pipeline(args: PipelineArguments, data_args: Any, command: str | None = 
     from md2pr_st.teacher_training import train_teacher
 
     start = time.perf_counter()
+    loss_args = loss_args or LossArguments()
     run_dir = Path(args.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     splits = _load_splits(data_args)
@@ -532,7 +532,8 @@ def run_pipeline(args: PipelineArguments, data_args: Any, command: str | None = 
     current = student_name
     for r in range(1, args.rounds + 1):
         round_dir = run_dir / f"round_{r}"
-        settings = {**dataclasses.asdict(args), "round": r, "student": current, "teacher": teacher_path}
+        settings = {**dataclasses.asdict(args), **dataclasses.asdict(loss_args)}
+        settings.update(round=r, student=current, teacher=teacher_path)
         settings.pop("output_dir"), settings.pop("device")
         stage = Stage(round_dir, settings)
         if stage.done:
@@ -568,13 +569,8 @@ def run_pipeline(args: PipelineArguments, data_args: Any, command: str | None = 
             model,
             load_from_disk(str(round_dir / "filtered")),
             round_dir / "student",
-            teacher=teacher if args.beta > 0 else None,
-            alpha=args.alpha,
-            beta=args.beta,
-            scale=args.scale,
-            student_temperature=args.student_temperature,
-            teacher_temperature=args.teacher_temperature,
-            word_temperature=args.word_temperature,
+            teacher=teacher if loss_args.beta > 0 else None,
+            **dataclasses.asdict(loss_args),
             false_negative_margin=stats.get("margin"),
             epochs=args.epochs_per_round,
             batch_size=args.batch_size,
@@ -617,13 +613,13 @@ def run_pipeline(args: PipelineArguments, data_args: Any, command: str | None = 
         "teacher": teacher_path,
         "teacher_report": teacher_report,
         "student_base": args.model or "sentence-transformers/all-MiniLM-L6-v2",
-        "alpha": args.alpha,
-        "beta": args.beta,
+        "alpha": loss_args.alpha,
+        "beta": loss_args.beta,
         "temperatures": {
-            "student": args.student_temperature,
-            "teacher": args.teacher_temperature,
-            "word": args.word_temperature,
-            "contrastive_scale": args.scale,
+            "student": loss_args.student_temperature,
+            "teacher": loss_args.teacher_temperature,
+            "word": loss_args.word_temperature,
+            "contrastive_scale": loss_args.scale,
         },
         "rounds": [
             {
@@ -639,7 +635,7 @@ def run_pipeline(args: PipelineArguments, data_args: Any, command: str | None = 
         ],
         "command": command or "md2pr pipeline",
         "dataset": splits["test"].name,
-        "settings": dataclasses.asdict(args),
+        "settings": {**dataclasses.asdict(args), **dataclasses.asdict(loss_args)},
         "seconds": round(time.perf_counter() - start, 1),
         "timings": {k: round(v, 1) for k, v in timings.items()},
     }
