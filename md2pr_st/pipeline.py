@@ -39,7 +39,7 @@ import numpy as np
 from datasets import Dataset, load_from_disk
 
 from md2pr_st.data import RetrievalData
-from md2pr_st.evaluation import evaluate_run, format_table, run_from_search
+from md2pr_st.evaluation import evaluate_run, format_table
 from md2pr_st.utils import atomic_path, fingerprint, write_json
 
 if TYPE_CHECKING:
@@ -267,9 +267,7 @@ def train_student(
 def teacher_rerank(
     teacher: Any,
     data: RetrievalData,
-    query_ids: Sequence[str],
-    scores: np.ndarray,
-    doc_ids: list[list[str]],
+    run: dict[str, dict[str, float]],
     k: int = 20,
     metrics: Sequence[str] = REPORT_METRICS,
     relevance_cut: int = 2,
@@ -277,23 +275,24 @@ def teacher_rerank(
     """The teacher reranks the student's top-``k`` of each query; ranks below ``k`` keep the student's order.
 
     A ceiling for distillation: what the student would score if it ranked its own top-k like the teacher.
-    ``scores``/``doc_ids`` are the student's search results (best first), at least ``k`` deep.
+    ``run`` is the student's ``{query_id: {doc_id: score}}``.
     """
     texts = dict(zip(data.corpus["id"], data.corpus["text"]))
     queries = dict(zip(data.queries["id"], data.queries["text"]))
-    pairs = [(queries[q], texts[d]) for q, ids in zip(query_ids, doc_ids) for d in ids[:k]]
+    ranked_ids = {q: sorted(docs, key=docs.__getitem__, reverse=True) for q, docs in run.items()}
+    pairs = [(queries[q], texts[d]) for q, ids in ranked_ids.items() for d in ids[:k]]
     logits = np.asarray(teacher.score(pairs, show_progress_bar=True), dtype=np.float64)
-    run: dict[str, dict[str, float]] = {}
+    reranked: dict[str, dict[str, float]] = {}
     offset = 0
-    for q, ids in zip(query_ids, doc_ids):
+    for q, ids in ranked_ids.items():
         head = ids[:k]
         top = logits[offset : offset + len(head)]
         offset += len(head)
         # Reranked head above everything else: shift the teacher's logits above the tail's ranks.
         ranked = {d: 1e6 + float(s) for d, s in zip(head, top)}
         ranked.update({d: float(len(ids) - i) for i, d in enumerate(ids[k:])})
-        run[q] = ranked
-    result = evaluate_run(run, data.qrels, metrics, relevance_cut)
+        reranked[q] = ranked
+    result = evaluate_run(reranked, data.qrels, metrics, relevance_cut)
     result["corpus_size"] = len(data.corpus)
     result["rerank_k"] = k
     return result
@@ -424,16 +423,11 @@ def _load_splits(data_args: Any) -> dict[str, RetrievalData]:
     return splits
 
 
-def _evaluate(model, data: RetrievalData, cache, depth: int = 100) -> tuple[dict, np.ndarray, list[list[str]]]:
-    """Student retrieval on ``data`` with the corpus embeddings from ``cache``: (result, scores, doc_ids)."""
-    from md2pr_st.index import encode
+def _evaluate(model, data: RetrievalData, cache) -> tuple[dict, dict[str, dict[str, float]]]:
+    """Student retrieval on ``data`` with the corpus embeddings from ``cache``: ``(result, run)``."""
+    from md2pr_st.evaluation import RetrievalEvaluator
 
-    index = cache.build_index()
-    query_embeddings = encode(model, data.queries["text"], "query")
-    scores, doc_ids = index.search(query_embeddings, depth)
-    result = evaluate_run(run_from_search(data.queries["id"], scores, doc_ids), data.qrels, REPORT_METRICS)
-    result["corpus_size"] = len(data.corpus)
-    return result, scores, doc_ids
+    return RetrievalEvaluator(data, REPORT_METRICS).evaluate(model, index=cache.build_index())
 
 
 def run_pipeline(
@@ -517,7 +511,7 @@ def run_pipeline(
     if before_stage.done:
         before = before_stage.manifest["outputs"]
     else:
-        before, _, _ = _evaluate(student, splits["test"], cache_for(student))
+        before, _ = _evaluate(student, splits["test"], cache_for(student))
         before_stage.finish(before)
     timings["before"] = time.perf_counter() - t0
 
@@ -583,7 +577,7 @@ def run_pipeline(
         train_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         trained = load_student(str(path))
-        dev, _, _ = _evaluate(trained, splits["dev"], cache_for(trained))
+        dev, _ = _evaluate(trained, splits["dev"], cache_for(trained))
         write_json(round_dir / "dev.json", dev)
         for entry in log_history:
             entry["round"] = r
@@ -602,8 +596,8 @@ def run_pipeline(
 
     # After: the trained student on test, and the teacher reranking its top-k.
     final = load_student(current)
-    after, scores, doc_ids = _evaluate(final, splits["test"], cache_for(final))
-    rerank = teacher_rerank(teacher, splits["test"], splits["test"].queries["id"], scores, doc_ids, args.rerank_k)
+    after, run = _evaluate(final, splits["test"], cache_for(final))
+    rerank = teacher_rerank(teacher, splits["test"], run, args.rerank_k)
     metrics = {"before": before, "after": after, "teacher_rerank": rerank}
     with atomic_path(run_dir / "model", is_dir=True) as tmp:
         final.save(str(tmp))
