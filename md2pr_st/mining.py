@@ -313,14 +313,16 @@ class MiningStats:
 def training_pairs(
     data: RetrievalData,
     min_grade: int = 2,
-    positives: Literal["all", "best"] = "all",
+    positives: Literal["all", "best"] | int | str = "all",
     skip_queries_without_positive: bool = False,
 ) -> Dataset:
     """(query, positive) rows from graded qrels: the input of :func:`mine_hard_negatives`.
 
-    Each query gets one row per passage judged ``grade >= min_grade`` (``positives="all"``) or one row with its
-    highest-graded passage (``"best"``; ties broken by document id). Columns: ``query_id``, ``query``,
-    ``positive_id``, ``positive``.
+    Each query gets one row per passage judged ``grade >= min_grade`` (``positives="all"``), one row with its
+    highest-graded passage (``"best"``), or rows for its ``k`` highest-graded passages (``positives=k``); ties are
+    broken by document id. Columns: ``query_id``, ``query``, ``positive_id``, ``positive`` and ``exclude_ids``
+    (every passage of the query judged ``grade >= min_grade``, trained on or not), so that mining never picks a
+    known positive as a negative when only some positives get rows.
 
     Raises:
         ValueError: a query has no passage at ``grade >= min_grade`` (unless
@@ -336,10 +338,10 @@ def training_pairs(
         >>> list(training_pairs(data)["positive_id"]), list(training_pairs(data, positives="best")["positive_id"])
         (['a', 'b'], ['a'])
     """
-    if positives not in ("all", "best"):
-        raise ValueError(f"positives must be 'all' or 'best', got {positives!r}.")
+    per_query = _positives_per_query(positives)
     row_of = {doc_id: i for i, doc_id in enumerate(data.corpus["id"])}
     rows: list[tuple[str, str, str]] = []
+    exclude: dict[str, list[str]] = {}
     without = []
     for query_id, query in zip(data.queries["id"], data.queries["text"]):
         judged = sorted(
@@ -348,7 +350,8 @@ def training_pairs(
         if not judged:
             without.append(query_id)
             continue
-        for doc_id, _ in judged[:1] if positives == "best" else judged:
+        exclude[query_id] = sorted(d for d, _ in judged)
+        for doc_id, _ in judged[:per_query]:
             rows.append((query_id, query, doc_id))
     if without and not skip_queries_without_positive:
         raise ValueError(
@@ -363,8 +366,24 @@ def training_pairs(
             "query": [t for _, t, _ in rows],
             "positive_id": [d for _, _, d in rows],
             "positive": list(texts),
+            "exclude_ids": [exclude[q] for q, _, _ in rows],
         }
     )
+
+
+def _positives_per_query(positives: Any) -> int | None:
+    """``"all"`` -> None (no cap), ``"best"`` -> 1, ``k`` or ``"k"`` -> k."""
+    if positives == "all":
+        return None
+    if positives == "best":
+        return 1
+    try:
+        k = int(positives)
+    except (TypeError, ValueError):
+        k = 0
+    if k < 1 or isinstance(positives, float):
+        raise ValueError(f"positives must be 'all', 'best' or a positive integer k, got {positives!r}.")
+    return k
 
 
 def _as_list(value: Any) -> list:
@@ -406,7 +425,9 @@ def mine_hard_negatives(
     Args:
         dataset: rows with a query column and a positive column (a string or a list of strings); duplicated
             queries are merged into one query with several positives. An optional ``positive_id`` column
-            (string or list) lets positives be excluded by corpus id too.
+            (string or list) lets positives be excluded by corpus id too, and an optional ``exclude_ids`` column
+            (list of corpus ids, e.g. from :func:`training_pairs`) names further passages that are never negatives
+            (known positives without a row of their own).
         corpus: ``Dataset`` with columns ``id`` and ``text`` (RAG24/BEIR ``RetrievalData.corpus``).
         model: the current student (``SentenceTransformer``, Hub id or folder; default the embedded MiniLM).
         num_negatives: negatives per row (mine more than you train on when a false-negative filter follows).
@@ -484,9 +505,11 @@ def mine_hard_negatives(
     query_ids: list[str | None] = []
     has_pid = "positive_id" in dataset.column_names
     has_qid = "query_id" in dataset.column_names
-    columns = (
-        [query_column, positive_column] + (["positive_id"] if has_pid else []) + (["query_id"] if has_qid else [])
-    )
+    has_exclude = "exclude_ids" in dataset.column_names
+    columns = [query_column, positive_column] + [
+        c for c, present in (("positive_id", has_pid), ("query_id", has_qid), ("exclude_ids", has_exclude)) if present
+    ]
+    extra_excluded: list[set[str]] = []
     for i, row in enumerate(dataset.select_columns(columns)):
         query = row[query_column]
         if not isinstance(query, str) or not query.strip():
@@ -506,6 +529,9 @@ def mine_hard_negatives(
             positives.append([])
             positive_ids.append([])
             query_ids.append(row["query_id"] if has_qid else None)
+            extra_excluded.append(set())
+        if has_exclude:
+            extra_excluded[q].update(str(d) for d in _as_list(row["exclude_ids"]))
         for text, pid in zip(texts, ids):
             if text not in positives[q]:
                 positives[q].append(text)
@@ -516,6 +542,7 @@ def mine_hard_negatives(
     # One pass over the corpus: its fingerprint, and the rows that hold a positive (by id or by text).
     wanted_text = {text: [] for plist in positives for text in plist}
     wanted_id = {pid: [] for plist in positive_ids for pid in plist if pid is not None}
+    wanted_id.update({doc_id: [] for ids in extra_excluded for doc_id in ids if doc_id not in wanted_id})
 
     def corpus_parts() -> Iterator[str]:
         yield "ids"
@@ -533,9 +560,9 @@ def mine_hard_negatives(
 
     corpus_fp = fingerprint(corpus_parts())
     excluded: list[set[int]] = []
-    for plist, pids in zip(positives, positive_ids):
+    for plist, pids, extra in zip(positives, positive_ids, extra_excluded):
         rows = {r for t in plist for r in wanted_text[t]} | {r for p in pids if p is not None for r in wanted_id[p]}
-        excluded.append(rows)
+        excluded.append(rows | {r for doc_id in extra for r in wanted_id[doc_id]})
     stats.positives_excluded = sum(len(rows) for rows in excluded)
 
     cache = CorpusEmbeddingCache(
@@ -649,7 +676,10 @@ class MineArguments:
     sampling: str = dataclasses.field(default="top", metadata={"help": "'top' or 'random'."})
     seed: int = dataclasses.field(default=0, metadata={"help": "Seed of random sampling."})
     min_grade: int = dataclasses.field(default=2, metadata={"help": "Qrels grade that makes a positive."})
-    positives: str = dataclasses.field(default="all", metadata={"help": "'all' judged positives or the 'best'."})
+    positives: str = dataclasses.field(
+        default="all",
+        metadata={"help": "Rows per query: 'all' judged positives, the 'best', or the k best ('2')."},
+    )
     skip_queries_without_positive: bool = dataclasses.field(
         default=True, metadata={"help": "Drop queries without a positive (else: error)."}
     )

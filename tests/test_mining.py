@@ -228,6 +228,14 @@ def test_negative_columns_order():
     ]
 
 
+def test_exclude_ids_keeps_known_positives_without_a_row_out_of_the_negatives(tiny_model, fake_encode):
+    pairs = Dataset.from_dict({"query": [Q], "positive": [POS], "exclude_ids": [["n1", "n3", "not-in-corpus"]]})
+    mined = mine_hard_negatives(pairs, CORPUS, tiny_model, num_negatives=2, range_max=10, show_progress_bar=False)
+    # Ranking without p, pcopy (the positive) and n1, n3 (excluded): n2, n4, ...
+    assert (mined[0]["negative_1"], mined[0]["negative_2"]) == ("Marseille is in France.", "Berlin is in Germany.")
+    assert "exclude_ids" not in mined.column_names
+
+
 def test_training_pairs_from_graded_qrels():
     data = RetrievalData(
         corpus=Dataset.from_dict({"id": ["a", "b", "c"], "text": ["Paris.", "France.", "Tea."]}),
@@ -240,6 +248,13 @@ def test_training_pairs_from_graded_qrels():
     assert pairs["positive_id"] == ["b", "a"]  # highest grade first
     assert training_pairs(data, positives="best", skip_queries_without_positive=True)["positive"] == ["France."]
     assert training_pairs(data, min_grade=1)["query_id"] == ["q1", "q1", "q2"]
+    # One row for the best positive, but the other positive is still named for exclusion from mining.
+    best = training_pairs(data, positives=1, skip_queries_without_positive=True)
+    assert (best["positive_id"], best["exclude_ids"]) == (["b"], [["a", "b"]])
+    assert training_pairs(data, positives="2", skip_queries_without_positive=True)["positive_id"] == ["b", "a"]
+    for bad in ("some", 0, -1, 1.5):
+        with pytest.raises(ValueError, match="positives must be 'all', 'best' or a positive integer"):
+            training_pairs(data, positives=bad, skip_queries_without_positive=True)
 
 
 def test_real_tiny_model_end_to_end(tiny_model, tmp_path):
