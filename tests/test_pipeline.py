@@ -78,7 +78,8 @@ def test_pipeline_end_to_end_on_tiny_models_and_resume(tiny_model_path, tmp_path
     assert len(stamps) == 4  # teacher, before, round_1, round_2
     again = run_pipeline(args, DataArguments(dataset=str(data)), command="md2pr pipeline --test")
     assert {p: p.stat().st_mtime_ns for p in run.glob("*/stage.json")} == stamps
-    assert again["after"] == metrics["after"]
+    timeless = [{k: v for k, v in m["after"].items() if k != "seconds"} for m in (again, metrics)]
+    assert timeless[0] == timeless[1]  # the final evaluation runs again; only its timing differs
 
 
 def test_pipeline_argument_errors(capsys):
