@@ -40,7 +40,7 @@ from datasets import Dataset, load_from_disk
 
 from md2pr_st.data import RetrievalData
 from md2pr_st.evaluation import evaluate_run, format_table
-from md2pr_st.utils import atomic_path, fingerprint, write_json
+from md2pr_st.utils import atomic_path, fingerprint, last_complete_checkpoint, write_json
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -254,10 +254,10 @@ def train_student(
     trainer = SentenceTransformerTrainer(
         model=model, args=args, train_dataset=train_dataset, loss=loss, evaluator=evaluator
     )
-    found = sorted(checkpoints.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-    if found:
-        logger.info("Resuming student training from %s", found[-1])
-    trainer.train(resume_from_checkpoint=True if found else None)
+    resume = last_complete_checkpoint(checkpoints)
+    if resume:
+        logger.info("Resuming student training from %s", resume)
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     with atomic_path(output_dir, is_dir=True) as tmp:
         model.save(str(tmp))
     shutil.rmtree(checkpoints, ignore_errors=True)

@@ -27,7 +27,7 @@ from datasets import Dataset
 
 from md2pr_st.data import RetrievalData
 from md2pr_st.evaluation import evaluate_run
-from md2pr_st.utils import atomic_path, write_json
+from md2pr_st.utils import atomic_path, last_complete_checkpoint, write_json
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -204,12 +204,11 @@ def train_teacher(
         loss=BinaryCrossEntropyLoss(model),
         callbacks=callbacks,
     )
-    found = sorted(checkpoints.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-    resume = bool(found)
+    resume = last_complete_checkpoint(checkpoints)
     if resume:
-        logger.info("Resuming teacher training from %s", found[-1])
+        logger.info("Resuming teacher training from %s", resume)
     start = time.perf_counter()
-    trainer.train(resume_from_checkpoint=True if resume else None)
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     seconds = time.perf_counter() - start
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     report: dict[str, Any] = {
@@ -223,7 +222,7 @@ def train_teacher(
         "random_negatives": random_negatives,
         "seed": seed,
         "train_seconds": round(seconds, 1),
-        "resumed_from": found[-1].name if found else None,
+        "resumed_from": resume.name if resume else None,
         "steps": trainer.state.global_step,
         "first_loss": losses[0] if losses else None,
         "last_loss": losses[-1] if losses else None,

@@ -1,16 +1,19 @@
-"""Small helpers shared by the stages: atomic writes and content fingerprints."""
+"""Small helpers shared by the stages: atomic writes, content fingerprints, trainer checkpoints."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -69,3 +72,25 @@ def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
         while chunk := handle.read(chunk_size):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def last_complete_checkpoint(folder: str | Path) -> Path | None:
+    """The ``checkpoint-N`` in ``folder`` with the highest ``N`` that the host trainer finished writing, or None.
+
+    The trainer writes a checkpoint's ``trainer_state.json`` last, so a checkpoint is complete iff that file parses.
+    A process killed while writing a checkpoint leaves a ``checkpoint-N`` without weights or state;
+    ``trainer.train(resume_from_checkpoint=True)`` takes the highest ``N`` whatever it holds and then fails, at
+    every rerun. Incomplete checkpoints are deleted here; resume from the returned path instead.
+    """
+    complete = []
+    for path in Path(folder).glob("checkpoint-*"):
+        if not path.is_dir() or not path.name.split("-")[-1].isdigit():
+            continue
+        try:
+            json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            logger.warning("Deleting the incomplete checkpoint %s (its writer was interrupted)", path)
+            shutil.rmtree(path, ignore_errors=True)
+            continue
+        complete.append(path)
+    return max(complete, key=lambda p: int(p.name.split("-")[-1]), default=None)

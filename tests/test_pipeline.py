@@ -1,12 +1,18 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import yaml
 
 from md2pr_st.cli import DataArguments, main
-from md2pr_st.pipeline import PipelineArguments, Stage, run_pipeline
+from md2pr_st.pipeline import STAGE_FILE, PipelineArguments, Stage, run_pipeline
+from md2pr_st.utils import last_complete_checkpoint
 from test_data import write_beir
 from tiny_models import build_tiny_bert
 
@@ -126,3 +132,87 @@ def test_teacher_and_train_stage_commands(tiny_model_path, tmp_path, capsys):
     assert "not a `datasets` folder" in capsys.readouterr().err
     assert main(["train", "--input", str(tmp_path / "filtered"), "--model", str(tiny_model_path)]) == 1
     assert "needs an online teacher" in capsys.readouterr().err
+
+
+def test_last_complete_checkpoint_skips_and_deletes_interrupted_ones(tmp_path):
+    for step, state in ((5, "{}"), (10, "{}"), (15, None), (20, '{"global_st')):  # 15, 20: killed mid-write
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        if state is not None:
+            (folder / "trainer_state.json").write_text(state)
+    assert last_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-10"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-10", "checkpoint-5"]
+    assert last_complete_checkpoint(tmp_path / "missing") is None
+
+
+def _checkpoint_steps(folder, complete_only=False):
+    """Steps of ``folder/checkpoint-*``; ``complete_only``: those whose trainer_state.json (written last) parses."""
+    steps = []
+    for path in folder.glob("checkpoint-*"):
+        if complete_only:
+            try:
+                json.loads((path / "trainer_state.json").read_text())
+            except (OSError, ValueError):
+                continue
+        steps.append(int(path.name.split("-")[-1]))
+    return sorted(steps)
+
+
+@pytest.mark.slow
+def test_pipeline_killed_during_student_training_resumes_from_its_checkpoint(tiny_model_path, tmp_path):
+    data = beir_with_splits(tmp_path / "data")
+    teacher_base = build_tiny_bert(tmp_path / "teacher_base", seed=3)
+    run = tmp_path / "run"
+    checkpoints = run / "round_1" / "student.checkpoints"
+    # 16 training rows, batch 4: 4 steps per epoch; 30 epochs are long enough to be caught mid-run.
+    command = [sys.executable, "-m", "md2pr_st.cli", "-v", "pipeline", "--dataset", str(data),
+               "--output_dir", str(run), "--model", str(tiny_model_path), "--teacher_base", str(teacher_base),
+               "--teacher_max_length", "48", "--rounds", "1", "--num_negatives", "2", "--mine_candidates", "3",
+               "--range_max", "10", "--batch_size", "4", "--epochs_per_round", "30", "--save_steps", "5",
+               "--rerank_k", "5", "--device", "cpu"]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+
+    # First run: SIGKILL as soon as a checkpoint after the first complete one starts being written, so the kill
+    # lands during training, often in the middle of writing a checkpoint.
+    with open(tmp_path / "first.log", "w") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        deadline, first_complete = time.monotonic() + 120, None
+        try:
+            while process.poll() is None and time.monotonic() < deadline:
+                if first_complete is None:
+                    first_complete = next(iter(_checkpoint_steps(checkpoints, complete_only=True)), None)
+                elif any(step > first_complete for step in _checkpoint_steps(checkpoints)):
+                    break
+                time.sleep(0.01)
+        finally:
+            process.kill()
+            process.wait()
+    first_log = (tmp_path / "first.log").read_text()
+    assert process.returncode == -signal.SIGKILL, f"the pipeline ended before it was killed:\n{first_log[-3000:]}"
+    assert first_complete is not None, f"no checkpoint within the time limit:\n{first_log[-3000:]}"
+    assert not (run / "round_1" / STAGE_FILE).exists()  # the round is not marked done
+    assert (run / "teacher" / STAGE_FILE).is_file() and not (run / "metrics.json").exists()
+    resume_step = _checkpoint_steps(checkpoints, complete_only=True)[-1]
+    teacher_files = [run / "teacher" / STAGE_FILE, *(run / "teacher" / "model").glob("*.safetensors")]
+    stamps = {path: path.stat().st_mtime_ns for path in teacher_files}
+
+    # Second run: the same command, to completion.
+    rerun = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    output = rerun.stdout + rerun.stderr
+    (tmp_path / "second.log").write_text(output)
+    assert rerun.returncode == 0, output[-3000:]
+    # (a) the teacher stage was not redone
+    assert {path: path.stat().st_mtime_ns for path in teacher_files} == stamps
+    assert "Stage 0" not in output
+    # (b) student training resumed from the last complete checkpoint: the host trainer ran only the remaining steps
+    assert f"Resuming student training from {checkpoints / f'checkpoint-{resume_step}'}" in output
+    log_history = json.loads((run / "round_1" / STAGE_FILE).read_text())["outputs"]["log_history"]
+    summary = next(entry for entry in log_history if "train_runtime" in entry)
+    max_steps = summary["step"]
+    assert max_steps > resume_step > 0
+    assert round(summary["train_steps_per_second"] * summary["train_runtime"]) == max_steps - resume_step
+    assert [entry["step"] for entry in log_history if "loss" in entry] == list(range(1, max_steps + 1))
+    # (c) the run finished
+    assert (run / "round_1" / STAGE_FILE).is_file() and not checkpoints.exists()
+    assert set(json.loads((run / "metrics.json").read_text())) == {"before", "after", "teacher_rerank"}
+    assert (run / "model" / "model.safetensors").is_file() and (run / "model" / "README.md").is_file()
