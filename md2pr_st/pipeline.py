@@ -216,6 +216,7 @@ def train_student(
     from sentence_transformers.sentence_transformer.training_args import SentenceTransformerTrainingArguments
 
     from md2pr_st.losses import MD2PRLoss
+    from md2pr_st.model_card import remove_dataset_texts
     from md2pr_st.models import resolve_model_name
 
     output_dir = Path(output_dir)
@@ -254,6 +255,7 @@ def train_student(
     trainer = SentenceTransformerTrainer(
         model=model, args=args, train_dataset=train_dataset, loss=loss, evaluator=evaluator
     )
+    remove_dataset_texts(model.model_card_data)  # the saved card must not quote the data (MS MARCO terms)
     resume = last_complete_checkpoint(checkpoints)
     if resume:
         logger.info("Resuming student training from %s", resume)

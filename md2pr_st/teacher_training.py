@@ -156,6 +156,7 @@ def train_teacher(
     )
     from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss
 
+    from md2pr_st.model_card import remove_dataset_texts
     from md2pr_st.models import resolve_model_name
 
     output_dir = Path(output_dir)
@@ -204,6 +205,7 @@ def train_teacher(
         loss=BinaryCrossEntropyLoss(model),
         callbacks=callbacks,
     )
+    remove_dataset_texts(model.model_card_data)  # the saved card must not quote the data (MS MARCO terms)
     resume = last_complete_checkpoint(checkpoints)
     if resume:
         logger.info("Resuming teacher training from %s", resume)

@@ -217,3 +217,70 @@ def test_input_errors_are_clear(model_dir, tmp_path):
         write_model_card(model_dir, METRICS, RUN_INFO, plots=[tmp_path / "nope.png"])
     with pytest.raises(FileNotFoundError, match="Model folder"):
         write_model_card(tmp_path / "no_model", METRICS, RUN_INFO)
+
+
+SECRET = "ZEBRA-SECRET-PASSAGE-42"
+
+
+def _rows_with_a_secret():
+    """Training rows whose every passage carries SECRET: any row the host copies into a card shows it."""
+    from datasets import Dataset
+
+    topics = ["cat", "dog", "tea", "sea", "river", "island"]
+    return Dataset.from_dict(
+        {
+            "query": [f"what is the {t}" for t in topics],
+            "positive": [f"{SECRET} the {t} is a {t}" for t in topics],
+            "negative_1": [f"{SECRET} the {t} is not a {t}" for t in topics],
+        }
+    )
+
+
+def _assert_card_without_data(text: str) -> None:
+    assert SECRET not in text and SECRET.lower() not in text.lower()
+    meta, body = split_front_matter(text)
+    assert "widget" not in meta
+    assert {"md2pr", "generated_from_trainer", "loss:MD2PRLoss"} <= set(meta["tags"])
+    assert meta["model-index"][0]["results"][0]["metrics"][0]["value"] == METRICS["after"]["ndcg@10"]
+    host_part = body.split(HOST_START)[1].split(HOST_END)[0]
+    for section in ("### Full Model Architecture", "## Usage", "### Training Dataset", "### Training Hyperparameters",
+                    "### Framework Versions"):  # fmt: skip
+        assert section in host_part, section
+    assert "* Size: 6 training samples" in host_part and "* Samples:" not in host_part
+    assert "<code>positive</code>" in host_part and "max: " in host_part  # columns and token statistics stay
+    assert 'model = SentenceTransformer("org/md2pr-tiny")' in host_part and "model.encode_query(" in host_part
+
+
+def test_card_of_a_trained_student_carries_no_training_text(tiny_model_path, tmp_path, one_torch_thread):
+    from md2pr_st.pipeline import train_student
+
+    path, _ = train_student(
+        tiny_model_path, _rows_with_a_secret(), tmp_path / "student", alpha=0.0, beta=0.0, batch_size=2, device="cpu"
+    )
+    assert SECRET not in (path / "README.md").read_text(encoding="utf-8")  # the host card saved after training
+    card = write_model_card(path, METRICS, RUN_INFO, model_id="org/md2pr-tiny")
+    _assert_card_without_data(card.read_text(encoding="utf-8"))
+
+
+def test_card_strips_training_text_from_a_host_card_that_has_it(tiny_model_path, tmp_path, one_torch_thread):
+    """A student trained with the host trainer alone: its card quotes the data in three places."""
+    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
+    from sentence_transformers.sentence_transformer.training_args import SentenceTransformerTrainingArguments
+
+    from md2pr_st.losses import MD2PRLoss
+
+    model = SentenceTransformer(str(tiny_model_path), device="cpu")
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(tmp_path / "checkpoints"), per_device_train_batch_size=2, report_to=[], use_cpu=True
+    )
+    loss = MD2PRLoss(model, alpha=0.0, beta=0.0, false_negative_margin=None)
+    SentenceTransformerTrainer(model=model, args=args, train_dataset=_rows_with_a_secret(), loss=loss).train()
+    model.save(str(tmp_path / "student"))
+    host = (tmp_path / "student" / "README.md").read_text(encoding="utf-8")
+    host_front, host_body = split_front_matter(host)
+    assert SECRET in str(host_front["widget"])
+    assert SECRET in host_body.split("* Samples:")[1].split("* Loss:")[0]
+    assert SECRET in host_body.split("```python")[1].split("```")[0]
+
+    card = write_model_card(tmp_path / "student", METRICS, RUN_INFO, model_id="org/md2pr-tiny")
+    _assert_card_without_data(card.read_text(encoding="utf-8"))

@@ -84,6 +84,8 @@ def test_train_teacher_saves_reports_and_resumes(tiny_cross_encoder_path, tiny_m
     assert report["dev"]["gap"] == pytest.approx(report["dev"]["teacher"] - report["dev"]["student"], abs=1e-4)
     assert report["dev"]["n_pairs"] == 4
     assert not (tmp_path / "teacher.checkpoints").exists()
+    card = (path / "README.md").read_text(encoding="utf-8")  # the host's card, without the data's texts
+    assert "### Training Dataset" in card and not [text for text in CORPUS["text"] if text in card]
     trained = CrossEncoder(str(path))
     assert trained.num_labels == 1
     base = CrossEncoder(str(tiny_cross_encoder_path))
