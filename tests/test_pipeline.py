@@ -79,6 +79,8 @@ def test_pipeline_end_to_end_on_tiny_models_and_resume(tiny_model_path, tmp_path
     front = yaml.safe_load(card.split("---")[1])
     values = {m["type"]: m["value"] for m in front["model-index"][0]["results"][0]["metrics"]}
     assert values["ndcg_at_10"] == metrics["after"]["ndcg@10"]
+    corpus = [json.loads(line)["text"] for line in (data / "corpus.jsonl").read_text().splitlines()]
+    assert "widget" not in front and not [text for text in corpus if text in card]  # no data text in the card
     # Re-running the same command redoes no finished stage.
     stamps = {p: p.stat().st_mtime_ns for p in run.glob("*/stage.json")}
     assert len(stamps) == 4  # teacher, before, round_1, round_2
