@@ -21,6 +21,8 @@ from md2pr_st.false_negatives import FilterArguments, run_filter
 from md2pr_st.hub import PushArguments, run_push
 from md2pr_st.mining import MineArguments, run_mine
 from md2pr_st.pipeline import (
+    DemoArguments,
+    DemoLossArguments,
     LossArguments,
     PipelineArguments,
     TeacherArguments,
@@ -165,6 +167,12 @@ COMMANDS: dict[str, tuple[str, tuple[type, ...], Callable]] = {
     "pipeline": (
         "The whole MD2PR pipeline: teacher, then rounds of mine -> filter -> train -> evaluate; resumable.",
         (DataArguments, PipelineArguments, LossArguments),
+        run_pipeline_command,
+    ),
+    "demo": (
+        "The README's main job: the whole pipeline on the embedded default (all-MiniLM-L6-v2, RAG24) sized for 2 "
+        "CPU cores; prints the before/after/teacher-rerank table on the test split.",
+        (DataArguments, DemoArguments, DemoLossArguments),
         run_pipeline_command,
     ),
     "push": (

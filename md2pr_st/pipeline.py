@@ -102,13 +102,25 @@ class PipelineArguments:
     sampling: str = dataclasses.field(default="top", metadata={"help": "'top' or 'random' within the range."})
     min_grade: int = dataclasses.field(default=2, metadata={"help": "Lowest qrels grade used as a positive."})
     positives: str = dataclasses.field(
-        default="all", metadata={"help": "Training rows per query: 'all' (one per positive) or 'best' (one)."}
+        default="all",
+        metadata={
+            "help": "Training rows per query: 'all' (one per positive), 'best' (one) or the k best-graded ('2'); "
+            "mining excludes every known positive either way."
+        },
     )
     filter_rule: str = dataclasses.field(
         default="dynamic", metadata={"help": "False-negative rule: dynamic, margin, relative, absolute."}
     )
     filter_quantile: float = dataclasses.field(
         default=0.1, metadata={"help": "Dynamic rule: m_r is this quantile of the round's teacher gaps."}
+    )
+    sentence_scores: str = dataclasses.field(
+        default="teacher",
+        metadata={
+            "help": "Teacher scores of the sentence level L_s: 'teacher' (the cross-encoder's logits) or 'qrels' (the "
+            "train split's graded judgements, e.g. RAG24's UMBRELA LLM grades, unjudged = 0; the cross-encoder "
+            "still filters and teaches the word level)."
+        },
     )
     epochs_per_round: float = dataclasses.field(default=1.0, metadata={"help": "Student epochs per round."})
     batch_size: int = dataclasses.field(default=16, metadata={"help": "Student training batch size."})
@@ -129,8 +141,39 @@ class PipelineArguments:
                 f"mine_candidates ({self.mine_candidates}) must be >= num_negatives ({self.num_negatives}): the "
                 "filter refills rows from the mined candidates."
             )
+        if self.sentence_scores not in ("teacher", "qrels"):
+            raise ValueError(f"sentence_scores must be 'teacher' or 'qrels', got {self.sentence_scores!r}.")
         if self.sampling not in ("top", "random"):
             raise ValueError(f"sampling must be 'top' or 'random', got {self.sampling!r}.")
+
+
+@dataclasses.dataclass
+class DemoArguments(PipelineArguments):
+    """Options of ``md2pr demo``: the pipeline on the embedded default (all-MiniLM-L6-v2, RAG24), sized for 2 CPU
+    cores. Every option of ``md2pr pipeline`` can still be given."""
+
+    output_dir: str = dataclasses.field(default="runs/demo", metadata={"help": "The run folder."})
+    teacher_max_length: int = dataclasses.field(default=128, metadata={"help": "Teacher max tokens per pair."})
+    teacher_max_pairs: int | None = dataclasses.field(
+        default=1200, metadata={"help": "Train the teacher on at most this many pairs (bounds CPU time)."}
+    )
+    rounds: int = dataclasses.field(default=1, metadata={"help": "Rounds of mine -> filter -> train -> evaluate."})
+    num_negatives: int = dataclasses.field(default=4, metadata={"help": "Hard negatives per training row."})
+    positives: str = dataclasses.field(
+        default="2", metadata={"help": "Training rows per query: 'all', 'best' or the k best-graded ('2')."}
+    )
+    sentence_scores: str = dataclasses.field(
+        default="qrels", metadata={"help": "Teacher scores of L_s: 'teacher' (cross-encoder) or 'qrels' (grades)."}
+    )
+    learning_rate: float = dataclasses.field(default=5e-5, metadata={"help": "Student learning rate."})
+    max_seq_length: int | None = dataclasses.field(default=128, metadata={"help": "Student max tokens."})
+
+
+@dataclasses.dataclass
+class DemoLossArguments(LossArguments):
+    """The demo's loss weights (``L_s`` is scaled by ``T_s^2``, so ``alpha = 1 / T_s^2`` weighs it like ``L_c``)."""
+
+    alpha: float = dataclasses.field(default=400.0, metadata={"help": "Weight of the sentence-level loss."})
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -164,6 +207,55 @@ class Stage:
         self.folder.mkdir(parents=True, exist_ok=True)
         write_json(self.folder / STAGE_FILE, manifest)
         return manifest
+
+
+def qrels_scores(dataset: Dataset, data: RetrievalData, column: str = "scores") -> Dataset:
+    """Replace the ``scores`` column of ``(query, positive, negative_1..n[, scores])`` rows with graded judgements.
+
+    ``scores = [g(q, d+), g(q, negative_1), ..., g(q, negative_n)]`` where ``g`` is the grade ``data.qrels`` gives
+    the passage (by text: the highest grade of any corpus passage with that text) and 0 for a passage the query's
+    qrels do not judge. Offline teacher scores for :class:`~md2pr_st.losses.MD2PRLoss`'s sentence level when the
+    judgements come from a stronger model than any cross-encoder at hand (RAG24's UMBRELA grades are GPT-4o's).
+
+    Example:
+        >>> from md2pr_st.data import RetrievalData
+        >>> data = RetrievalData(
+        ...     corpus=Dataset.from_dict({"id": ["a", "b", "c"], "text": ["Paris.", "Lyon.", "Tea."]}),
+        ...     queries=Dataset.from_dict({"id": ["q"], "text": ["capital of france"]}),
+        ...     qrels={"q": {"a": 3, "b": 1}},
+        ... )
+        >>> rows = Dataset.from_dict({"query": ["capital of france"], "positive": ["Paris."],
+        ...                           "negative_1": ["Lyon."], "negative_2": ["Tea."], "scores": [[9.0, 8.0, 1.0]]})
+        >>> qrels_scores(rows, data)["scores"]
+        [[3.0, 1.0, 0.0]]
+    """
+    from md2pr_st.mining import negative_columns
+
+    text_of = dict(zip(data.corpus["id"], data.corpus["text"]))
+    query_id = {text: qid for qid, text in zip(data.queries["id"], data.queries["text"])}
+    grade: dict[tuple[str, str], float] = {}
+    for qid, docs in data.qrels.items():
+        for doc_id, g in docs.items():
+            key = (qid, text_of[doc_id])
+            grade[key] = max(grade.get(key, float("-inf")), float(g))
+    unknown = sorted(set(dataset["query"]) - set(query_id))
+    if unknown:
+        raise ValueError(
+            f"{len(unknown)} training queries are not in {data.name}'s queries (e.g. {unknown[0][:60]!r}), so their "
+            "grades are unknown. Use sentence_scores='teacher' for data without judgements."
+        )
+    columns = ["positive", *negative_columns(dataset.column_names)]
+
+    def attach(batch: dict[str, list]) -> dict[str, list]:
+        return {
+            column: [
+                [grade.get((query_id[q], batch[c][i]), 0.0) for c in columns] for i, q in enumerate(batch["query"])
+            ]
+        }
+
+    if column in dataset.column_names:
+        dataset = dataset.remove_columns(column)
+    return dataset.map(attach, batched=True, desc="Attaching graded judgements")
 
 
 def save_dataset(dataset: Dataset, folder: str | Path) -> Path:
@@ -555,6 +647,8 @@ def run_pipeline(
             show_progress_bar=True,
         )
         filtered = filter_.apply(mined)
+        if args.sentence_scores == "qrels":
+            filtered = qrels_scores(filtered, splits["train"])
         save_dataset(filtered, round_dir / "filtered")
         filter_.save_statistics(round_dir / "filter_stats.json")
         filter_.plot(round_dir / "filter_gaps.png")
@@ -567,7 +661,8 @@ def run_pipeline(
             round_dir / "student",
             teacher=teacher if loss_args.beta > 0 else None,
             **dataclasses.asdict(loss_args),
-            false_negative_margin=stats.get("margin"),
+            # Graded scores: the filter has dropped its candidates already and the margin is in logit units.
+            false_negative_margin=stats.get("margin") if args.sentence_scores == "teacher" else None,
             epochs=args.epochs_per_round,
             batch_size=args.batch_size,
             learning_rate=args.learning_rate,

@@ -90,6 +90,56 @@ def test_pipeline_end_to_end_on_tiny_models_and_resume(tiny_model_path, tmp_path
     assert timeless[0] == timeless[1]  # the final evaluation runs again; only its timing differs
 
 
+def test_pipeline_with_graded_sentence_scores(tiny_model_path, tmp_path):
+    """sentence_scores='qrels': the training rows carry the judgements' grades (unjudged = 0), not teacher logits."""
+    from datasets import load_from_disk
+
+    data = beir_with_splits(tmp_path / "data")
+    teacher_base = build_tiny_bert(tmp_path / "teacher_base", seed=3)
+    args = PipelineArguments(
+        output_dir=str(tmp_path / "run"),
+        model=str(tiny_model_path),
+        teacher_base=str(teacher_base),
+        teacher_max_length=48,
+        rounds=1,
+        positives="1",
+        sentence_scores="qrels",
+        num_negatives=2,
+        mine_candidates=6,
+        range_max=10,
+        batch_size=4,
+        rerank_k=5,
+        device="cpu",
+    )
+    run_pipeline(args, DataArguments(dataset=str(data)), command="md2pr pipeline --test")
+    rows = load_from_disk(str(tmp_path / "run" / "round_1" / "filtered"))
+    assert 0 < len(rows) == len(set(rows["query"])) <= 8  # one row per train query (its best positive), if kept
+    grades = {}
+    for line in (data / "qrels" / "train.tsv").read_text().splitlines()[1:]:
+        q, d, g = line.split("\t")
+        grades[(q, d)] = float(g)
+    text_of = {json.loads(x)["_id"]: json.loads(x)["text"] for x in (data / "corpus.jsonl").read_text().splitlines()}
+    query_of = {json.loads(x)["text"]: json.loads(x)["_id"] for x in (data / "queries.jsonl").read_text().splitlines()}
+    for row in rows:
+        q = query_of[row["query"]]
+        own = {text_of[d]: g for (qq, d), g in grades.items() if qq == q}
+        assert row["scores"] == [own.get(row[c], 0.0) for c in ("positive", "negative_1", "negative_2")]
+        assert row["scores"][0] == 3.0  # the best positive; the grade-2 one is never a negative
+        assert own.get(row["negative_1"]) != 2.0 and own.get(row["negative_2"]) != 2.0
+
+
+def test_demo_command_help_and_errors(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["demo", "--help"])
+    assert exc.value.code == 0
+    assert "runs/demo" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="sentence_scores must be 'teacher' or 'qrels'"):
+        PipelineArguments(sentence_scores="llm")
+    with pytest.raises(SystemExit) as exc:
+        main(["demo", "--no_such_flag", "1"])
+    assert exc.value.code == 2
+
+
 def test_pipeline_argument_errors(capsys):
     with pytest.raises(ValueError, match="mine_candidates .* must be >= num_negatives"):
         PipelineArguments(num_negatives=4, mine_candidates=2)
