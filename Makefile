@@ -19,7 +19,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 install: $(VENV)/.installed
 
 demo: install
-	$(VENV)/bin/md2pr eval --dataset rag24 --split test --output runs/eval/minilm-rag24-test.json
+	$(VENV)/bin/md2pr demo --output-dir runs/demo
 
 test: install
 	$(PY) -m pytest

@@ -13,6 +13,10 @@ Definitions (per query, then averaged over queries), with rel(d) the judged grad
 - ``mrr@k = 1 / (rank of the first d in R)`` if that rank is ``<= k``, else 0.
 - ``recall@k = |R ∩ top-k| / |R|``; ``precision@k = |R ∩ top-k| / k``.
 - ``map@k = (1/|R|) sum_{i<=k, d_i in R} precision@i``.
+- ``judged@k = |top-k ∩ judged(q)| / k``: how much of the top-k the qrels judge at all. Not a quality metric but
+  the check that the others can be trusted: an unjudged document counts as non-relevant, so when judged@k falls
+  (a model retrieves passages outside the query's pool), the other metrics fall with it whether or not those
+  passages are relevant.
 
 Queries with no document at ``grade >= relevance_cut`` are left out of every average (no system can score on
 them; BEIR and sentence-transformers do the same) and reported as ``n_queries_skipped``.
@@ -42,7 +46,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_METRICS = ("ndcg@10", "mrr@10", "recall@10", "recall@100", "map@100")
 DEFAULT_RELEVANCE_CUT = 2
-_METRIC = re.compile(r"^(ndcg|mrr|recall|map|precision)@(\d+)$")
+_METRIC = re.compile(r"^(ndcg|mrr|recall|map|precision|judged)@(\d+)$")
 _TREC_NAMES = {"ndcg": ("ndcg_cut.{k}", "ndcg_cut_{k}"), "recall": ("recall.{k}", "recall_{k}"),
                "map": ("map_cut.{k}", "map_cut_{k}"), "precision": ("P.{k}", "P_{k}")}  # fmt: skip
 
@@ -57,7 +61,7 @@ def parse_metrics(metrics: Sequence[str]) -> list[tuple[str, int]]:
         match = _METRIC.match(metric.strip().lower())
         if not match or int(match.group(2)) < 1:
             raise ValueError(
-                f"Unknown metric {metric!r}. Use NAME@K with NAME one of ndcg, mrr, recall, map, precision and "
+                f"Unknown metric {metric!r}. Use NAME@K with NAME one of ndcg, mrr, recall, map, precision, judged and "
                 "K >= 1, e.g. ndcg@10."
             )
         parsed.append((match.group(1), int(match.group(2))))
@@ -87,9 +91,9 @@ def evaluate_run(
     Example:
         >>> qrels = {"q1": {"a": 3, "b": 1, "c": 2, "d": 0}}
         >>> run = {"q1": {"b": 0.9, "a": 0.8, "x": 0.7, "c": 0.6}}
-        >>> result = evaluate_run(run, qrels, ["mrr@10", "recall@3", "ndcg@3"])
-        >>> result["mrr@10"], result["recall@3"], round(result["ndcg@3"], 4)
-        (0.5, 0.5, 0.6075)
+        >>> result = evaluate_run(run, qrels, ["mrr@10", "recall@3", "ndcg@3", "judged@4"])
+        >>> result["mrr@10"], result["recall@3"], round(result["ndcg@3"], 4), result["judged@4"]
+        (0.5, 0.5, 0.6075, 0.75)
     """
     parsed = parse_metrics(metrics)
     evaluable = {q: docs for q, docs in qrels.items() if any(g >= relevance_cut for g in docs.values())}
@@ -104,14 +108,19 @@ def evaluate_run(
     run = {q: {d: float(s) for d, s in run[q].items()} for q in evaluable}
 
     values: dict[str, dict[str, float]] = {}
-    trec_measures = {_TREC_NAMES[name][0].format(k=k) for name, k in parsed if name != "mrr"}
+    trec_measures = {_TREC_NAMES[name][0].format(k=k) for name, k in parsed if name not in ("mrr", "judged")}
     if trec_measures:
         per_q = pytrec_eval.RelevanceEvaluator(evaluable, trec_measures, relevance_level=relevance_cut).evaluate(run)
         for name, k in parsed:
-            if name != "mrr":
+            if name not in ("mrr", "judged"):
                 key = _TREC_NAMES[name][1].format(k=k)
                 # pytrec_eval omits queries whose run is empty: they score 0.
                 values[f"{name}@{k}"] = {q: per_q.get(q, {}).get(key, 0.0) for q in evaluable}
+    for k in sorted({k for name, k in parsed if name == "judged"}):
+        values[f"judged@{k}"] = {
+            q: sum(d in evaluable[q] for d, _ in sorted(run[q].items(), key=lambda item: (-item[1], item[0]))[:k]) / k
+            for q in evaluable
+        }
     for k in sorted({k for name, k in parsed if name == "mrr"}):
         # trec_eval's recip_rank has no cut: score the run truncated to its top k.
         top_k = {q: dict(sorted(docs.items(), key=lambda item: (-item[1], item[0]))[:k]) for q, docs in run.items()}

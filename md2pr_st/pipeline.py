@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-REPORT_METRICS = ("ndcg@10", "mrr@10", "recall@100", "map@100")
+REPORT_METRICS = ("ndcg@10", "mrr@10", "recall@100", "map@100", "judged@10")
 STAGE_FILE = "stage.json"
 
 

@@ -40,6 +40,15 @@ def test_metrics_match_hand_computed_values():
     assert result["precision@2"] == pytest.approx((1 / 2 + 0) / 2)
 
 
+def test_judged_at_k_counts_the_top_k_the_qrels_judge_whatever_the_grade():
+    result = evaluate_run(RUN, QRELS, ["judged@3", "judged@5", "judged@10"], per_query=True)
+    # q1 top-5: b a x c e -> judged b, a (top-3: 2/3), then c, e (top-5: 4/5); top-10 holds only those 5 -> 4/10.
+    # q2 top-10: n0..n9, none judged (f is at rank 11).
+    assert result["per_query"]["judged@3"] == {"q1": pytest.approx(2 / 3), "q2": 0.0}
+    assert result["per_query"]["judged@5"] == {"q1": pytest.approx(4 / 5), "q2": 0.0}
+    assert result["judged@10"] == pytest.approx((4 / 10 + 0) / 2)
+
+
 def test_relevance_cut_changes_binary_metrics_only():
     at1 = evaluate_run(RUN, QRELS, ["mrr@10", "recall@3", "ndcg@10"], relevance_cut=1)
     at2 = evaluate_run(RUN, QRELS, ["mrr@10", "recall@3", "ndcg@10"], relevance_cut=2)
