@@ -114,6 +114,7 @@ class FalseNegativeFilter:
         num_negatives: int | None = None,
         keep_as_positives: bool = False,
         refill_order: str = "rank",
+        action: str = "drop",
         query_column: str = "query",
         positive_column: str = "positive",
         scores_column: str = "scores",
@@ -153,6 +154,11 @@ class FalseNegativeFilter:
             refill_order: which remaining candidates become the negatives: the first ones in input (mining rank)
                 order (``"rank"``, default) or the highest teacher scores (``"teacher"``, as the host's
                 ``mine_hard_negatives`` picks them after cross-encoder rescoring).
+            action: ``"drop"`` (default) removes flagged candidates and refills the row; ``"mask"`` keeps the first
+                ``num_negatives`` candidates, flagged or not, with their scores, for a loss that masks the flagged
+                ones itself: :class:`~md2pr_st.losses.MD2PRLoss` with ``false_negative_margin`` = the round's
+                margin (:attr:`margin_`) leaves them out of L_c's denominator and still distils their scores in
+                L_s. Only the ``dynamic`` and ``margin`` rules, which the loss reproduces, can mask.
             query_column, positive_column: input column names; candidates are the ``negative_<i>`` columns.
             scores_column: the label column written (and read when ``teacher=None``).
             batch_size: teacher batch size.
@@ -189,6 +195,13 @@ class FalseNegativeFilter:
             raise ValueError(f"refill_order must be 'rank' or 'teacher', got {refill_order!r}.")
         if num_negatives is not None and num_negatives < 1:
             raise ValueError(f"num_negatives must be at least 1, got {num_negatives}.")
+        if action not in ("drop", "mask"):
+            raise ValueError(f"action must be 'drop' or 'mask', got {action!r}.")
+        if action == "mask" and (rule not in ("dynamic", "margin") or keep_as_positives):
+            raise ValueError(
+                "action='mask' leaves the flagged candidates to MD2PRLoss's false_negative_margin, which expresses "
+                f"the 'dynamic' and 'margin' rules only (got rule={rule!r}) and keeps no extra positive rows."
+            )
         self.teacher = self._as_teacher(teacher, batch_size)
         self.rule = rule
         self.quantile = float(quantile)
@@ -200,6 +213,7 @@ class FalseNegativeFilter:
         self.num_negatives = num_negatives
         self.keep_as_positives = keep_as_positives
         self.refill_order = refill_order
+        self.action = action
         self.query_column = query_column
         self.positive_column = positive_column
         self.scores_column = scores_column
@@ -231,7 +245,10 @@ class FalseNegativeFilter:
         else:
             config["threshold"] = self.threshold
         config.update(
-            num_negatives=self.num_negatives, keep_as_positives=self.keep_as_positives, refill_order=self.refill_order
+            num_negatives=self.num_negatives,
+            keep_as_positives=self.keep_as_positives,
+            refill_order=self.refill_order,
+            action=self.action,
         )
         config["teacher"] = getattr(self.teacher, "model_name", None) if self.teacher is not None else "scores column"
         return config
@@ -412,14 +429,16 @@ class FalseNegativeFilter:
             stats["candidates_scored"] += len(columns)
             flagged = [k for k in range(len(columns)) if flags[i, k]]
             stats["flagged"] += len(flagged)
-            kept = [k for k in range(len(columns)) if not flags[i, k]]
+            kept = [k for k in range(len(columns)) if self.action == "mask" or not flags[i, k]]
             if self.refill_order == "teacher":
                 kept = sorted(kept, key=lambda k: -candidates[i, k])
             kept = kept[:n]
             if len(kept) < n:
                 stats["dropped_rows"] += 1
                 continue
-            if flags[i, :n].any():  # a flagged candidate among the first n was replaced
+            if self.action == "mask":
+                stats["masked"] = stats.get("masked", 0) + int(flags[i, kept].sum())
+            elif flags[i, :n].any():  # a flagged candidate among the first n was replaced
                 stats["refilled_rows"] += 1
             negatives = [batch[columns[k]][i] for k in kept]
             negative_scores = [float(candidates[i, k]) for k in kept]

@@ -117,9 +117,10 @@ class PipelineArguments:
     sentence_scores: str = dataclasses.field(
         default="teacher",
         metadata={
-            "help": "Teacher scores of the sentence level L_s: 'teacher' (the cross-encoder's logits) or 'qrels' (the "
-            "train split's graded judgements, e.g. RAG24's UMBRELA LLM grades, unjudged = 0; the cross-encoder "
-            "still filters and teaches the word level)."
+            "help": "Teacher scores of the sentence level L_s and the filter: 'teacher' (the cross-encoder's logits; "
+            "flagged candidates are dropped) or 'qrels' (the train split's graded judgements, e.g. RAG24's UMBRELA "
+            "LLM grades, unjudged = 0; flagged candidates stay for L_s, masked out of L_c). The cross-encoder "
+            "teaches the word level either way."
         },
     )
     epochs_per_round: float = dataclasses.field(default=1.0, metadata={"help": "Student epochs per round."})
@@ -165,6 +166,9 @@ class DemoArguments(PipelineArguments):
     sentence_scores: str = dataclasses.field(
         default="qrels", metadata={"help": "Teacher scores of L_s: 'teacher' (cross-encoder) or 'qrels' (grades)."}
     )
+    min_grade: int = dataclasses.field(
+        default=3, metadata={"help": "Lowest grade used as a positive (lower grades: graded candidates)."}
+    )
     learning_rate: float = dataclasses.field(default=5e-5, metadata={"help": "Student learning rate."})
     max_seq_length: int | None = dataclasses.field(default=128, metadata={"help": "Student max tokens."})
 
@@ -209,13 +213,15 @@ class Stage:
         return manifest
 
 
-def qrels_scores(dataset: Dataset, data: RetrievalData, column: str = "scores") -> Dataset:
-    """Replace the ``scores`` column of ``(query, positive, negative_1..n[, scores])`` rows with graded judgements.
+class QrelsScorer:
+    """Graded judgements as a teacher: ``score([(query, passage), ...])`` returns each pair's qrels grade.
 
-    ``scores = [g(q, d+), g(q, negative_1), ..., g(q, negative_n)]`` where ``g`` is the grade ``data.qrels`` gives
-    the passage (by text: the highest grade of any corpus passage with that text) and 0 for a passage the query's
-    qrels do not judge. Offline teacher scores for :class:`~md2pr_st.losses.MD2PRLoss`'s sentence level when the
-    judgements come from a stronger model than any cross-encoder at hand (RAG24's UMBRELA grades are GPT-4o's).
+    ``g(q, d)`` is the grade ``data.qrels`` gives passage ``d`` for query ``q`` (matched by text: the highest grade
+    of any corpus passage with that text) and 0 for a passage the query's qrels do not judge. It has the scorer
+    interface of :class:`~md2pr_st.teacher.Teacher`, so :class:`~md2pr_st.false_negatives.FalseNegativeFilter`
+    flags false negatives and writes the ``scores`` column from it: offline teacher scores for
+    :class:`~md2pr_st.losses.MD2PRLoss`'s sentence level when the judgements come from a stronger model than any
+    cross-encoder at hand (RAG24's UMBRELA grades are GPT-4o's).
 
     Example:
         >>> from md2pr_st.data import RetrievalData
@@ -224,38 +230,29 @@ def qrels_scores(dataset: Dataset, data: RetrievalData, column: str = "scores") 
         ...     queries=Dataset.from_dict({"id": ["q"], "text": ["capital of france"]}),
         ...     qrels={"q": {"a": 3, "b": 1}},
         ... )
-        >>> rows = Dataset.from_dict({"query": ["capital of france"], "positive": ["Paris."],
-        ...                           "negative_1": ["Lyon."], "negative_2": ["Tea."], "scores": [[9.0, 8.0, 1.0]]})
-        >>> qrels_scores(rows, data)["scores"]
-        [[3.0, 1.0, 0.0]]
+        >>> QrelsScorer(data).score([("capital of france", "Paris."), ("capital of france", "Tea.")]).tolist()
+        [3.0, 0.0]
     """
-    from md2pr_st.mining import negative_columns
 
-    text_of = dict(zip(data.corpus["id"], data.corpus["text"]))
-    query_id = {text: qid for qid, text in zip(data.queries["id"], data.queries["text"])}
-    grade: dict[tuple[str, str], float] = {}
-    for qid, docs in data.qrels.items():
-        for doc_id, g in docs.items():
-            key = (qid, text_of[doc_id])
-            grade[key] = max(grade.get(key, float("-inf")), float(g))
-    unknown = sorted(set(dataset["query"]) - set(query_id))
-    if unknown:
-        raise ValueError(
-            f"{len(unknown)} training queries are not in {data.name}'s queries (e.g. {unknown[0][:60]!r}), so their "
-            "grades are unknown. Use sentence_scores='teacher' for data without judgements."
-        )
-    columns = ["positive", *negative_columns(dataset.column_names)]
+    def __init__(self, data: RetrievalData) -> None:
+        text_of = dict(zip(data.corpus["id"], data.corpus["text"]))
+        self.name = data.name
+        self.model_name = f"qrels of {data.name}"
+        self._query_id = {text: qid for qid, text in zip(data.queries["id"], data.queries["text"])}
+        self._grade: dict[tuple[str, str], float] = {}
+        for qid, docs in data.qrels.items():
+            for doc_id, grade in docs.items():
+                key = (qid, text_of[doc_id])
+                self._grade[key] = max(self._grade.get(key, float("-inf")), float(grade))
 
-    def attach(batch: dict[str, list]) -> dict[str, list]:
-        return {
-            column: [
-                [grade.get((query_id[q], batch[c][i]), 0.0) for c in columns] for i, q in enumerate(batch["query"])
-            ]
-        }
-
-    if column in dataset.column_names:
-        dataset = dataset.remove_columns(column)
-    return dataset.map(attach, batched=True, desc="Attaching graded judgements")
+    def score(self, pairs: Sequence[tuple[str, str]], batch_size: int = 0, show_progress_bar: bool = False):
+        unknown = sorted({q for q, _ in pairs if q not in self._query_id})
+        if unknown:
+            raise ValueError(
+                f"{len(unknown)} queries are not in {self.name}'s queries (e.g. {unknown[0][:60]!r}), so their grades "
+                "are unknown. Score data without judgements with a cross-encoder (sentence_scores='teacher')."
+            )
+        return np.array([self._grade.get((self._query_id[q], d), 0.0) for q, d in pairs], dtype=np.float64)
 
 
 def save_dataset(dataset: Dataset, folder: str | Path) -> Path:
@@ -614,8 +611,15 @@ def run_pipeline(
     )
     rounds: list[dict[str, Any]] = []
     history: list[dict[str, Any]] = []
+    # The teacher scores of L_s and the filter: the cross-encoder (flagged candidates dropped and refilled), or the
+    # graded judgements (flagged candidates kept for L_s and masked out of L_c by the loss).
+    graded = args.sentence_scores == "qrels"
     filter_ = FalseNegativeFilter(
-        teacher, rule=args.filter_rule, quantile=args.filter_quantile, num_negatives=args.num_negatives
+        QrelsScorer(splits["train"]) if graded else teacher,
+        rule=args.filter_rule,
+        quantile=args.filter_quantile,
+        num_negatives=args.num_negatives,
+        action="mask" if graded else "drop",
     )
     current = student_name
     for r in range(1, args.rounds + 1):
@@ -647,8 +651,6 @@ def run_pipeline(
             show_progress_bar=True,
         )
         filtered = filter_.apply(mined)
-        if args.sentence_scores == "qrels":
-            filtered = qrels_scores(filtered, splits["train"])
         save_dataset(filtered, round_dir / "filtered")
         filter_.save_statistics(round_dir / "filter_stats.json")
         filter_.plot(round_dir / "filter_gaps.png")
@@ -661,8 +663,8 @@ def run_pipeline(
             round_dir / "student",
             teacher=teacher if loss_args.beta > 0 else None,
             **dataclasses.asdict(loss_args),
-            # Graded scores: the filter has dropped its candidates already and the margin is in logit units.
-            false_negative_margin=stats.get("margin") if args.sentence_scores == "teacher" else None,
+            # Dropped candidates are gone; masked ones (graded scores) are left out of L_c by the same rule.
+            false_negative_margin=stats.get("margin"),
             epochs=args.epochs_per_round,
             batch_size=args.batch_size,
             learning_rate=args.learning_rate,

@@ -272,3 +272,35 @@ def test_loading_cumulative_statistics_files_round_by_round(tmp_path):
     (tmp_path / "bad.json").write_text('{"rounds": [{"round": 2}]}')
     with pytest.raises(ValueError, match="not numbered 1..n"):
         FalseNegativeFilter().load_statistics(tmp_path / "bad.json")
+
+
+def test_mask_action_keeps_flagged_candidates_for_the_loss_to_mask():
+    rows = Dataset.from_dict(
+        {
+            "query": ["q1", "q2"],
+            "positive": ["p1", "p2"],
+            "negative_1": ["dup1", "a2"],
+            "negative_2": ["b1", "b2"],
+            "negative_3": ["c1", "c2"],
+            "scores": [[3.0, 2.0, 0.0, 1.0], [3.0, 0.0, 0.0, 2.0]],  # graded scores, positive first
+        }
+    )
+    fn_filter = FalseNegativeFilter(rule="dynamic", quantile=0.0, num_negatives=2, action="mask")
+    out = fn_filter.apply(rows)
+    assert fn_filter.margin_ == 1.0  # the smallest gap: 3 - 2
+    # The first two candidates stay in rank order, the flagged dup1 included, with their scores.
+    assert out["negative_1"] == ["dup1", "a2"] and out["negative_2"] == ["b1", "b2"]
+    assert out["scores"] == [[3.0, 2.0, 0.0], [3.0, 0.0, 0.0]]
+    stats = fn_filter.statistics["rounds"][-1]
+    assert (stats["flagged"], stats["masked"], stats["dropped_rows"], stats["refilled_rows"]) == (2, 1, 0, 0)
+    # The loss masks exactly the kept flagged candidate with the same margin.
+    import torch
+
+    from md2pr_st.losses.md2pr import false_negative_mask
+
+    mask = false_negative_mask(torch.tensor(out["scores"]), fn_filter.margin_)
+    assert mask.tolist() == [[False, True, False], [False, False, False]]
+    with pytest.raises(ValueError, match="action='mask'.*'dynamic' and 'margin' rules"):
+        FalseNegativeFilter(rule="relative", relative_margin=0.1, action="mask")
+    with pytest.raises(ValueError, match="action must be 'drop' or 'mask'"):
+        FalseNegativeFilter(action="hide")

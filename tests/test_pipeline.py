@@ -103,7 +103,9 @@ def test_pipeline_with_graded_sentence_scores(tiny_model_path, tmp_path):
         teacher_max_length=48,
         rounds=1,
         positives="1",
+        min_grade=3,
         sentence_scores="qrels",
+        filter_quantile=0.0,  # m_r = the smallest gap: 1, a grade-2 candidate under a grade-3 positive
         num_negatives=2,
         mine_candidates=6,
         range_max=10,
@@ -120,12 +122,18 @@ def test_pipeline_with_graded_sentence_scores(tiny_model_path, tmp_path):
         grades[(q, d)] = float(g)
     text_of = {json.loads(x)["_id"]: json.loads(x)["text"] for x in (data / "corpus.jsonl").read_text().splitlines()}
     query_of = {json.loads(x)["text"]: json.loads(x)["_id"] for x in (data / "queries.jsonl").read_text().splitlines()}
+    masked = 0
     for row in rows:
         q = query_of[row["query"]]
         own = {text_of[d]: g for (qq, d), g in grades.items() if qq == q}
         assert row["scores"] == [own.get(row[c], 0.0) for c in ("positive", "negative_1", "negative_2")]
-        assert row["scores"][0] == 3.0  # the best positive; the grade-2 one is never a negative
-        assert own.get(row["negative_1"]) != 2.0 and own.get(row["negative_2"]) != 2.0
+        assert row["scores"][0] == 3.0  # positives: grade >= 3
+        masked += sum(score >= 3.0 - 1.0 for score in row["scores"][1:])
+    # Grade-2 passages are candidates: their gap 1 is the round's 0-quantile, so m_r = 1 flags them; they are
+    # kept (for L_s) and counted as masked, and the loss leaves them out of L_c with the same margin.
+    stats = json.loads((tmp_path / "run" / "round_1" / "filter_stats.json").read_text())["rounds"][0]
+    assert stats["margin"] == 1.0 and stats["action"] == "mask"
+    assert stats["masked"] == masked > 0 and stats["dropped_rows"] == 0
 
 
 def test_demo_command_help_and_errors(capsys):
