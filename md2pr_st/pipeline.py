@@ -85,6 +85,9 @@ class PipelineArguments:
         default=None, metadata={"help": "Backbone of a teacher trained here (default: embedded MiniLM)."}
     )
     teacher_epochs: float = dataclasses.field(default=1.0, metadata={"help": "Teacher training epochs."})
+    teacher_learning_rate: float = dataclasses.field(
+        default=1e-4, metadata={"help": "Teacher learning rate (its one-logit head starts from scratch)."}
+    )
     teacher_max_length: int = dataclasses.field(default=192, metadata={"help": "Teacher max tokens per pair."})
     teacher_max_pairs: int | None = dataclasses.field(
         default=None, metadata={"help": "Train the teacher on at most this many pairs (bounds CPU time)."}
@@ -168,6 +171,13 @@ class DemoArguments(PipelineArguments):
     )
     min_grade: int = dataclasses.field(
         default=3, metadata={"help": "Lowest grade used as a positive (lower grades: graded candidates)."}
+    )
+    filter_quantile: float = dataclasses.field(
+        default=0.8,
+        metadata={
+            "help": "m_r = this quantile of the round's grade gaps: with grade-3 positives, 0.8 reaches the grade-1 "
+            "candidates, so only grade-0 and unjudged passages stay negatives of L_c."
+        },
     )
     learning_rate: float = dataclasses.field(default=5e-5, metadata={"help": "Student learning rate."})
     max_seq_length: int | None = dataclasses.field(default=128, metadata={"help": "Student max tokens."})
@@ -563,6 +573,7 @@ def run_pipeline(
     teacher_stage = Stage(
         run_dir / "teacher",
         {"teacher": args.teacher, "base": args.teacher_base, "epochs": args.teacher_epochs,
+         "learning_rate": args.teacher_learning_rate,
          "max_length": args.teacher_max_length, "max_pairs": args.teacher_max_pairs,
          "random_negatives": args.teacher_random_negatives, "seed": args.seed, "data": splits["train"].name},
     )  # fmt: skip
@@ -583,6 +594,7 @@ def run_pipeline(
                 student=student_name,
                 max_length=args.teacher_max_length,
                 epochs=args.teacher_epochs,
+                learning_rate=args.teacher_learning_rate,
                 random_negatives=args.teacher_random_negatives,
                 max_pairs=args.teacher_max_pairs,
                 seed=args.seed,
@@ -732,6 +744,8 @@ def run_pipeline(
         "seconds": round(time.perf_counter() - start, 1),
         "timings": {k: round(v, 1) for k, v in timings.items()},
     }
+    if graded:  # listed in the card's settings next to the cross-encoder, which teaches the word level
+        run_info["sentence_level_teacher"] = f"graded judgements of {splits['train'].name} (qrels)"
     write_json(run_dir / "run_info.json", run_info)
     try:
         from md2pr_st.model_card import write_model_card
