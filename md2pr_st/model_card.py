@@ -313,7 +313,9 @@ def _display_model(name: str | None) -> str:
     hub_id = _hub_id(name)
     if hub_id:
         return f"[{hub_id}](https://huggingface.co/{hub_id})"
-    return f"`{Path(name).name}` (a local folder)"
+    path = Path(name)
+    shown = f"{path.parent.name}/{path.name}" if path.parent.name else path.name  # e.g. teacher/model
+    return f"`{shown}` (a local folder)"
 
 
 def build_model_index(

@@ -185,9 +185,18 @@ class DemoArguments(PipelineArguments):
 
 @dataclasses.dataclass
 class DemoLossArguments(LossArguments):
-    """The demo's loss weights (``L_s`` is scaled by ``T_s^2``, so ``alpha = 1 / T_s^2`` weighs it like ``L_c``)."""
+    """The demo's loss weights: ``L_s`` is scaled by ``T_s^2``, so ``alpha = 1 / T_s^2 = 400`` weighs it like
+    ``L_c``; no word level (see ``beta``)."""
 
     alpha: float = dataclasses.field(default=400.0, metadata={"help": "Weight of the sentence-level loss."})
+    beta: float = dataclasses.field(
+        default=0.0,
+        metadata={
+            "help": "Weight of the word-level loss. 0 in the demo: the cross-encoder trainable here in minutes is "
+            "weaker than the student, and its attention cost test nDCG@10 (BENCHMARKS.md); give a real "
+            "cross-encoder with --teacher and set beta > 0."
+        },
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -739,7 +748,8 @@ def run_pipeline(
             for info in rounds
         ],
         "command": command or "md2pr pipeline",
-        "dataset": splits["test"].name,
+        # The data's name without the split suffix (the card says which split each number is on).
+        "dataset": splits["test"].name.removesuffix("-test"),
         "settings": {**dataclasses.asdict(args), **dataclasses.asdict(loss_args)},
         "seconds": round(time.perf_counter() - start, 1),
         "timings": {k: round(v, 1) for k, v in timings.items()},

@@ -195,7 +195,7 @@ def test_local_student_base_is_not_a_base_model(model_dir, tmp_path):
     text = write_model_card(model_dir, {"after": METRICS["after"]}, info).read_text(encoding="utf-8")
     meta, body = split_front_matter(text)
     assert "base_model" not in meta  # the Hub rejects a local path as base_model
-    assert f"`{tmp_path.name}` (a local folder)" in body
+    assert f"`{tmp_path.parent.name}/{tmp_path.name}` (a local folder)" in body
     assert "| `after` |" in body and "| `before` |" not in body
 
 
