@@ -2,9 +2,10 @@
 
 A mined negative d of query q is a **false negative** when the teacher scores it about as high as the positive:
 ``t(q, d) >= theta_r(q)``. :class:`FalseNegativeFilter` teacher-scores every candidate of every row, flags false
-negatives by one of four rules, drops them (optionally keeping them as extra positives), refills each row from
-its remaining candidates so the n-tuples stay rectangular, and writes the teacher logits as the ``scores`` label
-column (positive first), ready for :class:`~md2pr_st.losses.SentenceLevelDistillationLoss` and
+negatives by one of four rules, drops them (optionally keeping them as extra positives) and refills each row from
+its remaining candidates so the n-tuples stay rectangular (or, with ``action="mask"``, keeps them in place for
+:class:`~md2pr_st.losses.MD2PRLoss` to mask out of L_c with the same margin), and writes the teacher logits
+as the ``scores`` label column (positive first), ready for :class:`~md2pr_st.losses.SentenceLevelDistillationLoss` and
 :class:`~md2pr_st.losses.MD2PRLoss`.
 
 Rules (``t`` are teacher logits, ``d+`` the row's positive):
@@ -197,10 +198,16 @@ class FalseNegativeFilter:
             raise ValueError(f"num_negatives must be at least 1, got {num_negatives}.")
         if action not in ("drop", "mask"):
             raise ValueError(f"action must be 'drop' or 'mask', got {action!r}.")
-        if action == "mask" and (rule not in ("dynamic", "margin") or keep_as_positives):
+        if action == "mask" and rule not in ("dynamic", "margin"):
             raise ValueError(
                 "action='mask' leaves the flagged candidates to MD2PRLoss's false_negative_margin, which expresses "
-                f"the 'dynamic' and 'margin' rules only (got rule={rule!r}) and keeps no extra positive rows."
+                f"the 'dynamic' and 'margin' rules only (got rule={rule!r})."
+            )
+        if action == "mask" and (keep_as_positives or refill_order != "rank"):
+            raise ValueError(
+                "action='mask' keeps the first num_negatives candidates in mining order, flagged or not: it adds no "
+                "extra positive rows (keep_as_positives=False) and does not reorder them (refill_order='rank'); "
+                "sorting by teacher score would keep exactly the flagged ones."
             )
         self.teacher = self._as_teacher(teacher, batch_size)
         self.rule = rule
@@ -400,6 +407,7 @@ class FalseNegativeFilter:
             "refilled_rows": 0,
             "rows_out": 0,
             "extra_positive_rows": 0,
+            "masked": 0,
             "fit_rows": int(gaps.shape[0]),
             "fit_flagged": int(flags.sum()) if flags is not None else None,
             "gaps": _summary(gaps),
@@ -437,7 +445,7 @@ class FalseNegativeFilter:
                 stats["dropped_rows"] += 1
                 continue
             if self.action == "mask":
-                stats["masked"] = stats.get("masked", 0) + int(flags[i, kept].sum())
+                stats["masked"] += int(flags[i, kept].sum())
             elif flags[i, :n].any():  # a flagged candidate among the first n was replaced
                 stats["refilled_rows"] += 1
             negatives = [batch[columns[k]][i] for k in kept]
@@ -535,7 +543,7 @@ class FalseNegativeFilter:
                 label=[f"kept ({int((~flags).sum())})", f"flagged ({int(flags.sum())})"])  # fmt: skip
         if stats["margin"] is not None and math.isfinite(stats["margin"]):
             ax.axvline(stats["margin"], color="black", linestyle="--", label=f"m_r = {stats['margin']:.3f}")
-        ax.set_xlabel("teacher gap t(q, d+) - t(q, d)  (logits)")
+        ax.set_xlabel("teacher gap t(q, d+) - t(q, d)  (teacher score units)")
         ax.set_ylabel("candidates")
         ax.set_title(f"Round {stats['round']}: {stats['rule']} rule, {stats['fit_rows']} rows")
         ax.legend()
@@ -571,6 +579,10 @@ class FilterArguments:
     num_negatives: int = dataclasses.field(default=4, metadata={"help": "Negatives kept per row."})
     keep_as_positives: bool = dataclasses.field(default=False, metadata={"help": "Flagged -> extra positives."})
     refill_order: str = dataclasses.field(default="rank", metadata={"help": "'rank' or 'teacher'."})
+    action: str = dataclasses.field(
+        default="drop",
+        metadata={"help": "'drop' flagged candidates (refill), or 'mask': keep them for md2pr train to mask in L_c."},
+    )
     max_length: int | None = dataclasses.field(default=None, metadata={"help": "Teacher max tokens per pair."})
     batch_size: int = dataclasses.field(default=32, metadata={"help": "Teacher batch size."})
     statistics: str | None = dataclasses.field(
@@ -610,6 +622,7 @@ def run_filter(args: FilterArguments) -> dict:
         num_negatives=args.num_negatives,
         keep_as_positives=args.keep_as_positives,
         refill_order=args.refill_order,
+        action=args.action,
         batch_size=args.batch_size,
         show_progress_bar=True,
     )

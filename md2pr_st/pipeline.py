@@ -147,6 +147,19 @@ class PipelineArguments:
             )
         if self.sentence_scores not in ("teacher", "qrels"):
             raise ValueError(f"sentence_scores must be 'teacher' or 'qrels', got {self.sentence_scores!r}.")
+        if self.sentence_scores == "qrels" and self.filter_rule != "dynamic":
+            raise ValueError(
+                f"sentence_scores='qrels' masks flagged candidates in the loss, which the pipeline does with the "
+                f"dynamic rule only; got filter_rule={self.filter_rule!r}."
+            )
+        if self.filter_rule != "dynamic":
+            raise ValueError(
+                f"md2pr pipeline re-estimates the threshold every round (filter_rule='dynamic'); got "
+                f"{self.filter_rule!r}. For a fixed rule, run the stages alone: md2pr filter --rule ... then md2pr train."
+            )
+        from md2pr_st.mining import _positives_per_query
+
+        _positives_per_query(self.positives)  # fails now, not after the teacher has trained
         if self.sampling not in ("top", "random"):
             raise ValueError(f"sampling must be 'top' or 'random', got {self.sampling!r}.")
 
@@ -224,6 +237,22 @@ class Stage:
     def done(self) -> bool:
         manifest = self.manifest
         return manifest is not None and manifest.get("key") == self.key
+
+    def start(self, partial: Sequence[str | Path] = ()) -> None:
+        """Begin (or resume) the stage: if the partial outputs on disk (``partial``: checkpoints, a half-trained
+        model) were started under other settings, delete them so they are not resumed; then record this key."""
+        pending = self.folder / "stage.pending.json"
+        try:
+            started = json.loads(pending.read_text(encoding="utf-8")).get("key") if pending.is_file() else None
+        except json.JSONDecodeError:
+            started = None
+        if started != self.key:
+            for path in partial:
+                if Path(path).exists():
+                    logger.info("Settings changed since %s was started: removing %s", self.folder, path)
+                    shutil.rmtree(path, ignore_errors=True)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        write_json(pending, {"key": self.key, "settings": self.settings})
 
     def finish(self, outputs: dict[str, Any] | None = None, seconds: float | None = None) -> dict[str, Any]:
         manifest = {"key": self.key, "settings": self.settings, "outputs": outputs or {}, "seconds": seconds}
@@ -478,7 +507,11 @@ class TrainArguments:
     )
     teacher_max_length: int = dataclasses.field(default=192, metadata={"help": "Teacher max tokens per pair."})
     false_negative_margin: float | None = dataclasses.field(
-        default=None, metadata={"help": "Mask hard negatives with t(q,d) >= t(q,d+) - margin in L_c."}
+        default=None,
+        metadata={
+            "help": "Mask hard negatives with t(q,d) >= t(q,d+) - margin in L_c (default: the margin of an input "
+            "filtered with md2pr filter --action mask, else no mask)."
+        },
     )
     epochs: float = dataclasses.field(default=1.0, metadata={"help": "Epochs."})
     batch_size: int = dataclasses.field(default=16, metadata={"help": "Batch size."})
@@ -502,13 +535,20 @@ def run_train_stage(args: TrainArguments, loss_args: LossArguments | None = None
     if loss_args.beta > 0 and args.teacher is None:
         raise ValueError("The word-level loss (beta > 0) needs an online teacher: pass --teacher, or --beta 0.")
     teacher = Teacher(args.teacher, max_length=args.teacher_max_length, device=args.device) if args.teacher else None
+    margin = args.false_negative_margin
+    stats_file = folder / "md2pr_filter.json"  # written by md2pr filter
+    if margin is None and stats_file.is_file():
+        last = (json.loads(stats_file.read_text(encoding="utf-8")).get("rounds") or [{}])[-1]
+        if last.get("action") == "mask" and last.get("margin") is not None:
+            margin = float(last["margin"])
+            print(f"{folder} was filtered with action='mask': masking with its margin {margin:g} in L_c")
     path, _ = train_student(
         args.model,
         dataset,
         args.output_dir,
         teacher=teacher,
         **dataclasses.asdict(loss_args),
-        false_negative_margin=args.false_negative_margin,
+        false_negative_margin=margin,
         epochs=args.epochs,
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,
@@ -563,6 +603,11 @@ def run_pipeline(
     run_dir = Path(args.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     splits = _load_splits(data_args)
+    data_key = (
+        {k: v for k, v in dataclasses.asdict(data_args).items() if k not in ("split", "cache_dir", "sdist")}
+        if dataclasses.is_dataclass(data_args)
+        else repr(data_args)
+    )
     corpus = splits["train"].corpus
     embeddings_dir = run_dir / "embeddings"
     student_name = resolve_model_name(args.model)
@@ -584,7 +629,7 @@ def run_pipeline(
         {"teacher": args.teacher, "base": args.teacher_base, "epochs": args.teacher_epochs,
          "learning_rate": args.teacher_learning_rate,
          "max_length": args.teacher_max_length, "max_pairs": args.teacher_max_pairs,
-         "random_negatives": args.teacher_random_negatives, "seed": args.seed, "data": splits["train"].name},
+         "random_negatives": args.teacher_random_negatives, "seed": args.seed, "data": data_key},
     )  # fmt: skip
     if args.teacher:
         teacher_path = args.teacher
@@ -594,6 +639,7 @@ def run_pipeline(
         teacher_path = teacher_stage.manifest["outputs"]["teacher"]
     else:
         print("Stage 0: training the teacher cross-encoder", file=sys.stderr, flush=True)
+        teacher_stage.start(partial=[run_dir / "teacher" / "model.checkpoints"])
         teacher_path = str(
             train_teacher(
                 splits["train"],
@@ -608,6 +654,7 @@ def run_pipeline(
                 max_pairs=args.teacher_max_pairs,
                 seed=args.seed,
                 device=args.device,
+                overwrite=True,  # the stage is not done under these settings: a teacher on disk is another one
             )
         )
         teacher_stage.finish({"teacher": teacher_path, "trained": True})
@@ -618,7 +665,10 @@ def run_pipeline(
 
     # Before: the off-the-shelf student on test.
     student = load_student(student_name)
-    before_stage = Stage(run_dir / "before", {"student": student_name, "max_seq_length": args.max_seq_length})
+    before_stage = Stage(
+        run_dir / "before",
+        {"student": student_name, "max_seq_length": args.max_seq_length, "data": data_key, "metrics": REPORT_METRICS},
+    )
     t0 = time.perf_counter()
     if before_stage.done:
         before = before_stage.manifest["outputs"]
@@ -641,12 +691,15 @@ def run_pipeline(
         quantile=args.filter_quantile,
         num_negatives=args.num_negatives,
         action="mask" if graded else "drop",
+        # Grades: never let m_r reach the lowest positive grade, or the threshold t(q, d+) - m_r would sink to 0
+        # and flag grade-0 and unjudged candidates, leaving L_c without a negative.
+        max_margin=args.min_grade - 0.5 if graded else None,
     )
     current = student_name
     for r in range(1, args.rounds + 1):
         round_dir = run_dir / f"round_{r}"
         settings = {**dataclasses.asdict(args), **dataclasses.asdict(loss_args)}
-        settings.update(round=r, student=current, teacher=teacher_path)
+        settings.update(round=r, student=current, teacher=teacher_path, data=data_key, metrics=REPORT_METRICS)
         settings.pop("output_dir"), settings.pop("device")
         stage = Stage(round_dir, settings)
         if stage.done:
@@ -657,6 +710,7 @@ def run_pipeline(
             current = str(round_dir / "student")
             continue
         print(f"Round {r}/{args.rounds}: mine, filter, train, evaluate", file=sys.stderr, flush=True)
+        stage.start(partial=[round_dir / "student.checkpoints"])
         t0 = time.perf_counter()
         model = load_student(current)
         mined = mine_hard_negatives(

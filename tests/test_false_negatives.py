@@ -302,5 +302,7 @@ def test_mask_action_keeps_flagged_candidates_for_the_loss_to_mask():
     assert mask.tolist() == [[False, True, False], [False, False, False]]
     with pytest.raises(ValueError, match="action='mask'.*'dynamic' and 'margin' rules"):
         FalseNegativeFilter(rule="relative", relative_margin=0.1, action="mask")
+    with pytest.raises(ValueError, match="would keep exactly the flagged ones"):
+        FalseNegativeFilter(action="mask", refill_order="teacher")
     with pytest.raises(ValueError, match="action must be 'drop' or 'mask'"):
         FalseNegativeFilter(action="hide")

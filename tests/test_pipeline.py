@@ -148,6 +148,30 @@ def test_demo_command_help_and_errors(capsys):
     assert exc.value.code == 2
 
 
+def test_stage_start_removes_partial_outputs_of_other_settings(tmp_path):
+    checkpoints = tmp_path / "round_1" / "student.checkpoints"
+    (checkpoints / "checkpoint-5").mkdir(parents=True)
+    Stage(tmp_path / "round_1", {"lr": 1}).start(partial=[checkpoints])  # first start: nothing recorded yet
+    assert not checkpoints.exists()  # started under unknown settings: not resumable
+    (checkpoints / "checkpoint-5").mkdir(parents=True)
+    Stage(tmp_path / "round_1", {"lr": 1}).start(partial=[checkpoints])  # same settings: resume
+    assert (checkpoints / "checkpoint-5").is_dir()
+    Stage(tmp_path / "round_1", {"lr": 2}).start(partial=[checkpoints])  # changed: the checkpoint is another run's
+    assert not checkpoints.exists()
+
+
+def test_demo_defaults_validate_and_bad_settings_fail_before_any_work():
+    from md2pr_st.pipeline import DemoArguments, DemoLossArguments
+
+    demo, loss = DemoArguments(), DemoLossArguments()
+    assert (demo.sentence_scores, demo.min_grade, demo.rounds, demo.output_dir) == ("qrels", 3, 1, "runs/demo")
+    assert (loss.alpha, loss.beta) == (400.0, 0.0)
+    with pytest.raises(ValueError, match="positives must be 'all', 'best' or a positive integer"):
+        PipelineArguments(positives="most")
+    with pytest.raises(ValueError, match="re-estimates the threshold every round"):
+        PipelineArguments(filter_rule="absolute")
+
+
 def test_pipeline_argument_errors(capsys):
     with pytest.raises(ValueError, match="mine_candidates .* must be >= num_negatives"):
         PipelineArguments(num_negatives=4, mine_candidates=2)
@@ -181,9 +205,13 @@ def test_teacher_and_train_stage_commands(tiny_model_path, tmp_path, capsys):
         }
     )
     rows.save_to_disk(str(tmp_path / "filtered"))
+    # As md2pr filter --action mask leaves it: md2pr train masks with that round's margin unless told otherwise.
+    stats = {"rule": "dynamic", "rounds": [{"round": 1, "action": "mask", "margin": 1.0}]}
+    (tmp_path / "filtered" / "md2pr_filter.json").write_text(json.dumps(stats))
     out = tmp_path / "student"
     train = ["train", "--input", str(tmp_path / "filtered"), "--model", str(tiny_model_path), "--beta", "0"]
     assert main(train + ["--output_dir", str(out), "--batch_size", "2", "--device", "cpu"]) == 0
+    assert "filtered with action='mask': masking with its margin 1 in L_c" in capsys.readouterr().out
     trained = SentenceTransformer(str(out), device="cpu").encode(["a cat"])
     before = SentenceTransformer(str(tiny_model_path), device="cpu").encode(["a cat"])
     assert trained.shape == before.shape and not (trained == before).all()

@@ -185,7 +185,7 @@ class MD2PRLoss(nn.Module):
             - Use ``BatchSamplers.NO_DUPLICATES`` so that in-batch negatives are never copies of a positive.
             - Precompute teacher scores into a ``scores`` column per mining round; the teacher then only runs for
               the attention of L_w.
-            - The T_s^2 factor makes L_s small at T_s = 0.05: raise ``alpha`` (e.g. 1 / T_s) for a stronger signal.
+            - The T_s^2 factor makes L_s small at T_s = 0.05: ``alpha = 1 / T_s^2`` (400) weighs it like L_c.
 
         Relations:
             - With ``alpha=0, beta=0, false_negative_margin=None`` this is MultipleNegativesRankingLoss with
