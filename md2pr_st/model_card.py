@@ -575,6 +575,8 @@ def render_model_card(
         dataset_label=split_text.replace(", split", ", evaluated on split"),
         alpha=_fmt(run_info.alpha, 6) if run_info.alpha is not None else "not recorded",
         beta=_fmt(run_info.beta, 6) if run_info.beta is not None else "not recorded",
+        sentence_level_teacher=run_info.settings.get("sentence_level_teacher"),
+        word_level_off=run_info.beta == 0,
         temperatures=[(k, v) for k, v in run_info.temperatures.items()],
         settings=[(k, v) for k, v in run_info.settings.items()],
         rounds=rounds,

@@ -134,6 +134,8 @@ def test_pipeline_with_graded_sentence_scores(tiny_model_path, tmp_path):
     stats = json.loads((tmp_path / "run" / "round_1" / "filter_stats.json").read_text())["rounds"][0]
     assert stats["margin"] == 1.0 and stats["action"] == "mask"
     assert stats["masked"] == masked > 0 and stats["dropped_rows"] == 0
+    card = (tmp_path / "run" / "model" / "README.md").read_text()
+    assert "used graded judgements of" in card and "masked\nout of the contrastive loss" in card
 
 
 def test_demo_command_help_and_errors(capsys):
