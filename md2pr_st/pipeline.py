@@ -451,7 +451,9 @@ class TeacherArguments:
     max_length: int = dataclasses.field(default=192, metadata={"help": "Max tokens per (query, passage) pair."})
     epochs: float = dataclasses.field(default=1.0, metadata={"help": "Training epochs."})
     batch_size: int = dataclasses.field(default=16, metadata={"help": "Training batch size."})
-    learning_rate: float = dataclasses.field(default=2e-5, metadata={"help": "Learning rate."})
+    learning_rate: float = dataclasses.field(
+        default=1e-4, metadata={"help": "Learning rate (the one-logit head starts from scratch)."}
+    )
     random_negatives: int = dataclasses.field(default=2, metadata={"help": "Label-0 corpus passages per query."})
     max_pairs: int | None = dataclasses.field(default=None, metadata={"help": "Train on at most this many pairs."})
     seed: int = dataclasses.field(default=13, metadata={"help": "Seed."})

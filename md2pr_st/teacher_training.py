@@ -101,7 +101,7 @@ def train_teacher(
     max_length: int = 192,
     epochs: float = 1.0,
     batch_size: int = 16,
-    learning_rate: float = 2e-5,
+    learning_rate: float = 1e-4,
     warmup_ratio: float = 0.1,
     random_negatives: int = 2,
     max_pairs: int | None = None,
