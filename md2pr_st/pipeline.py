@@ -669,14 +669,22 @@ def run_pipeline(
     student = load_student(student_name)
     before_stage = Stage(
         run_dir / "before",
-        {"student": student_name, "max_seq_length": args.max_seq_length, "data": data_key, "metrics": REPORT_METRICS},
+        {
+            "student": student_name,
+            "max_seq_length": args.max_seq_length,
+            "data": data_key,
+            "metrics": REPORT_METRICS,
+            "splits": ["test", "dev"],
+        },
     )
     t0 = time.perf_counter()
     if before_stage.done:
-        before = before_stage.manifest["outputs"]
+        before, before_dev = before_stage.manifest["outputs"]["test"], before_stage.manifest["outputs"]["dev"]
     else:
-        before, _ = _evaluate(student, splits["test"], cache_for(student))
-        before_stage.finish(before)
+        cache = cache_for(student)  # one corpus encoding for both splits (and for round 1's mining)
+        before, _ = _evaluate(student, splits["test"], cache)
+        before_dev, _ = _evaluate(student, splits["dev"], cache)
+        before_stage.finish({"test": before, "dev": before_dev})
     timings["before"] = time.perf_counter() - t0
 
     pairs = training_pairs(
@@ -778,7 +786,7 @@ def run_pipeline(
     with atomic_path(run_dir / "model", is_dir=True) as tmp:
         final.save(str(tmp))
     write_json(run_dir / "metrics.json", metrics)
-    plots = plot_run(run_dir, rounds, history, before)
+    plots = plot_run(run_dir, rounds, history, before_dev)
     run_info = {
         "teacher": teacher_path,
         "teacher_report": teacher_report,
@@ -810,6 +818,7 @@ def run_pipeline(
         "seconds": round(time.perf_counter() - start, 1),
         "timings": {k: round(v, 1) for k, v in timings.items()},
     }
+    run_info["dev_ndcg@10_before"] = before_dev["ndcg@10"]
     if graded:  # listed in the card's settings next to the cross-encoder, which teaches the word level
         run_info["sentence_level_teacher"] = f"graded judgements of {splits['train'].name} (qrels)"
     write_json(run_dir / "run_info.json", run_info)
@@ -826,8 +835,9 @@ def run_pipeline(
     return metrics
 
 
-def plot_run(run_dir: Path, rounds: list[dict], history: list[dict], before: dict) -> list[Path]:
-    """PNG plots: loss parts per step, dev nDCG@10 per round, false-negative margin per round."""
+def plot_run(run_dir: Path, rounds: list[dict], history: list[dict], before_dev: dict | None = None) -> list[Path]:
+    """PNG plots: loss parts per step, dev nDCG@10 per round (round 0: the student before training, from
+    ``before_dev``), false-negative margin per round."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -857,10 +867,15 @@ def plot_run(run_dir: Path, rounds: list[dict], history: list[dict], before: dic
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(8, 3.2))
     rs = [info["round"] for info in rounds]
-    ax1.plot(rs, [info["dev"]["ndcg@10"] for info in rounds], marker="o")
-    ax1.set_xlabel("round")
+    dev_rounds, dev_values = rs, [info["dev"]["ndcg@10"] for info in rounds]
+    if before_dev is not None:
+        dev_rounds, dev_values = [0, *rs], [before_dev["ndcg@10"], *dev_values]
+        ax1.axhline(before_dev["ndcg@10"], color="gray", linestyle=":", label="before training")
+        ax1.legend()
+    ax1.plot(dev_rounds, dev_values, marker="o")
+    ax1.set_xlabel("round (0: before training)")
     ax1.set_ylabel("dev nDCG@10")
-    ax1.set_xticks(rs)
+    ax1.set_xticks(dev_rounds)
     ax2.plot(rs, [info["filter"].get("margin") or 0.0 for info in rounds], marker="o", color="tab:red")
     ax2.set_xlabel("round")
     ax2.set_ylabel("false-negative margin m_r")
