@@ -74,15 +74,12 @@ def main() -> None:
 
     student = load(resolve_model_name(None))
     base_embeddings = out / "baseline_embeddings"  # shared by every recipe: the off-the-shelf student
-    pairs = training_pairs(splits["train"], min_grade=args.min_grade, skip_queries_without_positive=True)
+    # Rows for each query's k best positives; every judged positive (exclude_ids) is kept out of the negatives.
+    pairs = training_pairs(
+        splits["train"], min_grade=args.min_grade, positives=args.per_query, skip_queries_without_positive=True
+    )
     mined = mine_hard_negatives(pairs, corpus, student, num_negatives=args.num_negatives, range_max=50, seed=14,
-                                cache_dir=base_embeddings, with_ids=True)  # fmt: skip
-    keep, seen = [], {}
-    for i, query_id in enumerate(mined["query_id"]):  # rows come grouped by query, best-graded positive first
-        seen[query_id] = seen.get(query_id, 0) + 1
-        if seen[query_id] <= args.per_query:
-            keep.append(i)
-    mined = mined.select(keep)
+                                cache_dir=base_embeddings)  # fmt: skip
     columns = ["positive", *negative_columns(mined.column_names)]
     rows = {"query": mined["query"], **{c: mined[c] for c in columns}}
     teacher = Teacher(args.teacher, max_length=args.max_seq_length) if args.teacher else None

@@ -116,14 +116,13 @@ def evaluate_run(
                 key = _TREC_NAMES[name][1].format(k=k)
                 # pytrec_eval omits queries whose run is empty: they score 0.
                 values[f"{name}@{k}"] = {q: per_q.get(q, {}).get(key, 0.0) for q in evaluable}
+    if any(name in ("mrr", "judged") for name, _ in parsed):  # rankings by score, ties by document id
+        ranked = {q: sorted(docs, key=lambda d: (-docs[d], d)) for q, docs in run.items()}
     for k in sorted({k for name, k in parsed if name == "judged"}):
-        values[f"judged@{k}"] = {
-            q: sum(d in evaluable[q] for d, _ in sorted(run[q].items(), key=lambda item: (-item[1], item[0]))[:k]) / k
-            for q in evaluable
-        }
+        values[f"judged@{k}"] = {q: sum(d in evaluable[q] for d in ranked[q][:k]) / k for q in evaluable}
     for k in sorted({k for name, k in parsed if name == "mrr"}):
         # trec_eval's recip_rank has no cut: score the run truncated to its top k.
-        top_k = {q: dict(sorted(docs.items(), key=lambda item: (-item[1], item[0]))[:k]) for q, docs in run.items()}
+        top_k = {q: {d: run[q][d] for d in ranked[q][:k]} for q in run}
         per_q = pytrec_eval.RelevanceEvaluator(evaluable, {"recip_rank"}, relevance_level=relevance_cut)
         per_q = per_q.evaluate(top_k)
         values[f"mrr@{k}"] = {q: per_q[q]["recip_rank"] if q in per_q else 0.0 for q in evaluable}

@@ -112,7 +112,8 @@ class PipelineArguments:
         },
     )
     filter_rule: str = dataclasses.field(
-        default="dynamic", metadata={"help": "False-negative rule: dynamic, margin, relative, absolute."}
+        default="dynamic",
+        metadata={"help": "False-negative rule: 'dynamic' only here (fixed rules: md2pr filter, then md2pr train)."},
     )
     filter_quantile: float = dataclasses.field(
         default=0.1, metadata={"help": "Dynamic rule: m_r is this quantile of the round's teacher gaps."}
@@ -147,11 +148,6 @@ class PipelineArguments:
             )
         if self.sentence_scores not in ("teacher", "qrels"):
             raise ValueError(f"sentence_scores must be 'teacher' or 'qrels', got {self.sentence_scores!r}.")
-        if self.sentence_scores == "qrels" and self.filter_rule != "dynamic":
-            raise ValueError(
-                f"sentence_scores='qrels' masks flagged candidates in the loss, which the pipeline does with the "
-                f"dynamic rule only; got filter_rule={self.filter_rule!r}."
-            )
         if self.filter_rule != "dynamic":
             raise ValueError(
                 f"md2pr pipeline re-estimates the threshold every round (filter_rule='dynamic'); got "
@@ -175,7 +171,6 @@ class DemoArguments(PipelineArguments):
         default=1200, metadata={"help": "Train the teacher on at most this many pairs (bounds CPU time)."}
     )
     rounds: int = dataclasses.field(default=1, metadata={"help": "Rounds of mine -> filter -> train -> evaluate."})
-    num_negatives: int = dataclasses.field(default=4, metadata={"help": "Hard negatives per training row."})
     positives: str = dataclasses.field(
         default="2", metadata={"help": "Training rows per query: 'all', 'best' or the k best-graded ('2')."}
     )
@@ -722,7 +717,7 @@ def run_pipeline(
         print(f"Round {r}/{args.rounds}: mine, filter, train, evaluate", file=sys.stderr, flush=True)
         stage.start(partial=[round_dir / "student.checkpoints"])
         t0 = time.perf_counter()
-        model = load_student(current)
+        model = student if current == student_name else load_student(current)  # trained in place below
         mined = mine_hard_negatives(
             pairs,
             corpus,

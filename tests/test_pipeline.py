@@ -43,15 +43,13 @@ def test_stage_manifest_detects_changed_settings(tmp_path):
     assert Stage(tmp_path / "s", {"a": 1}).manifest["outputs"] == {"x": 2}
 
 
-def test_pipeline_end_to_end_on_tiny_models_and_resume(tiny_model_path, tmp_path, capsys):
-    data = beir_with_splits(tmp_path / "data")
-    teacher_base = build_tiny_bert(tmp_path / "teacher_base", seed=3)
-    args = PipelineArguments(
+def tiny_pipeline_args(tmp_path, tiny_model_path, **overrides) -> PipelineArguments:
+    """Pipeline settings for the tiny student, a tiny teacher backbone and the 36-passage BEIR data."""
+    settings = dict(
         output_dir=str(tmp_path / "run"),
         model=str(tiny_model_path),
-        teacher_base=str(teacher_base),
+        teacher_base=str(build_tiny_bert(tmp_path / "teacher_base", seed=3)),
         teacher_max_length=48,
-        rounds=2,
         num_negatives=2,
         mine_candidates=3,
         range_max=10,
@@ -59,6 +57,12 @@ def test_pipeline_end_to_end_on_tiny_models_and_resume(tiny_model_path, tmp_path
         rerank_k=5,
         device="cpu",
     )
+    return PipelineArguments(**{**settings, **overrides})
+
+
+def test_pipeline_end_to_end_on_tiny_models_and_resume(tiny_model_path, tmp_path, capsys):
+    data = beir_with_splits(tmp_path / "data")
+    args = tiny_pipeline_args(tmp_path, tiny_model_path, rounds=2)
     metrics = run_pipeline(args, DataArguments(dataset=str(data)), command="md2pr pipeline --test")
     run = tmp_path / "run"
     assert set(metrics) == {"before", "after", "teacher_rerank"}
@@ -95,23 +99,15 @@ def test_pipeline_with_graded_sentence_scores(tiny_model_path, tmp_path):
     from datasets import load_from_disk
 
     data = beir_with_splits(tmp_path / "data")
-    teacher_base = build_tiny_bert(tmp_path / "teacher_base", seed=3)
-    args = PipelineArguments(
-        output_dir=str(tmp_path / "run"),
-        model=str(tiny_model_path),
-        teacher_base=str(teacher_base),
-        teacher_max_length=48,
+    args = tiny_pipeline_args(
+        tmp_path,
+        tiny_model_path,
         rounds=1,
         positives="1",
         min_grade=3,
         sentence_scores="qrels",
         filter_quantile=0.0,  # m_r = the smallest gap: 1, a grade-2 candidate under a grade-3 positive
-        num_negatives=2,
         mine_candidates=6,
-        range_max=10,
-        batch_size=4,
-        rerank_k=5,
-        device="cpu",
     )
     run_pipeline(args, DataArguments(dataset=str(data)), command="md2pr pipeline --test")
     rows = load_from_disk(str(tmp_path / "run" / "round_1" / "filtered"))
