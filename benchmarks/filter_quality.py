@@ -12,7 +12,7 @@ rule flags candidates from the same scores:
 - the host library's ``relative_margin = 0.05`` on logits (``activation_fn=Identity``), and on sigmoid
   probabilities (what ``mine_hard_negatives`` does with a default cross-encoder).
 
-The teacher is the cross-encoder trained by :func:`md2pr_st.teacher_training.train_teacher` on the train topics
+The teacher is the cross-encoder trained by :func:`md2pr_st.teacher.train_teacher` on the train topics
 (trained here first if ``--teacher`` does not hold one yet).
 
 Usage::
@@ -64,12 +64,11 @@ def main(argv: list[str] | None = None) -> dict:
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.cross_encoder import CrossEncoder
 
-    from md2pr_st.data import load_rag24
+    from md2pr_st.data import load_rag24, training_pairs
     from md2pr_st.false_negatives import FalseNegativeFilter
-    from md2pr_st.mining import mine_hard_negatives, training_pairs
+    from md2pr_st.mining import mine_hard_negatives
     from md2pr_st.models import resolve_model_name
-    from md2pr_st.teacher import Teacher
-    from md2pr_st.teacher_training import TEACHER_REPORT, train_teacher
+    from md2pr_st.teacher import TEACHER_REPORT, Teacher, train_teacher
     from md2pr_st.utils import write_json
 
     output = Path(args.output)

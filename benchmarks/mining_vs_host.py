@@ -54,9 +54,9 @@ def main(argv: list[str] | None = None) -> dict:
     from sentence_transformers.cross_encoder import CrossEncoder
     from sentence_transformers.util import mine_hard_negatives as host_mine
 
-    from md2pr_st.data import load_rag24
+    from md2pr_st.data import load_rag24, training_pairs
     from md2pr_st.false_negatives import FalseNegativeFilter
-    from md2pr_st.mining import mine_hard_negatives, training_pairs
+    from md2pr_st.mining import mine_hard_negatives
     from md2pr_st.models import resolve_model_name
     from md2pr_st.teacher import Teacher
     from md2pr_st.utils import write_json

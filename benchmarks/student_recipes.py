@@ -2,7 +2,7 @@
 
 Each call mines hard negatives for the train topics with the off-the-shelf student (top ranks 0..50 of the whole
 6,011-passage corpus, known positives excluded), trains one copy of the student with
-:func:`md2pr_st.pipeline.train_student` (``MD2PRLoss``, 1 epoch, batch 16, 128 tokens) and evaluates it and the
+:func:`md2pr_st.student.train_student` (``MD2PRLoss``, 1 epoch, batch 16, 128 tokens) and evaluates it and the
 off-the-shelf student on dev and test (exact search, UMBRELA qrels). It prints nDCG@10 and judged@10 (the share of
 the top 10 the qrels judge: when it falls, passages from other topics' pools have entered the top 10) and the
 ratio trained / baseline measured in the same run, and appends the result to ``OUTPUT/results.jsonl``.
@@ -50,12 +50,14 @@ def main() -> None:
     from datasets import Dataset
     from sentence_transformers import SentenceTransformer
 
-    from md2pr_st.data import load_rag24
+    from md2pr_st.cli.arguments import LossArguments
+    from md2pr_st.data import load_rag24, training_pairs
     from md2pr_st.evaluation import RetrievalEvaluator
-    from md2pr_st.mining import CorpusEmbeddingCache, mine_hard_negatives, negative_columns, training_pairs
+    from md2pr_st.index import CorpusEmbeddingCache
+    from md2pr_st.mining import mine_hard_negatives, negative_columns
     from md2pr_st.models import resolve_model_name
-    from md2pr_st.pipeline import QrelsScorer, train_student
-    from md2pr_st.teacher import Teacher
+    from md2pr_st.student import train_student
+    from md2pr_st.teacher import QrelsScorer, Teacher
 
     out = Path(args.output)
     start = time.perf_counter()
@@ -93,7 +95,8 @@ def main() -> None:
             print(f"{len(mined)} rows; candidate grades 0/1/2/3: {grades}")
     t0 = time.perf_counter()
     path, _ = train_student(student, Dataset.from_dict(rows), out / args.name / "student",
-                            teacher=teacher if args.beta > 0 else None, alpha=args.alpha, beta=args.beta,
+                            LossArguments(alpha=args.alpha, beta=args.beta),
+                            teacher=teacher if args.beta > 0 else None,
                             false_negative_margin=args.margin, learning_rate=args.learning_rate,
                             max_seq_length=args.max_seq_length, save_steps=10_000, seed=13)  # fmt: skip
     train_seconds = time.perf_counter() - t0

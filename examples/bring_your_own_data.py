@@ -16,12 +16,12 @@ import argparse
 
 from sentence_transformers import SentenceTransformer
 
-from md2pr_st.data import load_beir
+from md2pr_st.data import load_beir, training_pairs
 from md2pr_st.evaluation import RetrievalEvaluator
 from md2pr_st.false_negatives import FalseNegativeFilter
-from md2pr_st.mining import mine_hard_negatives, training_pairs
+from md2pr_st.mining import mine_hard_negatives
 from md2pr_st.models import resolve_model_name
-from md2pr_st.pipeline import train_student
+from md2pr_st.student import train_student
 from md2pr_st.teacher import Teacher
 
 

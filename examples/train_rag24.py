@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import argparse
 
-from md2pr_st.cli import DataArguments
-from md2pr_st.pipeline import PipelineArguments, run_pipeline
+from md2pr_st.cli.arguments import PipelineArguments
+from md2pr_st.data import load_splits
+from md2pr_st.pipeline import run_pipeline
 
 
 def main() -> None:
@@ -37,9 +38,7 @@ def main() -> None:
         teacher_max_length=args.teacher_max_length,
         batch_size=args.batch_size,
     )
-    metrics = run_pipeline(
-        pipeline_args, DataArguments(dataset=args.dataset), command="python examples/train_rag24.py"
-    )
+    metrics = run_pipeline(load_splits(args.dataset), pipeline_args, command="python examples/train_rag24.py")
     print({name: round(part["ndcg@10"], 4) for name, part in metrics.items()})
 
 

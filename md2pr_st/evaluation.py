@@ -29,7 +29,7 @@ import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytrec_eval
@@ -45,6 +45,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 DEFAULT_METRICS = ("ndcg@10", "mrr@10", "recall@10", "recall@100", "map@100")
+# What the pipeline reports before / after training and for the teacher's rerank.
+REPORT_METRICS = ("ndcg@10", "mrr@10", "recall@100", "map@100", "judged@10")
 DEFAULT_RELEVANCE_CUT = 2
 _METRIC = re.compile(r"^(ndcg|mrr|recall|map|precision|judged)@(\d+)$")
 _TREC_NAMES = {"ndcg": ("ndcg_cut.{k}", "ndcg_cut_{k}"), "recall": ("recall.{k}", "recall_{k}"),
@@ -241,6 +243,56 @@ class RetrievalEvaluator(SentenceEvaluator):
     @property
     def description(self) -> str:
         return "Retrieval (FAISS, trec_eval)"
+
+
+def teacher_rerank(
+    teacher: Any,
+    data: RetrievalData,
+    run: Run,
+    k: int = 20,
+    metrics: Sequence[str] = REPORT_METRICS,
+    relevance_cut: int = DEFAULT_RELEVANCE_CUT,
+    show_progress_bar: bool | None = None,
+) -> dict[str, Any]:
+    """The teacher reranks the student's top-``k`` of each query; ranks below ``k`` keep the student's order.
+
+    A ceiling for distillation: what the student would score if it ranked its own top-k like the teacher.
+    ``run`` is the student's ``{query_id: {doc_id: score}}``; ``teacher`` is any scorer (a
+    :class:`~md2pr_st.teacher.Teacher` or a :class:`~md2pr_st.teacher.QrelsScorer`).
+
+    Example:
+        >>> from datasets import Dataset
+        >>> from md2pr_st.teacher import QrelsScorer
+        >>> data = RetrievalData(
+        ...     corpus=Dataset.from_dict({"id": ["a", "b", "c"], "text": ["Paris.", "Lyon.", "Tea."]}),
+        ...     queries=Dataset.from_dict({"id": ["q"], "text": ["capital of france"]}),
+        ...     qrels={"q": {"a": 3, "b": 1}},
+        ... )
+        >>> student_run = {"q": {"c": 0.9, "b": 0.8, "a": 0.7}}  # the worst order
+        >>> teacher_rerank(QrelsScorer(data), data, student_run, k=3, metrics=["mrr@1"])["mrr@1"]
+        1.0
+    """
+    from md2pr_st.teacher.scoring import score_candidates
+
+    texts = dict(zip(data.corpus["id"], data.corpus["text"]))
+    queries = dict(zip(data.queries["id"], data.queries["text"]))
+    ranked = {q: sorted(docs, key=docs.__getitem__, reverse=True) for q, docs in run.items()}
+    heads = {q: ids[:k] for q, ids in ranked.items()}
+    scores = score_candidates(
+        teacher,
+        [queries[q] for q in heads],
+        [[texts[d] for d in head] for head in heads.values()],
+        show_progress_bar=show_progress_bar,
+    )
+    reranked: Run = {}
+    for (q, head), top in zip(heads.items(), scores):
+        # The reranked head above everything else: the teacher's logits shifted above the tail's ranks.
+        reranked[q] = {d: 1e6 + float(s) for d, s in zip(head, top)}
+        reranked[q].update({d: float(len(ranked[q]) - i) for i, d in enumerate(ranked[q][k:])})
+    result = evaluate_run(reranked, data.qrels, metrics, relevance_cut)
+    result["corpus_size"] = len(data.corpus)
+    result["rerank_k"] = k
+    return result
 
 
 def format_table(rows: dict[str, dict], metrics: Sequence[str]) -> str:

@@ -34,7 +34,6 @@ every (query, positive) and (query, candidate) pair of the round's dataset and e
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 from collections.abc import Sequence
@@ -553,94 +552,3 @@ class FalseNegativeFilter:
             fig.savefig(tmp, format="png", dpi=120)
         plt.close(fig)
         return path
-
-
-# --------------------------------------------------------------------------------------------------------------
-# md2pr filter
-# --------------------------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class FilterArguments:
-    """Options of ``md2pr filter``."""
-
-    input: str = dataclasses.field(default="mined", metadata={"help": "`datasets` folder from `md2pr mine`."})
-    output: str = dataclasses.field(default="filtered", metadata={"help": "Output `datasets` folder."})
-    teacher: str | None = dataclasses.field(
-        default=None, metadata={"help": "Cross-encoder (Hub id or folder); none: use the input's scores column."}
-    )
-    rule: str = dataclasses.field(default="dynamic", metadata={"help": "dynamic, margin, relative or absolute."})
-    quantile: float = dataclasses.field(default=0.1, metadata={"help": "dynamic: p of m_r = Q_p(gaps)."})
-    min_margin: float | None = dataclasses.field(default=0.0, metadata={"help": "dynamic: lower clip of m_r."})
-    max_margin: float | None = dataclasses.field(default=None, metadata={"help": "dynamic: upper clip of m_r."})
-    margin: float | None = dataclasses.field(default=None, metadata={"help": "margin rule: m."})
-    relative_margin: float | None = dataclasses.field(default=None, metadata={"help": "relative rule: r."})
-    threshold: float | None = dataclasses.field(default=None, metadata={"help": "absolute rule: tau (logit)."})
-    num_negatives: int = dataclasses.field(default=4, metadata={"help": "Negatives kept per row."})
-    keep_as_positives: bool = dataclasses.field(default=False, metadata={"help": "Flagged -> extra positives."})
-    refill_order: str = dataclasses.field(default="rank", metadata={"help": "'rank' or 'teacher'."})
-    action: str = dataclasses.field(
-        default="drop",
-        metadata={"help": "'drop' flagged candidates (refill), or 'mask': keep them for md2pr train to mask in L_c."},
-    )
-    max_length: int | None = dataclasses.field(default=None, metadata={"help": "Teacher max tokens per pair."})
-    batch_size: int = dataclasses.field(default=32, metadata={"help": "Teacher batch size."})
-    statistics: str | None = dataclasses.field(
-        default=None,
-        metadata={"help": "Statistics JSON; rounds already in it are continued (default OUTPUT/md2pr_filter.json)."},
-    )
-    device: str | None = dataclasses.field(default=None, metadata={"help": "cpu, cuda, ... (default: auto)."})
-
-
-def run_filter(args: FilterArguments) -> dict:
-    """``md2pr filter``: one round of false-negative filtering; writes the dataset, JSON statistics and a PNG."""
-    import sys
-
-    from datasets import load_from_disk
-
-    teacher = None
-    if args.teacher:
-        from md2pr_st.teacher import Teacher
-
-        teacher = Teacher(args.teacher, max_length=args.max_length, batch_size=args.batch_size, device=args.device)
-    source = Path(args.input)
-    if not source.is_dir():
-        raise FileNotFoundError(f"--input {args.input} is not a `datasets` folder (the output of md2pr mine).")
-    dataset = load_from_disk(str(source))
-    extra = [c for c in dataset.column_names if c in ("query_id", "positive_id", "negative_ids")]
-    if extra:
-        dataset = dataset.remove_columns(extra)
-    fn_filter = FalseNegativeFilter(
-        teacher,
-        args.rule,
-        quantile=args.quantile,
-        min_margin=args.min_margin,
-        max_margin=args.max_margin,
-        margin=args.margin,
-        relative_margin=args.relative_margin,
-        threshold=args.threshold,
-        num_negatives=args.num_negatives,
-        keep_as_positives=args.keep_as_positives,
-        refill_order=args.refill_order,
-        action=args.action,
-        batch_size=args.batch_size,
-        show_progress_bar=True,
-    )
-    stats_path = Path(args.statistics) if args.statistics else None
-    if stats_path is not None and stats_path.is_file():
-        fn_filter.load_statistics(stats_path)
-    filtered = fn_filter.apply(dataset)
-    with atomic_path(args.output, is_dir=True) as tmp:
-        filtered.save_to_disk(str(tmp))
-        fn_filter.save_statistics(tmp / "md2pr_filter.json")
-        fn_filter.plot(tmp / "md2pr_filter_gaps.png")
-    if stats_path is not None:
-        fn_filter.save_statistics(stats_path)
-    last = fn_filter.statistics["rounds"][-1]
-    margin = "" if last["margin"] is None else f", margin {last['margin']:.4f}"
-    print(
-        f"Round {last['round']} ({args.rule}{margin}): {last['flagged']:,} of {last['candidates_scored']:,} "
-        f"candidates flagged, {last['dropped_rows']:,} rows dropped, {last['rows_out']:,} rows -> {args.output}",
-        file=sys.stderr,
-    )
-    return last

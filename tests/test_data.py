@@ -6,16 +6,9 @@ import subprocess
 import pytest
 from datasets import Dataset
 
-from md2pr_st import data as data_mod
-from md2pr_st.data import (
-    RetrievalData,
-    fetch_rag24_sdist,
-    load_beir,
-    load_rag24,
-    load_retrieval_data,
-    rag24_dataset_dict,
-    split_topics,
-)
+from md2pr_st.data import RetrievalData, load_beir, load_rag24, load_retrieval_data, split_topics
+from md2pr_st.data import rag24 as data_mod
+from md2pr_st.data.rag24 import fetch_rag24_sdist, rag24_dataset_dict
 
 
 def write_beir(folder, corpus, queries, qrels, split="test"):

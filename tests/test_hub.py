@@ -23,8 +23,9 @@ from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 from huggingface_hub.utils import hf_raise_for_status
 
 from md2pr_st import cli
-from md2pr_st.hub import HubPushError, add_to_hub_cache, push_to_hub, validate_model_folder
-from md2pr_st.model_card import split_front_matter
+from md2pr_st.hub import HubPushError, push_to_hub, validate_model_folder
+from md2pr_st.hub.model_card import split_front_matter
+from md2pr_st.hub.push import add_to_hub_cache
 
 FAKE_TOKEN = "hf_fakeTOKENnotReal0123456789"
 METRICS = {
@@ -175,7 +176,7 @@ def test_push_of_a_model_folder_to_an_existing_repo(tiny_model_path, tmp_path):
 
 
 def test_a_card_written_by_the_pipeline_keeps_its_plots_when_pushed(run_dir, tmp_path):
-    from md2pr_st.model_card import write_model_card
+    from md2pr_st.hub import write_model_card
 
     write_model_card(run_dir / "model", METRICS, RUN_INFO, plots=[run_dir / "dev_ndcg.png"])
     (run_dir / "dev_ndcg.png").unlink()  # the plot now lives only in model/plots/

@@ -5,7 +5,8 @@ import pytest
 from datasets import Dataset
 from sentence_transformers import SentenceTransformer
 
-from md2pr_st.index import FaissIndex, IndexMismatchError, encode, model_fingerprint, retrieve
+from md2pr_st.index import FaissIndex, IndexMismatchError, encode, retrieve
+from md2pr_st.models import model_fingerprint
 from tiny_models import build_tiny_sentence_transformer
 
 
@@ -122,7 +123,7 @@ def test_failed_save_keeps_the_previous_index(tiny_model, tmp_path, monkeypatch)
     index = FaissIndex.from_model(tiny_model, corpus)
     saved = index.save(tmp_path / "index")
     before = (saved / "index.faiss").read_bytes()
-    import md2pr_st.index as index_mod
+    import md2pr_st.index.faiss_index as index_mod
 
     def boom(*args, **kwargs):
         raise OSError("disk full")

@@ -6,16 +6,11 @@ import numpy as np
 import pytest
 from datasets import Dataset
 
+import md2pr_st.index.embedding_cache as embedding_cache
 import md2pr_st.mining as mining
-from md2pr_st.data import RetrievalData
-from md2pr_st.index import corpus_fingerprint
-from md2pr_st.mining import (
-    CorpusEmbeddingCache,
-    mine_hard_negatives,
-    negative_columns,
-    streaming_corpus_fingerprint,
-    training_pairs,
-)
+from md2pr_st.data import RetrievalData, corpus_fingerprint, training_pairs
+from md2pr_st.index import CorpusEmbeddingCache
+from md2pr_st.mining import mine_hard_negatives, negative_columns
 
 # Texts on the unit circle: the cosine between two texts falls with their angle difference, so the FAISS ranking
 # of the corpus is known exactly. For the France query (angle 0): p = pcopy > n1 > n2 > ... > n6 > c.
@@ -48,6 +43,7 @@ def fake_encode(monkeypatch):
         return np.stack([vec(t) for t in texts])
 
     monkeypatch.setattr(mining, "encode", encode)
+    monkeypatch.setattr(embedding_cache, "encode", encode)
     return calls
 
 
@@ -216,8 +212,10 @@ def test_corrupt_chunk_is_recomputed(tiny_model, fake_encode, tmp_path):
     assert again.encoded_chunks == 1
 
 
-def test_streaming_fingerprint_matches_index_fingerprint():
-    assert streaming_corpus_fingerprint(CORPUS, chunk_size=4) == corpus_fingerprint(CORPUS["id"], CORPUS["text"])
+def test_corpus_fingerprint_is_independent_of_the_chunk_size():
+    assert corpus_fingerprint(CORPUS, chunk_size=4) == corpus_fingerprint(CORPUS, chunk_size=100)
+    changed = CORPUS.map(lambda row: {"text": row["text"] + ("!" if row["id"] == "c" else "")})
+    assert corpus_fingerprint(changed) != corpus_fingerprint(CORPUS)
 
 
 def test_negative_columns_order():

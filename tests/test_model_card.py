@@ -9,8 +9,8 @@ import shutil
 import pytest
 import yaml
 
+from md2pr_st.hub.model_card import HOST_END, HOST_START, RunInfo, split_front_matter, write_model_card
 from md2pr_st.losses._shared import MD2PR_CITATION
-from md2pr_st.model_card import HOST_END, HOST_START, RunInfo, split_front_matter, write_model_card
 
 METRICS = {
     "before": {
@@ -252,10 +252,12 @@ def _assert_card_without_data(text: str) -> None:
 
 
 def test_card_of_a_trained_student_carries_no_training_text(tiny_model_path, tmp_path, one_torch_thread):
-    from md2pr_st.pipeline import train_student
+    from md2pr_st.cli.arguments import LossArguments
+    from md2pr_st.student import train_student
 
+    no_distillation = LossArguments(alpha=0.0, beta=0.0)
     path, _ = train_student(
-        tiny_model_path, _rows_with_a_secret(), tmp_path / "student", alpha=0.0, beta=0.0, batch_size=2, device="cpu"
+        tiny_model_path, _rows_with_a_secret(), tmp_path / "student", no_distillation, batch_size=2, device="cpu"
     )
     assert SECRET not in (path / "README.md").read_text(encoding="utf-8")  # the host card saved after training
     card = write_model_card(path, METRICS, RUN_INFO, model_id="org/md2pr-tiny")

@@ -10,8 +10,9 @@ import time
 import pytest
 import yaml
 
-from md2pr_st.cli import DataArguments, main
-from md2pr_st.pipeline import STAGE_FILE, PipelineArguments, Stage, run_pipeline
+from md2pr_st.cli import main
+from md2pr_st.cli.arguments import DataArguments, PipelineArguments
+from md2pr_st.pipeline import STAGE_FILE, Stage, run_pipeline
 from md2pr_st.utils import last_complete_checkpoint
 from test_data import write_beir
 from tiny_models import build_tiny_bert
@@ -63,7 +64,7 @@ def tiny_pipeline_args(tmp_path, tiny_model_path, **overrides) -> PipelineArgume
 def test_pipeline_end_to_end_on_tiny_models_and_resume(tiny_model_path, tmp_path, capsys):
     data = beir_with_splits(tmp_path / "data")
     args = tiny_pipeline_args(tmp_path, tiny_model_path, rounds=2)
-    metrics = run_pipeline(args, DataArguments(dataset=str(data)), command="md2pr pipeline --test")
+    metrics = run_pipeline(DataArguments(dataset=str(data)).load_splits(), args, command="md2pr pipeline --test")
     run = tmp_path / "run"
     assert set(metrics) == {"before", "after", "teacher_rerank"}
     for part in metrics.values():
@@ -88,7 +89,7 @@ def test_pipeline_end_to_end_on_tiny_models_and_resume(tiny_model_path, tmp_path
     # Re-running the same command redoes no finished stage.
     stamps = {p: p.stat().st_mtime_ns for p in run.glob("*/stage.json")}
     assert len(stamps) == 4  # teacher, before, round_1, round_2
-    again = run_pipeline(args, DataArguments(dataset=str(data)), command="md2pr pipeline --test")
+    again = run_pipeline(DataArguments(dataset=str(data)).load_splits(), args, command="md2pr pipeline --test")
     assert {p: p.stat().st_mtime_ns for p in run.glob("*/stage.json")} == stamps
     timeless = [{k: v for k, v in m["after"].items() if k != "seconds"} for m in (again, metrics)]
     assert timeless[0] == timeless[1]  # the final evaluation runs again; only its timing differs
@@ -109,7 +110,7 @@ def test_pipeline_with_graded_sentence_scores(tiny_model_path, tmp_path):
         filter_quantile=0.0,  # m_r = the smallest gap: 1, a grade-2 candidate under a grade-3 positive
         mine_candidates=6,
     )
-    run_pipeline(args, DataArguments(dataset=str(data)), command="md2pr pipeline --test")
+    run_pipeline(DataArguments(dataset=str(data)).load_splits(), args, command="md2pr pipeline --test")
     rows = load_from_disk(str(tmp_path / "run" / "round_1" / "filtered"))
     assert 0 < len(rows) == len(set(rows["query"])) <= 8  # one row per train query (its best positive), if kept
     grades = {}
@@ -159,7 +160,7 @@ def test_stage_start_removes_partial_outputs_of_other_settings(tmp_path):
 
 
 def test_demo_defaults_validate_and_bad_settings_fail_before_any_work():
-    from md2pr_st.pipeline import DemoArguments, DemoLossArguments
+    from md2pr_st.cli.arguments import DemoArguments, DemoLossArguments
 
     demo, loss = DemoArguments(), DemoLossArguments()
     assert (demo.sentence_scores, demo.min_grade, demo.rounds, demo.output_dir) == ("qrels", 3, 1, "runs/demo")

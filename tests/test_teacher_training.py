@@ -6,9 +6,9 @@ import pytest
 from datasets import Dataset
 from transformers import TrainerCallback
 
-import md2pr_st.teacher_training as teacher_training
+import md2pr_st.teacher.training as teacher_training
 from md2pr_st.data import RetrievalData
-from md2pr_st.teacher_training import TEACHER_REPORT, reranking_gap, teacher_training_pairs, train_teacher
+from md2pr_st.teacher import TEACHER_REPORT, reranking_gap, teacher_training_pairs, train_teacher
 
 CORPUS = Dataset.from_dict(
     {

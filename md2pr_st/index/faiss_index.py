@@ -1,12 +1,9 @@
-"""Dense retrieval with FAISS: encode a corpus with any SentenceTransformer, index it, search top-k.
+"""A FAISS index over a corpus, with its document ids and the fingerprints of what it was built from.
 
-Scores are inner products. For a model whose similarity is cosine (the sentence-transformers default) the
-embeddings are L2-normalised first, so the inner product *is* the cosine; for ``similarity_fn_name="dot"``
-they are indexed as they are.
-
-A saved index records a fingerprint of the model (weights and configuration) and of the corpus (ids and
-texts); :meth:`FaissIndex.load` refuses to serve it to a different model or corpus, because the vectors would
-silently mean something else.
+Scores are inner products of the vectors :func:`~md2pr_st.index.encode` returns (cosine for normalised models).
+A saved index records a fingerprint of the model (weights and configuration), of the corpus (ids and texts) and
+the factory string; :meth:`FaissIndex.load` refuses to serve it to a different model or corpus, because the
+vectors would silently mean something else.
 """
 
 from __future__ import annotations
@@ -15,13 +12,15 @@ import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import faiss
 import numpy as np
-import torch
 
-from md2pr_st.utils import atomic_path, fingerprint, write_json
+from md2pr_st.data import corpus_fingerprint
+from md2pr_st.index.encoding import encode
+from md2pr_st.models import model_fingerprint
+from md2pr_st.utils import atomic_path, write_json
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -40,78 +39,6 @@ DEFAULT_HNSW_EF_SEARCH = 128
 
 class IndexMismatchError(ValueError):
     """A saved index was built with another model or corpus than the one it is loaded for."""
-
-
-def _normalizes(model: SentenceTransformer) -> bool:
-    name = getattr(model, "similarity_fn_name", None) or "cosine"
-    if name == "cosine":
-        return True
-    if name == "dot":
-        return False
-    raise ValueError(
-        f"The model's similarity_fn_name is {name!r}; FAISS inner-product search supports 'cosine' and 'dot'. "
-        "Set model.similarity_fn_name = 'cosine' (or 'dot') to index it."
-    )
-
-
-def encode(
-    model: SentenceTransformer,
-    texts: Sequence[str],
-    kind: Literal["query", "document"] = "document",
-    batch_size: int = 64,
-    show_progress_bar: bool | None = None,
-) -> np.ndarray:
-    """Embed ``texts`` as queries or documents, ready for inner-product search.
-
-    Uses :meth:`SentenceTransformer.encode_query` / :meth:`~SentenceTransformer.encode_document`, so the
-    model's ``query`` / ``document`` prompts and a ``Router``'s query / document towers are respected. Returns a
-    C-contiguous ``float32`` array of shape ``(len(texts), dim)``, L2-normalised when the model's similarity
-    is cosine.
-
-    Example:
-        >>> from md2pr_st.models import resolve_model_name
-        >>> from sentence_transformers import SentenceTransformer
-        >>> model = SentenceTransformer(resolve_model_name(None), device="cpu")
-        >>> encode(model, ["Paris is the capital of France."]).shape
-        (1, 384)
-    """
-    if len(texts) == 0:
-        raise ValueError(f"Nothing to encode: the list of {kind} texts is empty.")
-    bad = [i for i, text in enumerate(texts) if not isinstance(text, str) or not text.strip()]
-    if bad:
-        raise ValueError(f"{len(bad)} {kind} texts are empty or not strings (positions {bad[:5]}).")
-    fn = model.encode_query if kind == "query" else model.encode_document
-    embeddings = fn(
-        list(texts),
-        batch_size=batch_size,
-        show_progress_bar=show_progress_bar,
-        convert_to_numpy=True,
-        normalize_embeddings=_normalizes(model),
-    )
-    return np.ascontiguousarray(embeddings, dtype=np.float32)
-
-
-def model_fingerprint(model: SentenceTransformer) -> str:
-    """sha256 of the model's weights and of the settings that change its embeddings."""
-    settings = {
-        "modules": [type(module).__name__ for module in model],
-        "prompts": getattr(model, "prompts", {}),
-        "max_seq_length": getattr(model, "max_seq_length", None),
-        "similarity_fn_name": getattr(model, "similarity_fn_name", None),
-    }
-    parts = [json.dumps(settings, sort_keys=True, default=str)]
-    for name, tensor in model.state_dict().items():
-        parts.append(name)
-        parts.append(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return fingerprint(parts)
-
-
-def corpus_fingerprint(doc_ids: Sequence[str], texts: Sequence[str] | None = None) -> str:
-    """sha256 of the corpus ids (and texts, when given) in order."""
-    parts: list[str] = ["ids", *doc_ids]
-    if texts is not None:
-        parts += ["texts", *texts]
-    return fingerprint(parts)
 
 
 class FaissIndex:
@@ -236,7 +163,7 @@ class FaissIndex:
             ids,
             factory,
             model_fingerprint=model_fingerprint(model),
-            corpus_fingerprint=corpus_fingerprint(ids, texts),
+            corpus_fingerprint=corpus_fingerprint(corpus),
             **kwargs,
         )
 
@@ -316,7 +243,7 @@ class FaissIndex:
                     "model's queries: rebuild the index with this model."
                 )
         if corpus is not None:
-            expected = corpus if isinstance(corpus, str) else corpus_fingerprint(corpus["id"], corpus["text"])
+            expected = corpus if isinstance(corpus, str) else corpus_fingerprint(corpus)
             if expected != out.corpus_fingerprint:
                 raise IndexMismatchError(
                     f"The index in {folder} was built from a different corpus (fingerprint "

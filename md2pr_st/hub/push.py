@@ -4,7 +4,7 @@
 
 What gets uploaded, in one commit: the model folder (safetensors weights only), and for a run folder
 (``model/`` + ``metrics.json`` + ``run_info.json`` + ``*.png``) also ``metrics.json``, ``run_info.json``, the plots
-under ``plots/`` and a model card re-rendered for the repo id (:func:`md2pr_st.model_card.write_model_card`).
+under ``plots/`` and a model card re-rendered for the repo id (:func:`md2pr_st.hub.write_model_card`).
 The token comes from ``token=``, ``HF_TOKEN`` or the login cache (``hf auth login``); it is never printed, logged,
 written to the card or put in an error message.
 
@@ -14,7 +14,6 @@ loads it offline (``HF_HUB_OFFLINE=1``), e.g. on a machine without Hub access.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
@@ -27,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from md2pr_st import __version__
-from md2pr_st.model_card import (
+from md2pr_st.hub.model_card import (
     METRICS_FILE,
     PLOTS_DIR,
     RUN_INFO_FILE,
@@ -555,49 +554,3 @@ def add_to_hub_cache(
     (repo_dir / "refs").mkdir(parents=True, exist_ok=True)
     (repo_dir / "refs" / revision).write_text(commit_hash, encoding="utf-8")
     return snapshot
-
-
-class _Positional(argparse.Action):
-    """Registers a dataclass field as a positional argument: ``HfArgumentParser`` only makes ``--options``, and
-    argparse accepts an action factory that builds the action without option strings."""
-
-    def __init__(self, option_strings, dest, **kwargs):
-        super().__init__([], dest, **kwargs)
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        setattr(namespace, self.dest, values)
-
-
-@dataclasses.dataclass
-class PushArguments:
-    run_or_model_dir: str = dataclasses.field(
-        metadata={
-            "action": _Positional,
-            "metavar": "RUN_OR_MODEL_DIR",
-            "help": "A saved SentenceTransformer folder, or a run folder (model/, metrics.json, run_info.json, *.png).",
-        }
-    )
-    repo_id: str = dataclasses.field(metadata={"help": "The Hub repo, NAMESPACE/NAME (e.g. alice/md2pr-minilm)."})
-    private: bool = dataclasses.field(default=False, metadata={"help": "Create the repo private (new repos only)."})
-    revision: str | None = dataclasses.field(
-        default=None, metadata={"help": "Branch to push to (created from main if missing; default main)."}
-    )
-    dry_run: bool = dataclasses.field(
-        default=False, metadata={"help": "Print what would be uploaded (paths, sizes, repo, flags); call no Hub API."}
-    )
-    commit_message: str | None = dataclasses.field(default=None, metadata={"help": "The commit message."})
-
-
-def run_push(args: PushArguments) -> PushResult:
-    """``md2pr push``: the token comes from HF_TOKEN or the login cache (there is no --token flag, so that it
-    stays out of shell history and process lists)."""
-    result = push_to_hub(
-        args.run_or_model_dir,
-        args.repo_id,
-        private=args.private,
-        revision=args.revision,
-        dry_run=args.dry_run,
-        commit_message=args.commit_message,
-    )
-    print(result.summary())
-    return result

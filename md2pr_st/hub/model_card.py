@@ -43,7 +43,7 @@ _TEMPLATE_NAME = "md2pr_model_card_template.md"
 
 def _template_path() -> Path:
     """The card template: ``model_cards/`` of a source checkout, else the copy installed as ``md2pr_st.model_cards``."""
-    source = Path(__file__).resolve().parent.parent / "model_cards" / _TEMPLATE_NAME
+    source = Path(__file__).resolve().parents[2] / "model_cards" / _TEMPLATE_NAME
     if source.is_file():
         return source
     import importlib.resources
@@ -291,17 +291,17 @@ def _hub_id(name: str | None) -> str | None:
     """
     if not name:
         return None
-    from md2pr_st.models import EMBEDDED_STUDENT_ID
+    from md2pr_st.models import DEFAULT_STUDENT_ID
 
     try:
         from md2pr_st.models import embedded_student_path
 
         if Path(name).resolve() == embedded_student_path().resolve():
-            return EMBEDDED_STUDENT_ID
+            return DEFAULT_STUDENT_ID
     except (ModuleNotFoundError, FileNotFoundError, OSError):
         pass
     if name in ("minilm", "all-MiniLM-L6-v2"):
-        return EMBEDDED_STUDENT_ID
+        return DEFAULT_STUDENT_ID
     if _HUB_ID_PATTERN.match(name) and not Path(name).exists():
         return name
     return None
@@ -626,7 +626,7 @@ def write_model_card(
 
     Example:
         >>> import tempfile, yaml
-        >>> from md2pr_st.model_card import write_model_card, split_front_matter
+        >>> from md2pr_st.hub.model_card import write_model_card, split_front_matter
         >>> folder = Path(tempfile.mkdtemp())
         >>> _ = (folder / "README.md").write_text("---\\ntags:\\n- sentence-transformers\\n---\\n# SentenceTransformer\\n")
         >>> card = write_model_card(folder, {"after": {"ndcg@10": 0.41, "mrr@10": 0.5}},

@@ -145,7 +145,7 @@ def train_teacher(
         ::
 
             >>> from md2pr_st.data import load_rag24
-            >>> from md2pr_st.teacher_training import train_teacher
+            >>> from md2pr_st.teacher import Teacher, train_teacher
             >>> path = train_teacher(load_rag24("train"), "runs/teacher", dev=load_rag24("dev"))  # doctest: +SKIP
             >>> Teacher(path).score([("what is python", "Python is a language.")])  # doctest: +SKIP
     """
@@ -156,7 +156,7 @@ def train_teacher(
     )
     from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss
 
-    from md2pr_st.model_card import remove_dataset_texts
+    from md2pr_st.hub.model_card import remove_dataset_texts
     from md2pr_st.models import resolve_model_name
 
     output_dir = Path(output_dir)

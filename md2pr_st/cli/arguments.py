@@ -1,0 +1,388 @@
+"""Every option of the ``md2pr`` commands, one dataclass per group, parsed by :class:`transformers.HfArgumentParser`.
+
+The library takes some of them as configuration objects too: :func:`~md2pr_st.pipeline.run_pipeline` takes
+:class:`PipelineArguments` and :class:`LossArguments`, :func:`~md2pr_st.student.train_student` takes
+:class:`LossArguments`. Nothing here imports more than the standard library.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from md2pr_st.data import RetrievalData
+
+
+@dataclasses.dataclass
+class DataArguments:
+    dataset: str = dataclasses.field(
+        default="rag24",
+        metadata={"help": "'rag24' (TREC RAG 2024 from the ir-axioms sdist), 'rag24-nist', or a BEIR-layout folder."},
+    )
+    split: str = dataclasses.field(default="test", metadata={"help": "train, dev, test (or all, for rag24)."})
+    qrels: str = dataclasses.field(
+        default="umbrela", metadata={"help": "rag24 qrels set: 'umbrela' (301 topics) or 'nist' (86 topics)."}
+    )
+    cache_dir: str | None = dataclasses.field(
+        default=None, metadata={"help": "Data cache folder (default $MD2PR_CACHE or ~/.cache/md2pr_st)."}
+    )
+    sdist: str | None = dataclasses.field(
+        default=None, metadata={"help": "A local ir_axioms-1.2.5.tar.gz, for machines without registry access."}
+    )
+    split_seed: int = dataclasses.field(default=13, metadata={"help": "Seed of the rag24 topic split."})
+
+    def load(self, split: str | None = None) -> RetrievalData:
+        """The split ``split`` (default: ``self.split``) of the dataset."""
+        from md2pr_st.data import load_retrieval_data
+
+        return load_retrieval_data(self.dataset, split or self.split, **self._loader_kwargs())
+
+    def load_splits(self) -> dict[str, RetrievalData]:
+        """The train, dev and test splits of the dataset."""
+        from md2pr_st.data import load_splits
+
+        return load_splits(self.dataset, **self._loader_kwargs())
+
+    def _loader_kwargs(self) -> dict:
+        if not self.dataset.startswith("rag24"):
+            return {}
+        return {"qrels": self.qrels, "cache_dir": self.cache_dir, "sdist_path": self.sdist, "seed": self.split_seed}
+
+
+@dataclasses.dataclass
+class EvalArguments:
+    model: str | None = dataclasses.field(
+        default=None,
+        metadata={"help": "SentenceTransformer Hub id or local folder (default: the embedded all-MiniLM-L6-v2)."},
+    )
+    output: str | None = dataclasses.field(default=None, metadata={"help": "Write the results as JSON here."})
+    metrics: list[str] = dataclasses.field(
+        default_factory=lambda: ["ndcg@10", "mrr@10", "recall@10", "recall@100", "map@100"],
+        metadata={"help": "Metrics as NAME@K (ndcg, mrr, recall, map, precision)."},
+    )
+    relevance_cut: int = dataclasses.field(
+        default=2, metadata={"help": "Lowest grade counted relevant by MRR, recall, MAP (nDCG uses grades)."}
+    )
+    index_factory: str = dataclasses.field(
+        default="Flat", metadata={"help": "faiss.index_factory string: Flat (exact), HNSW32, IVF4096,PQ48, ..."}
+    )
+    index_dir: str | None = dataclasses.field(
+        default=None,
+        metadata={"help": "Reuse the index saved here if it matches the model and corpus; else build and save it."},
+    )
+    batch_size: int = dataclasses.field(default=64, metadata={"help": "Encoding batch size."})
+    device: str | None = dataclasses.field(default=None, metadata={"help": "cpu, cuda, ... (default: auto)."})
+
+
+@dataclasses.dataclass
+class TeacherArguments:
+    """Options of ``md2pr teacher`` (stage 0 alone)."""
+
+    output_dir: str = dataclasses.field(default="runs/teacher", metadata={"help": "Where the teacher is saved."})
+    base_model: str | None = dataclasses.field(
+        default=None, metadata={"help": "Backbone or cross-encoder to start from (default: embedded MiniLM)."}
+    )
+    student: str | None = dataclasses.field(
+        default=None, metadata={"help": "Student for the teacher-vs-student dev gap (default: embedded MiniLM)."}
+    )
+    max_length: int = dataclasses.field(default=192, metadata={"help": "Max tokens per (query, passage) pair."})
+    epochs: float = dataclasses.field(default=1.0, metadata={"help": "Training epochs."})
+    batch_size: int = dataclasses.field(default=16, metadata={"help": "Training batch size."})
+    learning_rate: float = dataclasses.field(
+        default=1e-4, metadata={"help": "Learning rate (the one-logit head starts from scratch)."}
+    )
+    random_negatives: int = dataclasses.field(default=2, metadata={"help": "Label-0 corpus passages per query."})
+    max_pairs: int | None = dataclasses.field(default=None, metadata={"help": "Train on at most this many pairs."})
+    seed: int = dataclasses.field(default=13, metadata={"help": "Seed."})
+    overwrite: bool = dataclasses.field(default=False, metadata={"help": "Retrain even if a teacher is there."})
+    device: str | None = dataclasses.field(default=None, metadata={"help": "cpu, cuda, ... (default: auto)."})
+
+
+@dataclasses.dataclass
+class LossArguments:
+    """Weights and temperatures of ``L = L_c + alpha * L_s + beta * L_w`` (see :class:`~md2pr_st.losses.MD2PRLoss`),
+    shared by ``md2pr train`` and ``md2pr pipeline``."""
+
+    alpha: float = dataclasses.field(default=1.0, metadata={"help": "Weight of the sentence-level loss."})
+    beta: float = dataclasses.field(default=1.0, metadata={"help": "Weight of the word-level loss."})
+    scale: float = dataclasses.field(default=20.0, metadata={"help": "1 / tau of the contrastive loss."})
+    student_temperature: float = dataclasses.field(default=0.05, metadata={"help": "T_s of the sentence level."})
+    teacher_temperature: float = dataclasses.field(default=1.0, metadata={"help": "T_t of the sentence level."})
+    word_temperature: float = dataclasses.field(default=0.05, metadata={"help": "tau_w of the word level."})
+
+
+@dataclasses.dataclass
+class PipelineArguments:
+    """Options of ``md2pr pipeline`` (and ``md2pr demo``, which only changes defaults)."""
+
+    output_dir: str = dataclasses.field(default="runs/md2pr", metadata={"help": "The run folder."})
+    model: str | None = dataclasses.field(
+        default=None, metadata={"help": "Student: Hub id or folder (default: the embedded all-MiniLM-L6-v2)."}
+    )
+    teacher: str | None = dataclasses.field(
+        default=None,
+        metadata={"help": "A trained cross-encoder (Hub id or folder): skips teacher training."},
+    )
+    teacher_base: str | None = dataclasses.field(
+        default=None, metadata={"help": "Backbone of a teacher trained here (default: embedded MiniLM)."}
+    )
+    teacher_epochs: float = dataclasses.field(default=1.0, metadata={"help": "Teacher training epochs."})
+    teacher_learning_rate: float = dataclasses.field(
+        default=1e-4, metadata={"help": "Teacher learning rate (its one-logit head starts from scratch)."}
+    )
+    teacher_max_length: int = dataclasses.field(default=192, metadata={"help": "Teacher max tokens per pair."})
+    teacher_max_pairs: int | None = dataclasses.field(
+        default=None, metadata={"help": "Train the teacher on at most this many pairs (bounds CPU time)."}
+    )
+    teacher_random_negatives: int = dataclasses.field(
+        default=2, metadata={"help": "Label-0 corpus passages per query in teacher training."}
+    )
+    rounds: int = dataclasses.field(default=2, metadata={"help": "Rounds of mine -> filter -> train -> evaluate."})
+    num_negatives: int = dataclasses.field(default=4, metadata={"help": "Hard negatives per training row."})
+    mine_candidates: int = dataclasses.field(
+        default=8, metadata={"help": "Candidates mined per row before filtering (refill pool)."}
+    )
+    range_min: int = dataclasses.field(default=0, metadata={"help": "Skip this many top-ranked non-positives."})
+    range_max: int = dataclasses.field(default=50, metadata={"help": "Mine candidates from ranks up to this."})
+    sampling: str = dataclasses.field(default="top", metadata={"help": "'top' or 'random' within the range."})
+    min_grade: int = dataclasses.field(default=2, metadata={"help": "Lowest qrels grade used as a positive."})
+    positives: str = dataclasses.field(
+        default="all",
+        metadata={
+            "help": "Training rows per query: 'all' (one per positive), 'best' (one) or the k best-graded ('2'); "
+            "mining excludes every known positive either way."
+        },
+    )
+    filter_rule: str = dataclasses.field(
+        default="dynamic",
+        metadata={"help": "False-negative rule: 'dynamic' only here (fixed rules: md2pr filter, then md2pr train)."},
+    )
+    filter_quantile: float = dataclasses.field(
+        default=0.1, metadata={"help": "Dynamic rule: m_r is this quantile of the round's teacher gaps."}
+    )
+    sentence_scores: str = dataclasses.field(
+        default="teacher",
+        metadata={
+            "help": "Teacher scores of the sentence level L_s and the filter: 'teacher' (the cross-encoder's logits; "
+            "flagged candidates are dropped) or 'qrels' (the train split's graded judgements, e.g. RAG24's UMBRELA "
+            "LLM grades, unjudged = 0; flagged candidates stay for L_s, masked out of L_c). The cross-encoder "
+            "teaches the word level either way."
+        },
+    )
+    epochs_per_round: float = dataclasses.field(default=1.0, metadata={"help": "Student epochs per round."})
+    batch_size: int = dataclasses.field(default=16, metadata={"help": "Student training batch size."})
+    learning_rate: float = dataclasses.field(default=2e-5, metadata={"help": "Student learning rate."})
+    max_seq_length: int | None = dataclasses.field(
+        default=None, metadata={"help": "Student max tokens (default: the model's own)."}
+    )
+    rerank_k: int = dataclasses.field(default=20, metadata={"help": "Teacher reranks the student's top-k (test)."})
+    save_steps: int = dataclasses.field(default=20, metadata={"help": "Student checkpoint interval (resume)."})
+    seed: int = dataclasses.field(default=13, metadata={"help": "Seed of sampling and training."})
+    device: str | None = dataclasses.field(default=None, metadata={"help": "cpu, cuda, ... (default: auto)."})
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1:
+            raise ValueError(f"rounds must be >= 1, got {self.rounds}.")
+        if self.mine_candidates < self.num_negatives:
+            raise ValueError(
+                f"mine_candidates ({self.mine_candidates}) must be >= num_negatives ({self.num_negatives}): the "
+                "filter refills rows from the mined candidates."
+            )
+        if self.sentence_scores not in ("teacher", "qrels"):
+            raise ValueError(f"sentence_scores must be 'teacher' or 'qrels', got {self.sentence_scores!r}.")
+        if self.filter_rule != "dynamic":
+            raise ValueError(
+                f"md2pr pipeline re-estimates the threshold every round (filter_rule='dynamic'); got "
+                f"{self.filter_rule!r}. For a fixed rule, run the stages alone: md2pr filter --rule ... then md2pr train."
+            )
+        from md2pr_st.data import positives_per_query
+
+        positives_per_query(self.positives)  # fails now, not after the teacher has trained
+        if self.sampling not in ("top", "random"):
+            raise ValueError(f"sampling must be 'top' or 'random', got {self.sampling!r}.")
+
+
+@dataclasses.dataclass
+class DemoArguments(PipelineArguments):
+    """Options of ``md2pr demo``: the pipeline on the embedded default (all-MiniLM-L6-v2, RAG24), sized for 2 CPU
+    cores. Every option of ``md2pr pipeline`` can still be given."""
+
+    output_dir: str = dataclasses.field(default="runs/demo", metadata={"help": "The run folder."})
+    teacher_max_length: int = dataclasses.field(default=128, metadata={"help": "Teacher max tokens per pair."})
+    teacher_max_pairs: int | None = dataclasses.field(
+        default=1200, metadata={"help": "Train the teacher on at most this many pairs (bounds CPU time)."}
+    )
+    rounds: int = dataclasses.field(default=1, metadata={"help": "Rounds of mine -> filter -> train -> evaluate."})
+    positives: str = dataclasses.field(
+        default="2", metadata={"help": "Training rows per query: 'all', 'best' or the k best-graded ('2')."}
+    )
+    sentence_scores: str = dataclasses.field(
+        default="qrels", metadata={"help": "Teacher scores of L_s: 'teacher' (cross-encoder) or 'qrels' (grades)."}
+    )
+    min_grade: int = dataclasses.field(
+        default=3, metadata={"help": "Lowest grade used as a positive (lower grades: graded candidates)."}
+    )
+    filter_quantile: float = dataclasses.field(
+        default=0.8,
+        metadata={
+            "help": "m_r = this quantile of the round's grade gaps: with grade-3 positives, 0.8 reaches the grade-1 "
+            "candidates, so only grade-0 and unjudged passages stay negatives of L_c."
+        },
+    )
+    learning_rate: float = dataclasses.field(default=5e-5, metadata={"help": "Student learning rate."})
+    max_seq_length: int | None = dataclasses.field(default=128, metadata={"help": "Student max tokens."})
+
+
+@dataclasses.dataclass
+class DemoLossArguments(LossArguments):
+    """The demo's loss weights: ``L_s`` is scaled by ``T_s^2``, so ``alpha = 1 / T_s^2 = 400`` weighs it like
+    ``L_c``; no word level (see ``beta``)."""
+
+    alpha: float = dataclasses.field(default=400.0, metadata={"help": "Weight of the sentence-level loss."})
+    beta: float = dataclasses.field(
+        default=0.0,
+        metadata={
+            "help": "Weight of the word-level loss. 0 in the demo: the cross-encoder trainable here in minutes is "
+            "weaker than the student, and its attention cost test nDCG@10 (BENCHMARKS.md); give a real "
+            "cross-encoder with --teacher and set beta > 0."
+        },
+    )
+
+
+@dataclasses.dataclass
+class TrainArguments:
+    """Options of ``md2pr train`` (one student training stage on a filtered ``datasets`` folder)."""
+
+    input: str = dataclasses.field(
+        default="filtered", metadata={"help": "`datasets` folder: query, positive, negative_1..n[, scores]."}
+    )
+    output_dir: str = dataclasses.field(default="runs/student", metadata={"help": "Where the student is saved."})
+    model: str | None = dataclasses.field(
+        default=None, metadata={"help": "Student: Hub id or folder (default: the embedded all-MiniLM-L6-v2)."}
+    )
+    teacher: str | None = dataclasses.field(
+        default=None, metadata={"help": "Cross-encoder for online scores and the word level (needed if beta > 0)."}
+    )
+    teacher_max_length: int = dataclasses.field(default=192, metadata={"help": "Teacher max tokens per pair."})
+    false_negative_margin: float | None = dataclasses.field(
+        default=None,
+        metadata={
+            "help": "Mask hard negatives with t(q,d) >= t(q,d+) - margin in L_c (default: the margin of an input "
+            "filtered with md2pr filter --action mask, else no mask)."
+        },
+    )
+    epochs: float = dataclasses.field(default=1.0, metadata={"help": "Epochs."})
+    batch_size: int = dataclasses.field(default=16, metadata={"help": "Batch size."})
+    learning_rate: float = dataclasses.field(default=2e-5, metadata={"help": "Learning rate."})
+    max_seq_length: int | None = dataclasses.field(default=None, metadata={"help": "Student max tokens."})
+    seed: int = dataclasses.field(default=13, metadata={"help": "Seed."})
+    device: str | None = dataclasses.field(default=None, metadata={"help": "cpu, cuda, ... (default: auto)."})
+
+
+@dataclasses.dataclass
+class MineArguments:
+    """Options of ``md2pr mine``."""
+
+    input: str = dataclasses.field(
+        default="rag24",
+        metadata={
+            "help": "Training queries: 'rag24', a BEIR-layout folder (positives from the qrels of --split), or a "
+            "`datasets` folder (save_to_disk) with query/positive columns (then --corpus is required)."
+        },
+    )
+    output: str = dataclasses.field(default="mined", metadata={"help": "Output `datasets` folder (n-tuples)."})
+    corpus: str | None = dataclasses.field(
+        default=None, metadata={"help": "A `datasets` folder with id/text, or a BEIR folder (its corpus.jsonl)."}
+    )
+    split: str = dataclasses.field(default="train", metadata={"help": "Split of rag24 / BEIR input."})
+    model: str | None = dataclasses.field(
+        default=None, metadata={"help": "The current student (Hub id or folder; default the embedded MiniLM)."}
+    )
+    num_negatives: int = dataclasses.field(default=16, metadata={"help": "Negatives (candidates) per row."})
+    range_min: int = dataclasses.field(default=0, metadata={"help": "First rank (0-based, positives removed)."})
+    range_max: int = dataclasses.field(default=100, metadata={"help": "Ranks below this are candidates."})
+    sampling: str = dataclasses.field(default="top", metadata={"help": "'top' or 'random'."})
+    seed: int = dataclasses.field(default=0, metadata={"help": "Seed of random sampling."})
+    min_grade: int = dataclasses.field(default=2, metadata={"help": "Qrels grade that makes a positive."})
+    positives: str = dataclasses.field(
+        default="all",
+        metadata={"help": "Rows per query: 'all' judged positives, the 'best', or the k best ('2')."},
+    )
+    skip_queries_without_positive: bool = dataclasses.field(
+        default=True, metadata={"help": "Drop queries without a positive (else: error)."}
+    )
+    cache_dir: str | None = dataclasses.field(
+        default=None, metadata={"help": "Corpus-embedding cache folder (default: OUTPUT.embeddings)."}
+    )
+    chunk_size: int = dataclasses.field(default=4096, metadata={"help": "Passages per cached chunk."})
+    batch_size: int = dataclasses.field(default=64, metadata={"help": "Encoding batch size."})
+    max_seq_length: int | None = dataclasses.field(default=None, metadata={"help": "Student max tokens."})
+    factory: str = dataclasses.field(default="Flat", metadata={"help": "faiss.index_factory string."})
+    with_ids: bool = dataclasses.field(default=False, metadata={"help": "Add id columns (for analysis only)."})
+    data_cache_dir: str | None = dataclasses.field(default=None, metadata={"help": "RAG24 data cache folder."})
+    device: str | None = dataclasses.field(default=None, metadata={"help": "cpu, cuda, ... (default: auto)."})
+
+
+@dataclasses.dataclass
+class FilterArguments:
+    """Options of ``md2pr filter``."""
+
+    input: str = dataclasses.field(default="mined", metadata={"help": "`datasets` folder from `md2pr mine`."})
+    output: str = dataclasses.field(default="filtered", metadata={"help": "Output `datasets` folder."})
+    teacher: str | None = dataclasses.field(
+        default=None, metadata={"help": "Cross-encoder (Hub id or folder); none: use the input's scores column."}
+    )
+    rule: str = dataclasses.field(default="dynamic", metadata={"help": "dynamic, margin, relative or absolute."})
+    quantile: float = dataclasses.field(default=0.1, metadata={"help": "dynamic: p of m_r = Q_p(gaps)."})
+    min_margin: float | None = dataclasses.field(default=0.0, metadata={"help": "dynamic: lower clip of m_r."})
+    max_margin: float | None = dataclasses.field(default=None, metadata={"help": "dynamic: upper clip of m_r."})
+    margin: float | None = dataclasses.field(default=None, metadata={"help": "margin rule: m."})
+    relative_margin: float | None = dataclasses.field(default=None, metadata={"help": "relative rule: r."})
+    threshold: float | None = dataclasses.field(default=None, metadata={"help": "absolute rule: tau (logit)."})
+    num_negatives: int = dataclasses.field(default=4, metadata={"help": "Negatives kept per row."})
+    keep_as_positives: bool = dataclasses.field(default=False, metadata={"help": "Flagged -> extra positives."})
+    refill_order: str = dataclasses.field(default="rank", metadata={"help": "'rank' or 'teacher'."})
+    action: str = dataclasses.field(
+        default="drop",
+        metadata={"help": "'drop' flagged candidates (refill), or 'mask': keep them for md2pr train to mask in L_c."},
+    )
+    max_length: int | None = dataclasses.field(default=None, metadata={"help": "Teacher max tokens per pair."})
+    batch_size: int = dataclasses.field(default=32, metadata={"help": "Teacher batch size."})
+    statistics: str | None = dataclasses.field(
+        default=None,
+        metadata={"help": "Statistics JSON; rounds already in it are continued (default OUTPUT/md2pr_filter.json)."},
+    )
+    device: str | None = dataclasses.field(default=None, metadata={"help": "cpu, cuda, ... (default: auto)."})
+
+
+class _Positional(argparse.Action):
+    """Registers a dataclass field as a positional argument: ``HfArgumentParser`` only makes ``--options``, and
+    argparse accepts an action factory that builds the action without option strings."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__([], dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+
+
+@dataclasses.dataclass
+class PushArguments:
+    run_or_model_dir: str = dataclasses.field(
+        metadata={
+            "action": _Positional,
+            "metavar": "RUN_OR_MODEL_DIR",
+            "help": "A saved SentenceTransformer folder, or a run folder (model/, metrics.json, run_info.json, *.png).",
+        }
+    )
+    repo_id: str = dataclasses.field(metadata={"help": "The Hub repo, NAMESPACE/NAME (e.g. alice/md2pr-minilm)."})
+    private: bool = dataclasses.field(default=False, metadata={"help": "Create the repo private (new repos only)."})
+    revision: str | None = dataclasses.field(
+        default=None, metadata={"help": "Branch to push to (created from main if missing; default main)."}
+    )
+    dry_run: bool = dataclasses.field(
+        default=False, metadata={"help": "Print what would be uploaded (paths, sizes, repo, flags); call no Hub API."}
+    )
+    commit_message: str | None = dataclasses.field(default=None, metadata={"help": "The commit message."})

@@ -1,0 +1,58 @@
+"""``md2pr eval``: retrieval quality of a SentenceTransformer on a collection split."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from md2pr_st.cli.arguments import DataArguments, EvalArguments
+
+
+def run_eval(data_args: DataArguments, args: EvalArguments) -> dict:
+    from sentence_transformers import SentenceTransformer
+
+    from md2pr_st.evaluation import RetrievalEvaluator, format_table
+    from md2pr_st.index import FaissIndex, IndexMismatchError
+    from md2pr_st.models import DEFAULT_STUDENT_ID, resolve_model_name
+    from md2pr_st.utils import write_json
+
+    start = time.perf_counter()
+    data = data_args.load()
+    model_name = resolve_model_name(args.model)
+    model = SentenceTransformer(model_name, device=args.device)
+    evaluator = RetrievalEvaluator(
+        data, args.metrics, args.relevance_cut, args.index_factory, args.batch_size, show_progress_bar=True
+    )
+    index = None
+    if args.index_dir and Path(args.index_dir).exists():
+        try:
+            index = FaissIndex.load(args.index_dir, model=model, corpus=data.corpus)
+            print(f"Reusing the index in {args.index_dir}", file=sys.stderr)
+        except IndexMismatchError as exc:
+            print(f"Not reusing {args.index_dir}: {exc}", file=sys.stderr)
+    if index is None:
+        index = FaissIndex.from_model(model, data.corpus, args.index_factory, args.batch_size, show_progress_bar=True)
+        if args.index_dir:
+            index.save(args.index_dir)
+    result, _ = evaluator.evaluate(model, index=index)
+    result = {
+        **{m: result[m] for m in args.metrics},
+        "n_queries": result["n_queries"],
+        "n_queries_skipped": result["n_queries_skipped"],
+        "corpus_size": result["corpus_size"],
+        "relevance_cut": args.relevance_cut,
+        "model": args.model or f"{DEFAULT_STUDENT_ID} (embedded)",
+        "dataset": data.name,
+        "index_factory": args.index_factory,
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    print(format_table({Path(str(args.model or DEFAULT_STUDENT_ID)).name: result}, args.metrics))
+    print(
+        f"{data.name}: {result['n_queries']} queries ({result['n_queries_skipped']} without a document at grade >= "
+        f"{args.relevance_cut} skipped), corpus of {result['corpus_size']:,} passages"
+    )
+    if args.output:
+        write_json(args.output, result)
+        print(f"Wrote {args.output}")
+    return result

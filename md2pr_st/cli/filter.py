@@ -1,0 +1,63 @@
+"""``md2pr filter``: one round of false-negative filtering of a mined ``datasets`` folder."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from md2pr_st.cli.arguments import FilterArguments
+from md2pr_st.utils import atomic_path
+
+
+def run_filter(args: FilterArguments) -> dict:
+    """``md2pr filter``: one round of false-negative filtering; writes the dataset, JSON statistics and a PNG."""
+    from datasets import load_from_disk
+
+    from md2pr_st.false_negatives import FalseNegativeFilter
+
+    teacher = None
+    if args.teacher:
+        from md2pr_st.teacher import Teacher
+
+        teacher = Teacher(args.teacher, max_length=args.max_length, batch_size=args.batch_size, device=args.device)
+    source = Path(args.input)
+    if not source.is_dir():
+        raise FileNotFoundError(f"--input {args.input} is not a `datasets` folder (the output of md2pr mine).")
+    dataset = load_from_disk(str(source))
+    extra = [c for c in dataset.column_names if c in ("query_id", "positive_id", "negative_ids")]
+    if extra:
+        dataset = dataset.remove_columns(extra)
+    fn_filter = FalseNegativeFilter(
+        teacher,
+        args.rule,
+        quantile=args.quantile,
+        min_margin=args.min_margin,
+        max_margin=args.max_margin,
+        margin=args.margin,
+        relative_margin=args.relative_margin,
+        threshold=args.threshold,
+        num_negatives=args.num_negatives,
+        keep_as_positives=args.keep_as_positives,
+        refill_order=args.refill_order,
+        action=args.action,
+        batch_size=args.batch_size,
+        show_progress_bar=True,
+    )
+    stats_path = Path(args.statistics) if args.statistics else None
+    if stats_path is not None and stats_path.is_file():
+        fn_filter.load_statistics(stats_path)
+    filtered = fn_filter.apply(dataset)
+    with atomic_path(args.output, is_dir=True) as tmp:
+        filtered.save_to_disk(str(tmp))
+        fn_filter.save_statistics(tmp / "md2pr_filter.json")
+        fn_filter.plot(tmp / "md2pr_filter_gaps.png")
+    if stats_path is not None:
+        fn_filter.save_statistics(stats_path)
+    last = fn_filter.statistics["rounds"][-1]
+    margin = "" if last["margin"] is None else f", margin {last['margin']:.4f}"
+    print(
+        f"Round {last['round']} ({args.rule}{margin}): {last['flagged']:,} of {last['candidates_scored']:,} "
+        f"candidates flagged, {last['dropped_rows']:,} rows dropped, {last['rows_out']:,} rows -> {args.output}",
+        file=sys.stderr,
+    )
+    return last

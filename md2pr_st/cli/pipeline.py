@@ -1,0 +1,33 @@
+"""``md2pr pipeline`` and ``md2pr demo``: the whole MD2PR pipeline on a collection's train / dev / test splits."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from typing import Any
+
+from md2pr_st.cli.arguments import DataArguments, LossArguments, PipelineArguments
+
+
+def command_line() -> str:
+    """The command that is running, for the model card (arguments quoted)."""
+    return " ".join(shlex.quote(a) for a in ["md2pr", *sys.argv[1:]])
+
+
+def run_pipeline_command(
+    data_args: DataArguments, args: PipelineArguments, loss_args: LossArguments
+) -> dict[str, Any]:
+    """Load the splits, run (or resume) the pipeline, print the before / after / teacher-rerank table on test."""
+    from md2pr_st.evaluation import REPORT_METRICS, format_table
+    from md2pr_st.pipeline import run_pipeline
+
+    splits = data_args.load_splits()
+    metrics = run_pipeline(splits, args, loss_args, command=command_line())
+    rows = {"before (student)": metrics["before"], "after (MD2PR)": metrics["after"]}
+    rows[f"teacher rerank@{args.rerank_k}"] = metrics["teacher_rerank"]
+    print(format_table(rows, REPORT_METRICS))
+    after = metrics["after"]
+    print(
+        f"{splits['test'].name}: {after['n_queries']} queries, corpus {after['corpus_size']:,}; run folder {args.output_dir}"
+    )
+    return metrics

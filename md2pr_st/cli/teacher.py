@@ -1,0 +1,40 @@
+"""``md2pr teacher``: stage 0 alone, the cross-encoder teacher trained on the train split."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from md2pr_st.cli.arguments import DataArguments, TeacherArguments
+
+
+def run_teacher(data_args: DataArguments, args: TeacherArguments) -> dict[str, Any]:
+    """Train the teacher on the train split and report the teacher-vs-student nDCG@10 gap on dev."""
+    from md2pr_st.teacher import TEACHER_REPORT, train_teacher
+
+    train, dev = data_args.load("train"), data_args.load("dev")
+    path = train_teacher(
+        train,
+        args.output_dir,
+        base_model=args.base_model,
+        dev=dev,
+        student=args.student,
+        max_length=args.max_length,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        random_negatives=args.random_negatives,
+        max_pairs=args.max_pairs,
+        seed=args.seed,
+        device=args.device,
+        overwrite=args.overwrite,
+    )
+    report = json.loads((Path(path) / TEACHER_REPORT).read_text(encoding="utf-8"))
+    gap = report.get("dev", {})
+    if gap:
+        print(
+            f"Teacher {path}: dev {gap['metric']} reranking the judged pools: teacher {gap['teacher']:.4f}, "
+            f"student {gap['student']:.4f}, gap {gap['gap']:+.4f}"
+        )
+    return report

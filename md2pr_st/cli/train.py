@@ -1,0 +1,50 @@
+"""``md2pr train``: one student training stage with MD2PRLoss on a filtered ``datasets`` folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from md2pr_st.cli.arguments import LossArguments, TrainArguments
+
+
+def run_train(args: TrainArguments, loss_args: LossArguments | None = None) -> Path:
+    """Train a student with MD2PRLoss on a filtered dataset folder (resumes from its last checkpoint)."""
+    from datasets import load_from_disk
+
+    from md2pr_st.student import train_student
+    from md2pr_st.teacher import Teacher
+
+    folder = Path(args.input)
+    if not (folder / "dataset_info.json").is_file() and not (folder / "state.json").is_file():
+        raise FileNotFoundError(
+            f"{folder} is not a `datasets` folder (save_to_disk). Make one with `md2pr mine` and `md2pr filter`."
+        )
+    dataset = load_from_disk(str(folder))
+    loss_args = loss_args or LossArguments()
+    if loss_args.beta > 0 and args.teacher is None:
+        raise ValueError("The word-level loss (beta > 0) needs an online teacher: pass --teacher, or --beta 0.")
+    teacher = Teacher(args.teacher, max_length=args.teacher_max_length, device=args.device) if args.teacher else None
+    margin = args.false_negative_margin
+    stats_file = folder / "md2pr_filter.json"  # written by md2pr filter
+    if margin is None and stats_file.is_file():
+        last = (json.loads(stats_file.read_text(encoding="utf-8")).get("rounds") or [{}])[-1]
+        if last.get("action") == "mask" and last.get("margin") is not None:
+            margin = float(last["margin"])
+            print(f"{folder} was filtered with action='mask': masking with its margin {margin:g} in L_c")
+    path, _ = train_student(
+        args.model,
+        dataset,
+        args.output_dir,
+        loss_args,
+        teacher=teacher,
+        false_negative_margin=margin,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        max_seq_length=args.max_seq_length,
+        seed=args.seed,
+        device=args.device,
+    )
+    print(f"Saved the student to {path}")
+    return path

@@ -1,0 +1,232 @@
+"""Corpus embeddings computed once per model state, in chunks, cached on disk and resumable.
+
+Encoding the corpus is the expensive part of mining and evaluation. :class:`CorpusEmbeddingCache` encodes it in
+chunks of ``chunk_size`` passages, each chunk written atomically to disk under a key made of the model's
+fingerprint (weights and settings), the corpus fingerprint (ids and texts) and the chunk size. An interrupted run
+finds the finished chunks and encodes only the rest; a new student (the next round) gets a new key. Only one chunk
+of passage texts is held in memory at a time, and :meth:`CorpusEmbeddingCache.build_index` fills the index chunk by
+chunk.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import faiss
+import numpy as np
+from datasets import Dataset
+from tqdm.auto import tqdm
+
+from md2pr_st.data import corpus_fingerprint
+from md2pr_st.index.encoding import encode
+from md2pr_st.index.faiss_index import FaissIndex
+from md2pr_st.models import model_fingerprint
+from md2pr_st.utils import atomic_path, fingerprint, write_json
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+logger = logging.getLogger(__name__)
+
+# Bump when the on-disk layout of the embedding cache changes, so that old caches are not misread.
+_CACHE_FORMAT = 1
+_MANIFEST = "manifest.json"
+
+
+def check_corpus(corpus: Dataset) -> None:
+    if not isinstance(corpus, Dataset):
+        raise TypeError(f"The corpus must be a datasets.Dataset with columns 'id' and 'text', got {type(corpus)}.")
+    missing = {"id", "text"} - set(corpus.column_names)
+    if missing:
+        raise ValueError(
+            f"The corpus needs columns 'id' and 'text'; it lacks {sorted(missing)} (it has {corpus.column_names}). "
+            "Rename them, e.g. corpus.rename_column('_id', 'id')."
+        )
+    if len(corpus) == 0:
+        raise ValueError("The corpus is empty: mining needs passages to retrieve negatives from.")
+
+
+class CorpusEmbeddingCache:
+    """Document embeddings of a corpus for one model, computed in chunks and cached on disk, resumable.
+
+    The cache folder is ``folder / key[:16]`` with ``key = sha256(format, model_fingerprint, corpus_fingerprint,
+    chunk_size)``; it holds ``manifest.json`` and ``chunk_00000.npy``, ``chunk_00001.npy``, ... (float32, one row
+    per passage, in corpus order). Each chunk is written atomically, so a crash leaves finished chunks intact and
+    the next :meth:`compute` encodes only the missing ones. A chunk that cannot be read or has the wrong shape is
+    recomputed. Without a ``folder`` nothing is written and :meth:`iter_chunks` encodes on the fly.
+
+    Args:
+        model: the student (a ``SentenceTransformer``); passages are encoded with ``encode_document``.
+        corpus: a ``Dataset`` with columns ``id`` and ``text``.
+        folder: the cache root (``None``: no disk cache).
+        chunk_size: passages per chunk (and per file); bounds the texts held in memory.
+        batch_size: encoding batch size.
+        show_progress_bar: a bar over chunks.
+
+    Example:
+        >>> import tempfile
+        >>> from sentence_transformers import SentenceTransformer
+        >>> from md2pr_st.models import resolve_model_name
+        >>> model = SentenceTransformer(resolve_model_name(None), device="cpu")
+        >>> corpus = Dataset.from_dict({"id": ["a", "b", "c"], "text": ["Paris.", "Tea is a drink.", "Cats."]})
+        >>> cache = CorpusEmbeddingCache(model, corpus, tempfile.mkdtemp(), chunk_size=2)
+        >>> cache.compute().shape, cache.num_chunks, cache.finished_chunks()
+        ((3, 384), 2, [0, 1])
+    """
+
+    def __init__(
+        self,
+        model: SentenceTransformer,
+        corpus: Dataset,
+        folder: str | Path | None = None,
+        *,
+        chunk_size: int = 4096,
+        batch_size: int = 64,
+        show_progress_bar: bool | None = None,
+    ) -> None:
+        check_corpus(corpus)
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be a positive number of passages, got {chunk_size}.")
+        self.model = model
+        self.corpus = corpus
+        self.chunk_size = int(chunk_size)
+        self.batch_size = batch_size
+        self.show_progress_bar = show_progress_bar
+        self.model_fingerprint = model_fingerprint(model)
+        self.corpus_fingerprint = corpus_fingerprint(corpus)
+        self.key = fingerprint(
+            ["md2pr-corpus-embeddings", str(_CACHE_FORMAT), self.model_fingerprint, self.corpus_fingerprint]
+            + [str(self.chunk_size)]
+        )
+        self.path = Path(folder) / self.key[:16] if folder is not None else None
+        self.dim: int | None = None
+        self.encoded_chunks = 0  # chunks encoded (not read from disk) by this object
+
+    @property
+    def num_chunks(self) -> int:
+        return (len(self.corpus) + self.chunk_size - 1) // self.chunk_size
+
+    def _rows(self, chunk: int) -> int:
+        return min(self.chunk_size, len(self.corpus) - chunk * self.chunk_size)
+
+    def _chunk_path(self, chunk: int) -> Path:
+        assert self.path is not None
+        return self.path / f"chunk_{chunk:05d}.npy"
+
+    def _write_manifest(self) -> None:
+        assert self.path is not None
+        manifest = self.path / _MANIFEST
+        if not manifest.is_file():
+            write_json(
+                manifest,
+                {
+                    "format": _CACHE_FORMAT,
+                    "model_fingerprint": self.model_fingerprint,
+                    "corpus_fingerprint": self.corpus_fingerprint,
+                    "size": len(self.corpus),
+                    "chunk_size": self.chunk_size,
+                    "num_chunks": self.num_chunks,
+                },
+            )
+
+    def _load_chunk(self, chunk: int) -> np.ndarray | None:
+        path = self._chunk_path(chunk)
+        if not path.is_file():
+            return None
+        try:
+            array = np.load(path, mmap_mode="r")
+        except Exception as exc:  # a damaged file is recomputed, never trusted
+            logger.warning("Embedding chunk %s is unreadable (%s); recomputing it.", path, exc)
+            return None
+        if array.ndim != 2 or array.shape[0] != self._rows(chunk) or array.dtype != np.float32:
+            logger.warning(
+                "Embedding chunk %s has shape %s, expected %d rows; recomputing.", path, array.shape, self._rows(chunk)
+            )
+            return None
+        return array
+
+    def finished_chunks(self) -> list[int]:
+        """Indices of the chunks already on disk (and readable)."""
+        if self.path is None:
+            return []
+        return [i for i in range(self.num_chunks) if self._load_chunk(i) is not None]
+
+    def _encode_chunk(self, chunk: int) -> np.ndarray:
+        start = chunk * self.chunk_size
+        texts = self.corpus[start : start + self.chunk_size]["text"]
+        embeddings = encode(self.model, texts, "document", self.batch_size, show_progress_bar=False)
+        self.encoded_chunks += 1
+        return embeddings
+
+    def iter_chunks(self) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield ``(first_row, embeddings)`` per chunk in corpus order, encoding (and saving) missing chunks."""
+        if self.path is not None:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self._write_manifest()
+        bar = tqdm(
+            range(self.num_chunks),
+            desc="Encoding corpus (chunks)",
+            disable=self.show_progress_bar is False or (self.show_progress_bar is None and self.num_chunks < 2),
+        )
+        for chunk in bar:
+            array = self._load_chunk(chunk) if self.path is not None else None
+            if array is None:
+                array = self._encode_chunk(chunk)
+                if self.path is not None:
+                    with atomic_path(self._chunk_path(chunk)) as tmp:
+                        with open(tmp, "wb") as handle:
+                            np.save(handle, array)
+            self.dim = int(array.shape[1])
+            yield chunk * self.chunk_size, array
+
+    def compute(self) -> np.ndarray:
+        """All embeddings as one ``(len(corpus), dim)`` float32 array (computing missing chunks first)."""
+        return np.concatenate([np.asarray(array) for _, array in self.iter_chunks()], axis=0)
+
+    def build_index(
+        self, factory: str = "Flat", train_size: int = 100_000, seed: int = 0, **search_params: Any
+    ) -> FaissIndex:
+        """A :class:`~md2pr_st.index.FaissIndex` over the corpus, filled chunk by chunk.
+
+        Indexes that need training (IVF, PQ, ...) are trained on the first ``train_size`` rows' worth of chunks
+        (sampled with ``seed`` when more are read).
+        """
+        index: faiss.Index | None = None
+        pending: list[np.ndarray] = []
+        for _, array in self.iter_chunks():
+            array = np.ascontiguousarray(array, dtype=np.float32)
+            if not np.isfinite(array).all():
+                raise ValueError("Some corpus embeddings are NaN or infinite; check the model and the passages.")
+            if index is None:
+                index = faiss.index_factory(array.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
+            if not index.is_trained:
+                pending.append(array)
+                if sum(len(a) for a in pending) < train_size:
+                    continue
+                sample = np.concatenate(pending)
+                if len(sample) > train_size:
+                    rows = np.random.default_rng(seed).choice(len(sample), train_size, replace=False)
+                    sample = sample[np.sort(rows)]
+                index.train(sample)
+                for part in pending:
+                    index.add(part)
+                pending = []
+                continue
+            index.add(array)
+        if pending:  # a small corpus: train on all of it
+            sample = np.concatenate(pending)
+            index.train(sample)
+            index.add(sample)
+        assert index is not None
+        out = FaissIndex(index, self.corpus["id"], self.model_fingerprint, self.corpus_fingerprint, factory)
+        out.set_search_params(**search_params)
+        return out
+
+
+def load_manifest(cache_path: str | Path) -> dict:
+    """The manifest of a :class:`CorpusEmbeddingCache` folder."""
+    return json.loads((Path(cache_path) / _MANIFEST).read_text(encoding="utf-8"))

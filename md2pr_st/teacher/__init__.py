@@ -1,0 +1,25 @@
+"""The teacher: a frozen cross-encoder (logits and attention), graded judgements as scores, and teacher training.
+
+- ``cross_encoder.py``: :class:`Teacher` (logits ``t(q, d)``, query-to-passage :class:`AttentionBlock`)
+- ``scoring.py``: :func:`score_candidates` (the one place that builds the pairs a teacher scores), :class:`QrelsScorer`
+- ``training.py``: :func:`train_teacher` (``CrossEncoderTrainer``), :func:`reranking_gap` (what there is to distil)
+"""
+
+from __future__ import annotations
+
+from md2pr_st.teacher.cross_encoder import AttentionBlock, Teacher, TeacherOutput
+from md2pr_st.teacher.scoring import QrelsScorer, candidate_pairs, score_candidates
+from md2pr_st.teacher.training import TEACHER_REPORT, reranking_gap, teacher_training_pairs, train_teacher
+
+__all__ = [
+    "TEACHER_REPORT",
+    "AttentionBlock",
+    "QrelsScorer",
+    "Teacher",
+    "TeacherOutput",
+    "candidate_pairs",
+    "reranking_gap",
+    "score_candidates",
+    "teacher_training_pairs",
+    "train_teacher",
+]
