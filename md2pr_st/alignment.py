@@ -269,11 +269,14 @@ def pooling_matrices(groups: Sequence[tuple[list[int], list[int]]], length: int,
     return row_mean, col_sum
 
 
-def pool_teacher_attention(weights: Tensor | np.ndarray, alignment: PairAlignment) -> np.ndarray:
+def pool_teacher_attention(
+    weights: Tensor | np.ndarray, alignment: PairAlignment, temperature: float = 1.0
+) -> np.ndarray:
     """The teacher's attention block pooled onto the aligned units, rows renormalised over the kept passage units.
 
-    ``T = renorm_rows(R_q A C_d)`` with ``R_q`` averaging each query unit's rows and ``C_d`` summing each passage
-    unit's columns (see the module docstring for why). Token-mode alignments (all units single tokens) reduce to
+    ``T = renorm_rows((R_q A C_d)^(1 / T_a))`` with ``R_q`` averaging each query unit's rows, ``C_d`` summing each
+    passage unit's columns (see the module docstring for why) and ``T_a`` the attention ``temperature``: 1 keeps
+    the attention as it is, ``T_a < 1`` sharpens each row (``softmax(log(row) / T_a)``). Token-mode alignments (all units single tokens) reduce to
     selecting rows and columns. Computed in numpy: these are many tiny per-pair operations, where torch's
     per-call overhead (and thread wake-ups) would dominate.
 
@@ -285,6 +288,8 @@ def pool_teacher_attention(weights: Tensor | np.ndarray, alignment: PairAlignmen
         >>> passage = SideAlignment([([1], [0]), ([2, 3], [1, 2])], "word")
         >>> pool_teacher_attention(weights, PairAlignment(query, passage))
         array([[0.3, 0.7]], dtype=float32)
+        >>> pool_teacher_attention(weights, PairAlignment(query, passage), temperature=0.5).round(4)  # 0.09 : 0.49
+        array([[0.1552, 0.8448]], dtype=float32)
     """
     a = weights.numpy() if isinstance(weights, Tensor) else np.asarray(weights)
     a = a.astype(np.float32, copy=False)
@@ -298,5 +303,9 @@ def pool_teacher_attention(weights: Tensor | np.ndarray, alignment: PairAlignmen
         pooled = rows[:, [g[0] for g in passage_groups]]
     else:
         pooled = np.stack([rows[:, g].sum(axis=1) for g in passage_groups], axis=1)
+    if temperature != 1.0:
+        # Scaled by the row maximum first, so that the power cannot underflow the whole row.
+        peak = np.maximum(pooled.max(axis=1, keepdims=True), np.finfo(np.float32).tiny)
+        pooled = (pooled / peak) ** (1.0 / temperature)
     total = pooled.sum(axis=1, keepdims=True)
     return pooled / np.maximum(total, np.finfo(np.float32).tiny)

@@ -111,6 +111,9 @@ class LossArguments:
     student_temperature: float = dataclasses.field(default=0.05, metadata={"help": "T_s of the sentence level."})
     teacher_temperature: float = dataclasses.field(default=1.0, metadata={"help": "T_t of the sentence level."})
     word_temperature: float = dataclasses.field(default=0.05, metadata={"help": "tau_w of the word level."})
+    attention_temperature: float = dataclasses.field(
+        default=1.0, metadata={"help": "T_a of the word level: the teacher's attention rows become A^(1/T_a)."}
+    )
 
 
 @dataclasses.dataclass

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from md2pr_st import _host
 from md2pr_st.alignment import StudentText, decode_student_texts
 from md2pr_st.teacher import Teacher
 
@@ -22,7 +23,7 @@ logger = logging.getLogger(__name__)
 
 MD2PR_CITATION = """
 @misc{li2023md2pr,
-      title={MD2PR: A Multi-level Distillation based Dense Passage Retrieval Model},
+      title={A Multi-level Distillation based Dense Passage Retrieval Model},
       author={Haifeng Li and Mo Hai and Dong Tang},
       year={2023},
       eprint={2312.16821},
@@ -55,13 +56,9 @@ def prompt_length_of(features: dict[str, Any]) -> int | None:
 
 def student_tokenizer(model: nn.Module, features: dict[str, Any]) -> Any:
     """The tokenizer that produced ``features``: the routed tower's for a ``Router``, else the model's."""
-    try:
-        from sentence_transformers.base.modules.router import Router
-    except ImportError:  # pragma: no cover
-        Router = ()  # noqa: N806
     first = model[0] if isinstance(model, nn.Sequential) and len(model) else None
-    if isinstance(first, Router):
-        route = first._resolve_route(task=features.get("task"), modality=features.get("modality", "text"))
+    if isinstance(first, _host.Router):
+        route = _host.router_route(first, features)
         for module in first.sub_modules[route]:
             tokenizer = getattr(module, "tokenizer", None)
             if tokenizer is not None:
@@ -108,12 +105,10 @@ def embed_with_tokens(model: nn.Module, features_list: Sequence[dict[str, Any]])
     allow it (as the host's ``embed_columns`` does). ``token_embeddings`` are the output of the student's
     ``Transformer`` module (its last layer), which ``Pooling`` leaves in the output dict.
     """
-    from sentence_transformers.base.losses.merged_forward import merge_feature_batches
-
     query = model(features_list[0])
     outputs = [{key: query[key] for key in ("sentence_embedding", "token_embeddings", "attention_mask")}]
     candidates = list(features_list[1:])
-    merged = merge_feature_batches(candidates) if len(candidates) > 1 else None
+    merged = _host.merge_feature_batches(candidates) if len(candidates) > 1 else None
     if merged is not None:
         outputs += _split_output(model(merged), len(candidates))
     else:
@@ -161,18 +156,13 @@ def check_teacher_scores(loss_name: str, scores: Tensor, batch_size: int, num_ca
         )
 
 
-def warn_softmax_underflow(loss_name: str, scores: Tensor, temperature: float, what: str) -> None:
-    """Warn once when ``softmax(scores / temperature)`` underflows to exact zeros in float32."""
+def check_teacher_target_scale(loss_name: str, scores: Tensor, temperature: float) -> None:
+    """The host's first-batch check of a distillation target: NaN teacher scores raise, and a warning names the
+    temperature to raise when ``softmax(scores / temperature)`` underflows to exact zeros."""
+    from sentence_transformers.util import check_teacher_targets
+
     probabilities = torch.softmax(scores.detach().float() / temperature, dim=-1)
-    collapsed = int((probabilities == 0).sum())
-    if collapsed:
-        spread = (scores.max(dim=-1).values - scores.min(dim=-1).values).max().item()
-        logger.warning(
-            f"{loss_name}: {what}={temperature} underflows {collapsed} of {probabilities.numel()} softmax "
-            f"probabilities to exactly zero, so those candidates carry no gradient. The widest row spans "
-            f"{spread:.1f}, and a float32 softmax underflows once spread / temperature exceeds about 100. Raise "
-            f"{what} above {spread / 100:.3g}."
-        )
+    check_teacher_targets(probabilities, scores, temperature, loss_name)
 
 
 def check_positive(name: str, value: float) -> float:
@@ -198,7 +188,16 @@ def online_scores(
             "Hub id or local folder, or an md2pr_st.teacher.Teacher) to score the pairs online."
         )
     texts = decode_columns(model, features_list)
-    queries = texts[0]
-    pairs = [(queries[b].text, column[b].text) for column in texts[1:] for b in range(len(queries))]
-    scores = torch.as_tensor(teacher.score(pairs, batch_size=teacher.batch_size, show_progress_bar=False))
-    return scores.reshape(len(texts) - 1, len(queries)).T.contiguous(), texts
+    scores = torch.as_tensor(teacher.score(teacher_pairs(texts), show_progress_bar=False))
+    return scores.reshape(len(texts[0]), len(texts) - 1), texts
+
+
+def teacher_pairs(texts: Sequence[Sequence[StudentText]]) -> list[tuple[str, str]]:
+    """The (query, candidate) pairs of a batch for the teacher, row-major (pair ``b * N + c``: query b, column c),
+    from the decoded texts of each column (query column first)."""
+    from md2pr_st.teacher import candidate_pairs
+
+    queries, columns = texts[0], texts[1:]
+    return candidate_pairs(
+        [q.text for q in queries], [[column[b].text for column in columns] for b in range(len(queries))]
+    )

@@ -8,18 +8,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from md2pr_st import _host
 from md2pr_st.losses._shared import cat_padded
 from md2pr_st.losses.md2pr import MD2PRLoss
 from md2pr_st.teacher import Teacher
 
 
-def _gradcache():
-    from sentence_transformers.base.losses import gradcache
-
-    return gradcache
-
-
-class CachedMD2PRLoss(MD2PRLoss, _gradcache().CachedLossMixin):
+class CachedMD2PRLoss(MD2PRLoss, _host.CachedLossMixin):
     def __init__(
         self,
         model: Any,
@@ -111,13 +106,12 @@ class CachedMD2PRLoss(MD2PRLoss, _gradcache().CachedLossMixin):
         random_state: Any = None,
     ) -> tuple[Tensor, Any]:
         """Embed a mini-batch; with beta > 0, pack ``[sentence_embedding | token_embeddings.flatten]`` per row."""
-        gradcache = _gradcache()
         grad_context = nullcontext if with_grad else torch.no_grad
         random_state_context = nullcontext() if random_state is None else random_state
-        minibatch = gradcache._create_minibatch(sentence_feature, begin, end)
+        minibatch = _host.create_minibatch(sentence_feature, begin, end)
         with random_state_context:
             with grad_context():
-                random_state = gradcache.RandContext(*minibatch.values()) if copy_random_state else None
+                random_state = _host.RandContext(*minibatch.values()) if copy_random_state else None
                 output = self.model(minibatch)
                 reps = output["sentence_embedding"]
                 self._embedding_dim = reps.shape[-1]

@@ -7,31 +7,28 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from sentence_transformers.util import cos_sim, similarity_fct_name
 from torch import Tensor, nn
 
+from md2pr_st import _host
 from md2pr_st.losses._shared import (
     MD2PR_CITATION,
     as_teacher,
     check_columns,
     check_positive,
     check_teacher_scores,
+    check_teacher_target_scale,
     check_weight,
     decode_columns,
     embed_with_tokens,
     teacher_name,
-    warn_softmax_underflow,
+    teacher_pairs,
 )
 from md2pr_st.losses.sentence_level_distillation import sentence_level_kl
-from md2pr_st.losses.word_level_distillation import WordLevelDistillationLoss, word_level_loss_from_outputs
+from md2pr_st.losses.word_level_distillation import SameVocabulary, word_level_loss_from_outputs
 from md2pr_st.teacher import Teacher
 
 logger = logging.getLogger(__name__)
-
-
-def _batch_size(features: dict[str, Tensor]) -> int:
-    from sentence_transformers.base.losses.gradcache import _get_batch_size
-
-    return _get_batch_size(features)
 
 
 def false_negative_mask(teacher_scores: Tensor, margin: float | None) -> Tensor:
@@ -109,6 +106,7 @@ class MD2PRLoss(nn.Module):
         student_temperature: float = 0.05,
         teacher_temperature: float = 1.0,
         word_temperature: float = 0.05,
+        attention_temperature: float = 1.0,
         false_negative_margin: float | None = 0.0,
         gather_across_devices: bool = False,
         word_level_chunk_size: int = 64,
@@ -155,6 +153,7 @@ class MD2PRLoss(nn.Module):
             student_temperature: T_s of L_s.
             teacher_temperature: T_t of L_s, on the teacher's logit scale.
             word_temperature: tau_w of L_w.
+            attention_temperature: T_a of L_w: the teacher's attention rows become ``A^(1 / T_a)`` renormalised.
             false_negative_margin: m in ``t(q, d) >= t(q, d+) - m`` (logit units). None disables the masking.
             gather_across_devices: Gather queries and candidates from all processes (with gradients) so every
                 device's queries see every device's candidates as in-batch negatives, as in
@@ -218,7 +217,6 @@ class MD2PRLoss(nn.Module):
                 model.save("md2pr-minilm")  # loads with SentenceTransformer("md2pr-minilm"), no md2pr_st needed
         """
         super().__init__()
-        from sentence_transformers.util import cos_sim
 
         self.model = model
         self.teacher = as_teacher(teacher)
@@ -229,6 +227,7 @@ class MD2PRLoss(nn.Module):
         self.student_temperature = check_positive("student_temperature", student_temperature)
         self.teacher_temperature = check_positive("teacher_temperature", teacher_temperature)
         self.word_temperature = check_positive("word_temperature", word_temperature)
+        self.attention_temperature = check_positive("attention_temperature", attention_temperature)
         if false_negative_margin is not None:
             false_negative_margin = float(false_negative_margin)
         self.false_negative_margin = false_negative_margin
@@ -238,24 +237,15 @@ class MD2PRLoss(nn.Module):
                 "MD2PRLoss with beta > 0 (word-level distillation) needs an online teacher for its attention: pass "
                 "teacher= a CrossEncoder, a Hub id / local folder, or an md2pr_st.teacher.Teacher, or set beta=0."
             )
-        # The word-level part reuses WordLevelDistillationLoss's tokenizer bookkeeping (not its forward).
-        self._word_level = (
-            WordLevelDistillationLoss(model, self.teacher, word_temperature, word_level_chunk_size)
-            if self.beta > 0
-            else None
-        )
+        if int(word_level_chunk_size) < 1:
+            raise ValueError(f"word_level_chunk_size must be a positive integer, got {word_level_chunk_size!r}.")
         self.word_level_chunk_size = int(word_level_chunk_size)
+        # Which student tokenizers share the teacher's vocabulary (a plain object: no module, no parameters).
+        self._same_vocabulary = SameVocabulary(self.teacher.tokenizer) if self.beta > 0 else None
+        self.last_aligned_fraction: float | None = None
         self.last_masked_fraction: float | None = None
         self.masked_counts = {"flagged": 0, "hard_negatives": 0}
         self._checked_first_batch = False
-
-    # The word-level helper holds the same model and teacher: keep it out of the module tree (no duplicate
-    # parameters for the optimizer, no second copy of the teacher in state dicts).
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name == "_word_level":
-            object.__setattr__(self, name, value)
-        else:
-            super().__setattr__(name, value)
 
     def forward(
         self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor | None = None
@@ -265,16 +255,14 @@ class MD2PRLoss(nn.Module):
         if self.beta > 0:
             outputs = embed_with_tokens(self.model, sentence_features)
         else:
-            from sentence_transformers.base.losses.merged_forward import embed_columns
-
-            outputs = [{"sentence_embedding": e} for e in embed_columns(self.model, sentence_features)]
+            outputs = [{"sentence_embedding": e} for e in _host.embed_columns(self.model, sentence_features)]
         return self.compute_loss_from_outputs(outputs, teacher_scores, texts, blocks, sentence_features)
 
     def prepare_teacher(
         self, sentence_features: list[dict[str, Tensor]], labels: Tensor | None
     ) -> tuple[Tensor | None, list | None, list | None]:
         """Input checks, then the teacher's side of a batch: scores (B, 1 + n) from the labels or online, and for the
-        word level the decoded student texts and the teacher's attention blocks (column-major pairs)."""
+        word level the decoded student texts and the teacher's attention blocks (row-major pairs)."""
         name = type(self).__name__
         check_columns(
             name,
@@ -302,8 +290,7 @@ class MD2PRLoss(nn.Module):
                     "column, or pass teacher=..., or set alpha=0 and false_negative_margin=None."
                 )
             texts = decode_columns(self.model, sentence_features)
-            batch = len(texts[0])
-            pairs = [(texts[0][b].text, column[b].text) for column in texts[1:] for b in range(batch)]
+            pairs = teacher_pairs(texts)
             if self.beta > 0:
                 output = self.teacher.score_and_attend(pairs)
                 blocks = output.attention
@@ -311,15 +298,15 @@ class MD2PRLoss(nn.Module):
             else:
                 online = torch.as_tensor(self.teacher.score(pairs, show_progress_bar=False))
             if teacher_scores is None:
-                teacher_scores = online.reshape(num_candidates, batch).T.contiguous()
+                teacher_scores = online.reshape(len(texts[0]), num_candidates)
         if teacher_scores is not None:
-            batch = _batch_size(sentence_features[0])
+            batch = _host.batch_size(sentence_features[0])
             teacher_scores = teacher_scores.float()
             source = "label column" if has_labels else "online teacher output"
             if not self._checked_first_batch or tuple(teacher_scores.shape) != (batch, num_candidates):
                 check_teacher_scores(name, teacher_scores, batch, num_candidates, source)
             if not self._checked_first_batch and self.alpha > 0:
-                warn_softmax_underflow(name, teacher_scores, self.teacher_temperature, "teacher_temperature")
+                check_teacher_target_scale(name, teacher_scores, self.teacher_temperature)
         self._checked_first_batch = True
         return teacher_scores, texts, blocks
 
@@ -357,11 +344,12 @@ class MD2PRLoss(nn.Module):
                 outputs,
                 texts,
                 blocks,
-                self._word_level.same_vocab(self.model, sentence_features),
+                self._same_vocabulary(self.model, sentence_features),
                 self.word_temperature,
                 self.word_level_chunk_size,
+                self.attention_temperature,
             )
-            self._word_level.last_aligned_fraction = targets.aligned_fraction
+            self.last_aligned_fraction = targets.aligned_fraction
             losses["word_level"] = self.beta * word_loss
         return losses
 
@@ -382,21 +370,17 @@ class MD2PRLoss(nn.Module):
         self.masked_counts["hard_negatives"] += total
         self.last_masked_fraction = count / total if total else 0.0
 
-    @property
-    def last_aligned_fraction(self) -> float | None:
-        """Fraction of (query, candidate) pairs of the last batch that the word-level loss could align."""
-        return None if self._word_level is None else self._word_level.last_aligned_fraction
-
     def get_config_dict(self) -> dict[str, Any]:
         config: dict[str, Any] = {
             "teacher": teacher_name(self.teacher),
             "alpha": self.alpha,
             "beta": self.beta,
             "scale": self.scale,
-            "similarity_fct": getattr(self.similarity_fct, "__name__", repr(self.similarity_fct)),
+            "similarity_fct": similarity_fct_name(self.similarity_fct),
             "student_temperature": self.student_temperature,
             "teacher_temperature": self.teacher_temperature,
             "word_temperature": self.word_temperature,
+            "attention_temperature": self.attention_temperature,
             "false_negative_margin": self.false_negative_margin,
             "gather_across_devices": self.gather_across_devices,
         }

@@ -5,17 +5,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from sentence_transformers.util import pairwise_cos_sim, similarity_fct_name
 from torch import Tensor, nn
 
+from md2pr_st import _host
 from md2pr_st.losses._shared import (
     MD2PR_CITATION,
     as_teacher,
     check_columns,
     check_positive,
     check_teacher_scores,
+    check_teacher_target_scale,
     online_scores,
     teacher_name,
-    warn_softmax_underflow,
 )
 from md2pr_st.teacher import Teacher
 
@@ -25,7 +27,7 @@ def sentence_level_kl(
 ) -> Tensor:
     """Listwise KL divergence from the teacher's to the student's distribution over each candidate list.
 
-    ``L_s = 1/B sum_b KL( softmax(t_b / T_t) || softmax(s_b / T_s) ) * T_s^2``, with ``t_b`` and ``s_b`` the
+    ``L_s = 1/B sum_b KL( softmax(t_b / T_t) || softmax(s_b / T_s) )``, with ``t_b`` and ``s_b`` the
     teacher and student scores of query b's candidates (shape ``(B, N)``) and ``KL(p || r) = sum_j p_j log(p_j / r_j)``.
 
     Example:
@@ -39,17 +41,7 @@ def sentence_level_kl(
     student_log_probs = torch.log_softmax(student_scores.float() / student_temperature, dim=-1)
     teacher_probs = torch.softmax(teacher_scores.detach().float() / teacher_temperature, dim=-1)
     kl = torch.xlogy(teacher_probs, teacher_probs) - teacher_probs * student_log_probs
-    return kl.sum(dim=-1).mean() * student_temperature**2
-
-
-def pairwise_cos_sim(a: Tensor, b: Tensor) -> Tensor:
-    """Row-wise cosine similarity of two (B, dim) tensors."""
-    return torch.nn.functional.cosine_similarity(a, b, dim=-1)
-
-
-def pairwise_dot(a: Tensor, b: Tensor) -> Tensor:
-    """Row-wise dot product of two (B, dim) tensors."""
-    return (a * b).sum(dim=-1)
+    return kl.sum(dim=-1).mean()
 
 
 class SentenceLevelDistillationLoss(nn.Module):
@@ -68,9 +60,12 @@ class SentenceLevelDistillationLoss(nn.Module):
         For a query q with candidates D_q = [d+, d1-, ..., dn-], student scores s(q, d) = sim(E(q), E(d)) and
         teacher logits t(q, d)::
 
-            L_s = 1/B sum_q KL( softmax(t(q, D_q) / T_t) || softmax(s(q, D_q) / T_s) ) * T_s^2
+            L_s = 1/B sum_q KL( softmax(t(q, D_q) / T_t) || softmax(s(q, D_q) / T_s) )
 
-        The T_s^2 factor keeps the gradient scale comparable across student temperatures (Hinton et al.).
+        There is no ``T_s^2`` factor: Hinton et al.'s ``T^2`` compensates a *softening* temperature ``T > 1``; at a
+        retrieval temperature such as ``T_s = 0.05`` it would shrink the gradient twentyfold and switch L_s off next
+        to a contrastive loss. The gradient with respect to a student score is
+        ``(softmax(s / T_s) - softmax(t / T_t)) / T_s``, the same scale as InfoNCE's at ``scale = 1 / T_s``.
 
         Teacher scores come from the dataset's label column when there is one (offline, the sentence-transformers
         convention: a list of N scores per row, arriving as a (batch_size, N) tensor), and otherwise from the
@@ -107,8 +102,8 @@ class SentenceLevelDistillationLoss(nn.Module):
         Recommendations:
             - Precompute the teacher scores into a ``scores`` column once per mining round (``Teacher.score``
               caches by text) rather than scoring online every step.
-            - Because of the T_s^2 factor the loss is small at T_s = 0.05; weigh it up when combining it with a
-              contrastive loss (``MD2PRLoss(alpha=...)``).
+            - Check the balance with a contrastive loss on your data (``benchmarks/loss_balance.py`` prints each
+              part's gradient norm next to the contrastive one's) before changing ``alpha``.
 
         Relations:
             - :class:`~sentence_transformers.sentence_transformer.losses.DistillKLDivLoss` is the same KL with dot
@@ -142,8 +137,6 @@ class SentenceLevelDistillationLoss(nn.Module):
         self._checked_first_batch = False
 
     def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor | None) -> Tensor:
-        from sentence_transformers.base.losses.merged_forward import embed_columns
-
         sentence_features = list(sentence_features)
         check_columns(
             type(self).__name__,
@@ -157,7 +150,7 @@ class SentenceLevelDistillationLoss(nn.Module):
             source = "online teacher output"
         else:
             teacher_scores, source = labels, "label column"
-        embeddings = embed_columns(self.model, sentence_features)
+        embeddings = _host.embed_columns(self.model, sentence_features)
         return self.compute_loss_from_embeddings(embeddings, teacher_scores, source)
 
     def compute_loss_from_embeddings(
@@ -176,14 +169,14 @@ class SentenceLevelDistillationLoss(nn.Module):
             check_teacher_scores(name, scores, batch_size, num_candidates, source)
         if not self._checked_first_batch:
             self._checked_first_batch = True
-            warn_softmax_underflow(name, scores, self.teacher_temperature, "teacher_temperature")
+            check_teacher_target_scale(name, scores, self.teacher_temperature)
 
     def get_config_dict(self) -> dict[str, Any]:
         return {
             "teacher": teacher_name(self.teacher),
             "student_temperature": self.student_temperature,
             "teacher_temperature": self.teacher_temperature,
-            "similarity_fct": getattr(self.similarity_fct, "__name__", repr(self.similarity_fct)),
+            "similarity_fct": similarity_fct_name(self.similarity_fct),
         }
 
     @property

@@ -22,6 +22,7 @@ from md2pr_st.losses._shared import (
     embed_with_tokens,
     student_tokenizer,
     teacher_name,
+    teacher_pairs,
 )
 from md2pr_st.teacher import AttentionBlock, Teacher
 
@@ -79,7 +80,28 @@ def word_level_kl(
         >>> round(kl.item(), 6) == round(expected, 6)
         True
     """
-    pairs, units_q, units_d = target.shape
+    pooled = student_word_distribution(
+        query_tokens, passage_tokens, query_unit, query_weight, passage_unit, target.shape[1:], temperature
+    )
+    log_pooled = pooled.clamp_min(torch.finfo(pooled.dtype).tiny).log()
+    kl_rows = (torch.xlogy(target, target) - target * log_pooled).sum(dim=-1)
+    valid = row_mask.to(kl_rows.dtype)
+    return (kl_rows * valid).sum(dim=-1) / valid.sum(dim=-1).clamp_min(1.0)
+
+
+def student_word_distribution(
+    query_tokens: Tensor,
+    passage_tokens: Tensor,
+    query_unit: Tensor,
+    query_weight: Tensor,
+    passage_unit: Tensor,
+    units: tuple[int, int],
+    temperature: float,
+) -> Tensor:
+    """The student's pooled interaction distribution ``S`` of :func:`word_level_kl`, shape (P, U, V) with
+    ``units = (U, V)``: row u is where query unit u's softmax mass falls over the passage units."""
+    units_q, units_d = units
+    pairs = query_tokens.shape[0]
     query = F.normalize(query_tokens.float(), dim=-1)
     passage = F.normalize(passage_tokens.float(), dim=-1)
     logits = torch.bmm(query, passage.transpose(1, 2)) / temperature
@@ -90,11 +112,25 @@ def word_level_kl(
     rows = probs.new_zeros(pairs, units_q + 1, length_d)
     rows = rows.scatter_add(1, query_unit.unsqueeze(-1).expand(pairs, length_q, length_d), probs)[:, :units_q]
     pooled = rows.new_zeros(pairs, units_q, units_d + 1)
-    pooled = pooled.scatter_add(2, passage_unit.unsqueeze(1).expand(pairs, units_q, length_d), rows)[:, :, :units_d]
-    log_pooled = pooled.clamp_min(torch.finfo(pooled.dtype).tiny).log()
-    kl_rows = (torch.xlogy(target, target) - target * log_pooled).sum(dim=-1)
-    valid = row_mask.to(kl_rows.dtype)
-    return (kl_rows * valid).sum(dim=-1) / valid.sum(dim=-1).clamp_min(1.0)
+    return pooled.scatter_add(2, passage_unit.unsqueeze(1).expand(pairs, units_q, length_d), rows)[:, :, :units_d]
+
+
+class SameVocabulary:
+    """Whether the student's query and candidate tokenizers share the teacher's vocabulary (cached per tokenizer):
+    then teacher and student tokens align position by position, otherwise through words."""
+
+    def __init__(self, teacher_tokenizer: Any) -> None:
+        self.teacher_tokenizer = teacher_tokenizer
+        self._cache: dict[int, bool] = {}
+
+    def __call__(self, model: Any, features_list: Sequence[dict[str, Any]]) -> tuple[bool, bool]:
+        result = []
+        for features in (features_list[0], features_list[1]):
+            tokenizer = student_tokenizer(model, features)
+            if id(tokenizer) not in self._cache:
+                self._cache[id(tokenizer)] = same_vocabulary(tokenizer, self.teacher_tokenizer)
+            result.append(self._cache[id(tokenizer)])
+        return result[0], result[1]
 
 
 @dataclass
@@ -122,21 +158,24 @@ def build_word_level_targets(
     same_vocab: tuple[bool, bool],
     query_width: int,
     passage_width: int,
+    attention_temperature: float = 1.0,
 ) -> WordLevelTargets:
     """Align every (query b, candidate column c) pair and pool the teacher's attention onto the aligned units.
 
-    ``blocks`` are ordered column-major (pair ``c * B + b``), as are the passage rows (``c * B + b``).
+    ``blocks`` are ordered row-major (pair ``b * C + c``, as :func:`~md2pr_st.teacher.candidate_pairs` builds the
+    teacher's pairs); the passage rows are column-major (``c * B + b``, the candidate columns one after the other).
     ``same_vocab`` says, for the query and the passage side, whether the student tokenizer shares the teacher's
-    vocabulary (then tokens align position by position).
+    vocabulary (then tokens align position by position). ``attention_temperature`` sharpens the pooled teacher rows
+    (see :func:`~md2pr_st.alignment.pool_teacher_attention`).
     """
-    batch = len(query_texts)
+    batch, columns = len(query_texts), len(candidate_texts)
     kept: list[tuple[int, int, Any, np.ndarray]] = []
     for c, column in enumerate(candidate_texts):
         for b in range(batch):
-            p = c * batch + b
-            alignment = align_pair(query_texts[b], column[b], blocks[p], same_vocab=same_vocab)
+            p, block = c * batch + b, blocks[b * columns + c]
+            alignment = align_pair(query_texts[b], column[b], block, same_vocab=same_vocab)
             if alignment is not None:
-                kept.append((b, p, alignment, pool_teacher_attention(blocks[p].weights, alignment)))
+                kept.append((b, p, alignment, pool_teacher_attention(block.weights, alignment, attention_temperature)))
     n = len(kept)
     units_q = max((len(a.query.groups) for _, _, a, _ in kept), default=1)
     units_d = max((len(a.passage.groups) for _, _, a, _ in kept), default=1)
@@ -247,12 +286,13 @@ def word_level_loss_from_outputs(
     same_vocab: tuple[bool, bool],
     temperature: float,
     chunk_size: int,
+    attention_temperature: float = 1.0,
 ) -> tuple[Tensor, WordLevelTargets]:
     """L_w of a batch from the student outputs (query first, then candidate columns) and the teacher's blocks."""
     query_tokens = outputs[0]["token_embeddings"]
     passage_tokens = _concat_rows([out["token_embeddings"] for out in outputs[1:]])
     targets = build_word_level_targets(
-        texts[0], texts[1:], blocks, same_vocab, query_tokens.shape[1], passage_tokens.shape[1]
+        texts[0], texts[1:], blocks, same_vocab, query_tokens.shape[1], passage_tokens.shape[1], attention_temperature
     )
     return word_level_loss(query_tokens, passage_tokens, targets, temperature, chunk_size), targets
 
@@ -264,6 +304,7 @@ class WordLevelDistillationLoss(nn.Module):
         teacher: Teacher | Any | str | Path,
         temperature: float = 0.05,
         chunk_size: int = 64,
+        attention_temperature: float = 1.0,
     ) -> None:
         """
         MD2PR's word-level distillation: the student's token interaction map between a query and a passage is
@@ -294,6 +335,8 @@ class WordLevelDistillationLoss(nn.Module):
                 there), a ``CrossEncoder``, or a Hub id / local folder.
             temperature: tau_w of the student interaction map (cosine similarities of token embeddings).
             chunk_size: Pairs per chunk of the interaction-map computation (memory vs. speed).
+            attention_temperature: T_a, applied to the teacher's pooled attention rows, ``A^(1 / T_a)``
+                renormalised: 1 keeps them, below 1 sharpens them towards the passage words the teacher attends to most.
 
         References:
             - MD2PR: A Multi-level Distillation based Dense Passage Retrieval Model, https://arxiv.org/abs/2312.16821
@@ -349,19 +392,9 @@ class WordLevelDistillationLoss(nn.Module):
         if int(chunk_size) < 1:
             raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}.")
         self.chunk_size = int(chunk_size)
+        self.attention_temperature = check_positive("attention_temperature", attention_temperature)
         self.last_aligned_fraction: float | None = None
-        self._same_vocab_cache: dict[int, bool] = {}
-
-    def same_vocab(self, model: Any, features_list: Sequence[dict[str, Any]]) -> tuple[bool, bool]:
-        """Whether the query and the candidate tokenizer share the teacher's vocabulary (cached per tokenizer)."""
-        result = []
-        for features in (features_list[0], features_list[1]):
-            tokenizer = student_tokenizer(model, features)
-            key = id(tokenizer)
-            if key not in self._same_vocab_cache:
-                self._same_vocab_cache[key] = same_vocabulary(tokenizer, self.teacher.tokenizer)
-            result.append(self._same_vocab_cache[key])
-        return result[0], result[1]
+        self._same_vocabulary = SameVocabulary(self.teacher.tokenizer)
 
     def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor | None = None) -> Tensor:
         sentence_features = list(sentence_features)
@@ -373,12 +406,11 @@ class WordLevelDistillationLoss(nn.Module):
             "The word-level loss compares each query with its candidate passages.",
         )
         texts = decode_columns(self.model, sentence_features)
-        batch = len(texts[0])
-        pairs = [(texts[0][b].text, column[b].text) for column in texts[1:] for b in range(batch)]
-        blocks = self.teacher.attention(pairs)
+        blocks = self.teacher.attention(teacher_pairs(texts))
         outputs = embed_with_tokens(self.model, sentence_features)
+        same_vocab = self._same_vocabulary(self.model, sentence_features)
         loss, targets = word_level_loss_from_outputs(
-            outputs, texts, blocks, self.same_vocab(self.model, sentence_features), self.temperature, self.chunk_size
+            outputs, texts, blocks, same_vocab, self.temperature, self.chunk_size, self.attention_temperature
         )
         self.last_aligned_fraction = targets.aligned_fraction
         return loss
@@ -389,6 +421,7 @@ class WordLevelDistillationLoss(nn.Module):
             "teacher_layers": list(self.teacher.layers),
             "teacher_heads": "mean of all" if self.teacher.heads is None else list(self.teacher.heads),
             "temperature": self.temperature,
+            "attention_temperature": self.attention_temperature,
             "chunk_size": self.chunk_size,
         }
 
