@@ -50,7 +50,36 @@ _EXPORTS = {
     "write_model_card": "md2pr_st.hub",
     "push_to_hub": "md2pr_st.hub",
 }
-__all__ = ["__version__", *_EXPORTS]
+__all__ = [
+    "__version__",
+    "MD2PRLoss",
+    "CachedMD2PRLoss",
+    "SentenceLevelDistillationLoss",
+    "WordLevelDistillationLoss",
+    "Teacher",
+    "QrelsScorer",
+    "train_teacher",
+    "FalseNegativeFilter",
+    "mine_hard_negatives",
+    "RetrievalData",
+    "load_rag24",
+    "load_beir",
+    "load_splits",
+    "training_pairs",
+    "cross_validation_folds",
+    "FaissIndex",
+    "CorpusEmbeddingCache",
+    "encode",
+    "RetrievalEvaluator",
+    "evaluate_run",
+    "teacher_rerank",
+    "train_student",
+    "run_pipeline",
+    "LossArguments",
+    "PipelineArguments",
+    "write_model_card",
+    "push_to_hub",
+]
 
 if TYPE_CHECKING:
     from md2pr_st.cli.arguments import LossArguments, PipelineArguments

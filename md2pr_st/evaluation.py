@@ -245,20 +245,10 @@ class RetrievalEvaluator(SentenceEvaluator):
         return "Retrieval (FAISS, trec_eval)"
 
 
-def teacher_rerank(
-    teacher: Any,
-    data: RetrievalData,
-    run: Run,
-    k: int = 20,
-    metrics: Sequence[str] = REPORT_METRICS,
-    relevance_cut: int = DEFAULT_RELEVANCE_CUT,
-    show_progress_bar: bool | None = None,
-) -> dict[str, Any]:
-    """The teacher reranks the student's top-``k`` of each query; ranks below ``k`` keep the student's order.
+def rerank_run(teacher: Any, data: RetrievalData, run: Run, k: int = 20, show_progress_bar: bool | None = None) -> Run:
+    """The run with each query's top-``k`` reordered by the teacher's scores; ranks below ``k`` keep their order.
 
-    A ceiling for distillation: what the student would score if it ranked its own top-k like the teacher.
-    ``run`` is the student's ``{query_id: {doc_id: score}}``; ``teacher`` is any scorer (a
-    :class:`~md2pr_st.teacher.Teacher` or a :class:`~md2pr_st.teacher.QrelsScorer`).
+    ``teacher`` is any scorer (a :class:`~md2pr_st.teacher.Teacher` or a :class:`~md2pr_st.teacher.QrelsScorer`).
 
     Example:
         >>> from datasets import Dataset
@@ -268,9 +258,9 @@ def teacher_rerank(
         ...     queries=Dataset.from_dict({"id": ["q"], "text": ["capital of france"]}),
         ...     qrels={"q": {"a": 3, "b": 1}},
         ... )
-        >>> student_run = {"q": {"c": 0.9, "b": 0.8, "a": 0.7}}  # the worst order
-        >>> teacher_rerank(QrelsScorer(data), data, student_run, k=3, metrics=["mrr@1"])["mrr@1"]
-        1.0
+        >>> reranked = rerank_run(QrelsScorer(data), data, {"q": {"c": 0.9, "b": 0.8, "a": 0.7}}, k=2)
+        >>> sorted(reranked["q"], key=reranked["q"].get, reverse=True)  # the top 2 (c, b) reordered, a stays third
+        ['b', 'c', 'a']
     """
     from md2pr_st.teacher.scoring import score_candidates
 
@@ -289,10 +279,75 @@ def teacher_rerank(
         # The reranked head above everything else: the teacher's logits shifted above the tail's ranks.
         reranked[q] = {d: 1e6 + float(s) for d, s in zip(head, top)}
         reranked[q].update({d: float(len(ranked[q]) - i) for i, d in enumerate(ranked[q][k:])})
+    return reranked
+
+
+def teacher_rerank(
+    teacher: Any,
+    data: RetrievalData,
+    run: Run,
+    k: int = 20,
+    metrics: Sequence[str] = REPORT_METRICS,
+    relevance_cut: int = DEFAULT_RELEVANCE_CUT,
+    show_progress_bar: bool | None = None,
+) -> dict[str, Any]:
+    """Metrics of the student's ``run`` with its top-``k`` reranked by the teacher (:func:`rerank_run`).
+
+    A ceiling for distillation: what the student would score if it ranked its own top-k like the teacher.
+
+    Example:
+        >>> from datasets import Dataset
+        >>> from md2pr_st.teacher import QrelsScorer
+        >>> data = RetrievalData(
+        ...     corpus=Dataset.from_dict({"id": ["a", "b", "c"], "text": ["Paris.", "Lyon.", "Tea."]}),
+        ...     queries=Dataset.from_dict({"id": ["q"], "text": ["capital of france"]}),
+        ...     qrels={"q": {"a": 3, "b": 1}},
+        ... )
+        >>> student_run = {"q": {"c": 0.9, "b": 0.8, "a": 0.7}}  # the worst order
+        >>> teacher_rerank(QrelsScorer(data), data, student_run, k=3, metrics=["mrr@1"])["mrr@1"]
+        1.0
+    """
+    reranked = rerank_run(teacher, data, run, k, show_progress_bar)
     result = evaluate_run(reranked, data.qrels, metrics, relevance_cut)
     result["corpus_size"] = len(data.corpus)
     result["rerank_k"] = k
     return result
+
+
+def paired_bootstrap(
+    after: dict[str, float],
+    before: dict[str, float],
+    n_resamples: int = 10_000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Paired bootstrap confidence interval of the mean per-query difference ``after - before``.
+
+    ``after`` and ``before`` map query ids to a metric's per-query values (``evaluate_run(..., per_query=True)``);
+    the queries they share are resampled with replacement ``n_resamples`` times (scipy's ``bootstrap``, percentile
+    method, paired), and the ``confidence`` interval of the mean difference is returned with it: a gain whose
+    interval holds 0 is within the noise of this query set.
+
+    Example:
+        >>> after = {f"q{i}": 0.5 + 0.1 * (i % 2) for i in range(40)}
+        >>> before = {f"q{i}": 0.5 for i in range(40)}
+        >>> ci = paired_bootstrap(after, before)
+        >>> round(ci["mean_diff"], 3), ci["low"] > 0, ci["n"]
+        (0.05, True, 40)
+    """
+    from scipy.stats import bootstrap
+
+    shared = sorted(set(after) & set(before))
+    if len(shared) < 2:
+        raise ValueError(f"A paired bootstrap needs at least 2 shared queries, got {len(shared)}.")
+    diff = np.array([after[q] - before[q] for q in shared], dtype=np.float64)
+    if np.all(diff == diff[0]):  # no spread: every resample has the same mean
+        return {"mean_diff": float(diff[0]), "low": float(diff[0]), "high": float(diff[0]), "n": len(shared)}
+    ci = bootstrap(
+        (diff,), np.mean, n_resamples=n_resamples, confidence_level=confidence, method="percentile",
+        random_state=np.random.default_rng(seed),
+    ).confidence_interval  # fmt: skip
+    return {"mean_diff": float(diff.mean()), "low": float(ci.low), "high": float(ci.high), "n": len(shared)}
 
 
 def format_table(rows: dict[str, dict], metrics: Sequence[str]) -> str:

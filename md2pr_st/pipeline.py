@@ -121,10 +121,14 @@ class _Run:
     data_key: dict[str, str]
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
 
-    def load_student(self, path: str) -> SentenceTransformer:
+    def load_student(self, path: str, card_data: bool = False) -> SentenceTransformer:
+        """The student saved at ``path``; with ``card_data``, with the MD2PR card data it was trained with."""
         from sentence_transformers import SentenceTransformer
 
-        model = SentenceTransformer(path, device=self.args.device)
+        from md2pr_st.hub import MD2PRModelCardData
+
+        kwargs = {"model_card_data": MD2PRModelCardData.from_folder(path)} if card_data else {}
+        model = SentenceTransformer(path, device=self.args.device, **kwargs)
         if self.args.max_seq_length:
             model.max_seq_length = self.args.max_seq_length
         return model
@@ -182,7 +186,7 @@ def run_pipeline(
     before, before_dev = _before_stage(run, student)
     rounds, history, current = _rounds(run, teacher, teacher_path, student)
     t0 = time.perf_counter()
-    final = run.load_student(current)
+    final = run.load_student(current, card_data=True)
     after, student_run = run.evaluate(final, "test")
     rerank = teacher_rerank(teacher, splits["test"], student_run, args.rerank_k, show_progress_bar=True)
     metrics = {"before": before, "after": after, "teacher_rerank": rerank}
@@ -259,8 +263,8 @@ def _before_stage(run: _Run, student: SentenceTransformer) -> tuple[dict, dict]:
 
 
 def _false_negative_filter(run: _Run, teacher: Teacher) -> FalseNegativeFilter:
-    """The round's filter: scores from the cross-encoder (flagged candidates dropped and refilled), or from the graded
-    judgements (flagged candidates kept for L_s and masked out of L_c by the loss)."""
+    """The round's filter: scores from the cross-encoder or from the graded judgements; flagged candidates masked
+    (kept for L_s, left out of L_c by the loss with the round's margin and threshold) or dropped and refilled."""
     from md2pr_st.false_negatives import FalseNegativeFilter
     from md2pr_st.teacher import QrelsScorer
 
@@ -271,7 +275,7 @@ def _false_negative_filter(run: _Run, teacher: Teacher) -> FalseNegativeFilter:
         rule=args.filter_rule,
         quantile=args.filter_quantile,
         num_negatives=args.num_negatives,
-        action="mask" if graded else "drop",
+        action=args.filter_action,
         # Grades: never let m_r reach the lowest positive grade, or the threshold t(q, d+) - m_r would sink to 0
         # and flag grade-0 and unjudged candidates, leaving L_c without a negative.
         max_margin=args.min_grade - 0.5 if graded else None,
@@ -353,8 +357,9 @@ def _round(
         round_dir / "student",
         run.loss_args,
         teacher=teacher if run.loss_args.beta > 0 else None,
-        # Dropped candidates are gone; masked ones (graded scores) are left out of L_c by the same rule.
-        false_negative_margin=stats.get("margin"),
+        # Dropped candidates are gone; masked ones are left out of L_c by the same margin and threshold.
+        false_negative_margin=stats.get("margin") if args.filter_action == "mask" else None,
+        false_negative_threshold=stats.get("threshold") if args.filter_action == "mask" else None,
         epochs=args.epochs_per_round,
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,
@@ -419,11 +424,11 @@ def _report(
     if args.sentence_scores == "qrels":  # listed in the card's settings next to the cross-encoder (word level)
         run_info["sentence_level_teacher"] = f"graded judgements of {run.splits['train'].name} (qrels)"
     write_json(run_dir / "run_info.json", run_info)
-    plots = plot_run(run_dir, rounds, history, before_dev)
+    plot_run(run_dir, rounds, history, before_dev)
     try:
-        from md2pr_st.hub import write_model_card
+        from md2pr_st.hub import run_plots, write_model_card
 
-        write_model_card(run_dir / "model", metrics, run_info, plots=plots)
+        write_model_card(run_dir / "model", metrics, run_info, plots=run_plots(run_dir))
     except Exception as exc:  # the model is saved either way; a card problem must not lose the run
         logger.warning("Could not write the model card: %s", exc)
     logger.info("Finished in %.0f s; run folder %s", seconds, run_dir)

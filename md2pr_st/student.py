@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,6 +15,7 @@ from md2pr_st.cli.arguments import LossArguments
 from md2pr_st.utils import atomic_path, last_complete_checkpoint
 
 if TYPE_CHECKING:
+    import torch
     from sentence_transformers import SentenceTransformer
 
 logger = logging.getLogger(__name__)
@@ -27,6 +29,7 @@ def train_student(
     *,
     teacher: Any = None,
     false_negative_margin: float | None = None,
+    false_negative_threshold: float | None = None,
     epochs: float = 1.0,
     batch_size: int = 16,
     learning_rate: float = 2e-5,
@@ -35,15 +38,21 @@ def train_student(
     seed: int = 13,
     device: str | None = None,
     evaluator: Any = None,
+    loss: Callable[[SentenceTransformer], torch.nn.Module] | None = None,
 ) -> tuple[Path, list[dict[str, Any]]]:
     """Train a student with :class:`~md2pr_st.losses.MD2PRLoss` on ``(query, positive, negative_1..n[, scores])``.
 
     ``L = L_c + alpha * L_s + beta * L_w`` (see :class:`~md2pr_st.losses.MD2PRLoss`), with the weights and
     temperatures of ``loss_args`` (default :class:`~md2pr_st.cli.arguments.LossArguments`), the online ``teacher``
-    (needed when ``beta > 0``) and ``false_negative_margin`` (masking in L_c; None: none). Uses the host's
+    (needed when ``beta > 0``), and ``false_negative_margin`` / ``false_negative_threshold`` (masking in L_c of the
+    candidates a filter with ``action="mask"`` flagged: its round's ``margin`` and ``threshold``; None: unused). Uses the host's
     ``SentenceTransformerTrainer`` with ``BatchSamplers.NO_DUPLICATES`` (so an in-batch negative is never a copy of
     a row's own positive). Checkpoints go to ``output_dir + ".checkpoints"``; an interrupted run resumes from the
     last one. The trained model is saved atomically to ``output_dir``.
+
+    ``loss``, a function of the loaded model returning any sentence-transformers loss, replaces MD2PRLoss with the
+    same data, trainer and budget (``loss_args``, ``teacher`` and ``false_negative_margin`` are then unused): how
+    the benchmarks train the host's recipes next to MD2PR's.
 
     Returns:
         ``(path, log_history)``: the saved model folder and the trainer's log entries (loss parts per step).
@@ -53,7 +62,7 @@ def train_student(
     from sentence_transformers.sentence_transformer.trainer import SentenceTransformerTrainer
     from sentence_transformers.sentence_transformer.training_args import SentenceTransformerTrainingArguments
 
-    from md2pr_st.hub.model_card import remove_dataset_texts
+    from md2pr_st.hub import use_md2pr_card_data
     from md2pr_st.losses import MD2PRLoss
     from md2pr_st.models import resolve_model_name
 
@@ -62,10 +71,17 @@ def train_student(
         model = SentenceTransformer(resolve_model_name(model), device=device)
     if max_seq_length:
         model.max_seq_length = max_seq_length
-    loss_args = loss_args or LossArguments()
-    loss = MD2PRLoss(
-        model, teacher=teacher, false_negative_margin=false_negative_margin, **dataclasses.asdict(loss_args)
-    )
+    if loss is None:
+        loss_args = loss_args or LossArguments()
+        loss_module = MD2PRLoss(
+            model,
+            teacher=teacher,
+            false_negative_margin=false_negative_margin,
+            false_negative_threshold=false_negative_threshold,
+            **dataclasses.asdict(loss_args),
+        )
+    else:
+        loss_module = loss(model)
     checkpoints = output_dir.with_name(output_dir.name + ".checkpoints")
     steps_per_epoch = max(1, len(train_dataset) // batch_size)
     args = SentenceTransformerTrainingArguments(
@@ -83,10 +99,10 @@ def train_student(
         report_to=[],
         use_cpu=device == "cpu",
     )
+    use_md2pr_card_data(model)  # before the trainer: it fills the card data, which never quotes the training rows
     trainer = SentenceTransformerTrainer(
-        model=model, args=args, train_dataset=train_dataset, loss=loss, evaluator=evaluator
+        model=model, args=args, train_dataset=train_dataset, loss=loss_module, evaluator=evaluator
     )
-    remove_dataset_texts(model.model_card_data)  # the saved card must not quote the data (MS MARCO terms)
     resume = last_complete_checkpoint(checkpoints)
     if resume:
         logger.info("Resuming student training from %s", resume)

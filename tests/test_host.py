@@ -66,3 +66,12 @@ def test_gradcache_mixin_offers_the_methods_the_cached_loss_overrides_and_calls(
     generator_state = _host.RandContext(torch.zeros(1))
     with generator_state:
         pass
+
+
+def test_a_loaded_model_keeps_its_card_text_until_forgotten(tiny_model_path):
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(tiny_model_path), device="cpu")
+    assert getattr(model, "_model_card_text", None)  # the host saves this text back unless told otherwise
+    _host.forget_loaded_card(model)
+    assert not model._model_card_text

@@ -107,6 +107,7 @@ def test_pipeline_with_graded_sentence_scores(tiny_model_path, tmp_path):
         positives="1",
         min_grade=3,
         sentence_scores="qrels",
+        filter_rule="dynamic",
         filter_quantile=0.0,  # m_r = the smallest gap: 1, a grade-2 candidate under a grade-3 positive
         mine_candidates=6,
     )

@@ -159,11 +159,25 @@ class PipelineArguments:
         },
     )
     filter_rule: str = dataclasses.field(
-        default="dynamic",
-        metadata={"help": "False-negative rule: 'dynamic' only here (fixed rules: md2pr filter, then md2pr train)."},
+        default="positives",
+        metadata={
+            "help": "False-negative rule re-estimated every round: positives, dynamic, mixture or positives_mixture "
+            "(fixed rules: md2pr filter, then md2pr train)."
+        },
     )
-    filter_quantile: float = dataclasses.field(
-        default=0.1, metadata={"help": "Dynamic rule: m_r is this quantile of the round's teacher gaps."}
+    filter_action: str = dataclasses.field(
+        default="mask",
+        metadata={
+            "help": "Flagged candidates: 'mask' (kept in the row for the sentence level, left out of L_c's "
+            "denominator) or 'drop' (removed; the row is refilled from the other mined candidates)."
+        },
+    )
+    filter_quantile: float | None = dataclasses.field(
+        default=None,
+        metadata={
+            "help": "p of the rule: dynamic m_r = Q_p(the round's teacher gaps) (default 0.1); positives "
+            "theta_r = Q_p(the round's positives' scores) (default 0.5)."
+        },
     )
     sentence_scores: str = dataclasses.field(
         default="teacher",
@@ -195,11 +209,18 @@ class PipelineArguments:
             )
         if self.sentence_scores not in ("teacher", "qrels"):
             raise ValueError(f"sentence_scores must be 'teacher' or 'qrels', got {self.sentence_scores!r}.")
-        if self.filter_rule != "dynamic":
+        from md2pr_st.false_negatives import ADAPTIVE_RULES
+
+        if self.filter_rule not in ADAPTIVE_RULES:
             raise ValueError(
-                f"md2pr pipeline re-estimates the threshold every round (filter_rule='dynamic'); got "
-                f"{self.filter_rule!r}. For a fixed rule, run the stages alone: md2pr filter --rule ... then md2pr train."
+                f"md2pr pipeline re-estimates the threshold every round (filter_rule one of {', '.join(ADAPTIVE_RULES)}"
+                f"); got {self.filter_rule!r}. For a fixed rule, run the stages alone: md2pr filter --rule ... then "
+                "md2pr train."
             )
+        if self.filter_action not in ("mask", "drop"):
+            raise ValueError(f"filter_action must be 'mask' or 'drop', got {self.filter_action!r}.")
+        if self.filter_quantile is not None and not 0.0 <= self.filter_quantile <= 1.0:
+            raise ValueError(f"filter_quantile must lie in [0, 1], got {self.filter_quantile}.")
         from md2pr_st.data import positives_per_query
 
         positives_per_query(self.positives)  # fails now, not after the teacher has trained
@@ -226,6 +247,9 @@ class DemoArguments(PipelineArguments):
     )
     min_grade: int = dataclasses.field(
         default=3, metadata={"help": "Lowest grade used as a positive (lower grades: graded candidates)."}
+    )
+    filter_rule: str = dataclasses.field(
+        default="dynamic", metadata={"help": "False-negative rule (the grades' gaps: see filter_quantile)."}
     )
     filter_quantile: float = dataclasses.field(
         default=0.8,
@@ -274,6 +298,13 @@ class TrainArguments:
         metadata={
             "help": "Mask hard negatives with t(q,d) >= t(q,d+) - margin in L_c (default: the margin of an input "
             "filtered with md2pr filter --action mask, else no mask)."
+        },
+    )
+    false_negative_threshold: float | None = dataclasses.field(
+        default=None,
+        metadata={
+            "help": "Mask hard negatives with t(q,d) >= threshold in L_c (default: the threshold of an input "
+            "filtered with md2pr filter --action mask, else none)."
         },
     )
     epochs: float = dataclasses.field(default=1.0, metadata={"help": "Epochs."})
@@ -337,9 +368,21 @@ class FilterArguments:
     teacher: str | None = dataclasses.field(
         default=None, metadata={"help": "Cross-encoder (Hub id or folder); none: use the input's scores column."}
     )
-    rule: str = dataclasses.field(default="dynamic", metadata={"help": "dynamic, margin, relative or absolute."})
-    quantile: float = dataclasses.field(default=0.1, metadata={"help": "dynamic: p of m_r = Q_p(gaps)."})
-    min_margin: float | None = dataclasses.field(default=0.0, metadata={"help": "dynamic: lower clip of m_r."})
+    rule: str = dataclasses.field(
+        default="dynamic",
+        metadata={
+            "help": "Adaptive (re-estimated per round): dynamic, positives, mixture, positives_mixture; fixed: "
+            "margin, relative, absolute. See md2pr_st.false_negatives."
+        },
+    )
+    quantile: float | None = dataclasses.field(
+        default=None,
+        metadata={"help": "dynamic: p of m_r = Q_p(gaps) (default 0.1); positives: p of Q_p(positive scores) (0.5)."},
+    )
+    min_margin: float | None = dataclasses.field(
+        default=0.0,
+        metadata={"help": "dynamic: lower clip of m_r; positives, mixtures: also flag t(q,d) >= t(q,d+) - this."},
+    )
     max_margin: float | None = dataclasses.field(default=None, metadata={"help": "dynamic: upper clip of m_r."})
     margin: float | None = dataclasses.field(default=None, metadata={"help": "margin rule: m."})
     relative_margin: float | None = dataclasses.field(default=None, metadata={"help": "relative rule: r."})
@@ -353,6 +396,9 @@ class FilterArguments:
     )
     max_length: int | None = dataclasses.field(default=None, metadata={"help": "Teacher max tokens per pair."})
     batch_size: int = dataclasses.field(default=32, metadata={"help": "Teacher batch size."})
+    num_proc: int | None = dataclasses.field(
+        default=None, metadata={"help": "Processes of the filtering map (teacher scoring runs before it, here)."}
+    )
     statistics: str | None = dataclasses.field(
         default=None,
         metadata={"help": "Statistics JSON; rounds already in it are continued (default OUTPUT/md2pr_filter.json)."},
@@ -389,3 +435,10 @@ class PushArguments:
         default=False, metadata={"help": "Print what would be uploaded (paths, sizes, repo, flags); call no Hub API."}
     )
     commit_message: str | None = dataclasses.field(default=None, metadata={"help": "The commit message."})
+    dataset_ids: list[str] | None = dataclasses.field(
+        default=None,
+        metadata={
+            "help": "Hub dataset ids of the training data (e.g. BeIR/scifact), listed in the card's `datasets:`; "
+            "without them the card names the data but links no dataset."
+        },
+    )

@@ -46,7 +46,7 @@ def run_filter(args: FilterArguments) -> dict:
     stats_path = Path(args.statistics) if args.statistics else None
     if stats_path is not None and stats_path.is_file():
         fn_filter.load_statistics(stats_path)
-    filtered = fn_filter.apply(dataset)
+    filtered = fn_filter.apply(dataset, num_proc=args.num_proc)
     with atomic_path(args.output, is_dir=True) as tmp:
         filtered.save_to_disk(str(tmp))
         fn_filter.save_statistics(tmp / "md2pr_filter.json")
@@ -54,10 +54,11 @@ def run_filter(args: FilterArguments) -> dict:
     if stats_path is not None:
         fn_filter.save_statistics(stats_path)
     last = fn_filter.statistics["rounds"][-1]
-    margin = "" if last["margin"] is None else f", margin {last['margin']:.4f}"
+    criteria = [f"{key} {last[key]:.4f}" for key in ("margin", "threshold") if last.get(key) is not None]
     print(
-        f"Round {last['round']} ({args.rule}{margin}): {last['flagged']:,} of {last['candidates_scored']:,} "
-        f"candidates flagged, {last['dropped_rows']:,} rows dropped, {last['rows_out']:,} rows -> {args.output}",
+        f"Round {last['round']} ({', '.join([args.rule, *criteria])}): {last['flagged']:,} of "
+        f"{last['candidates_scored']:,} candidates flagged, {last['dropped_rows']:,} rows dropped, "
+        f"{last['rows_out']:,} rows -> {args.output}",
         file=sys.stderr,
     )
     return last

@@ -1,4 +1,4 @@
-"""``md2pr push``: a model or run folder to the Hugging Face Hub, with its MD2PR model card."""
+"""``md2pr push``: a model or run folder to the Hugging Face Hub, with its MD2PR model card, in one commit."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ def run_push(args: PushArguments) -> PushResult:
         revision=args.revision,
         dry_run=args.dry_run,
         commit_message=args.commit_message,
+        dataset_ids=args.dataset_ids,
     )
     print(result.summary())
     return result

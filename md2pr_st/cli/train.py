@@ -25,13 +25,19 @@ def run_train(args: TrainArguments, loss_args: LossArguments | None = None) -> P
     if loss_args.beta > 0 and args.teacher is None:
         raise ValueError("The word-level loss (beta > 0) needs an online teacher: pass --teacher, or --beta 0.")
     teacher = Teacher(args.teacher, max_length=args.teacher_max_length, device=args.device) if args.teacher else None
-    margin = args.false_negative_margin
+    margin, threshold = args.false_negative_margin, args.false_negative_threshold
     stats_file = folder / "md2pr_filter.json"  # written by md2pr filter
-    if margin is None and stats_file.is_file():
+    if margin is None and threshold is None and stats_file.is_file():
         last = (json.loads(stats_file.read_text(encoding="utf-8")).get("rounds") or [{}])[-1]
-        if last.get("action") == "mask" and last.get("margin") is not None:
-            margin = float(last["margin"])
-            print(f"{folder} was filtered with action='mask': masking with its margin {margin:g} in L_c")
+        if last.get("action") == "mask":
+            margin, threshold = last.get("margin"), last.get("threshold")
+            criteria = [
+                f"margin {margin:g}" if margin is not None else "",
+                f"threshold {threshold:g}" if threshold is not None else "",
+            ]
+            print(
+                f"{folder} was filtered with action='mask': masking with its {' and '.join(c for c in criteria if c)} in L_c"
+            )
     path, _ = train_student(
         args.model,
         dataset,
@@ -39,6 +45,7 @@ def run_train(args: TrainArguments, loss_args: LossArguments | None = None) -> P
         loss_args,
         teacher=teacher,
         false_negative_margin=margin,
+        false_negative_threshold=threshold,
         epochs=args.epochs,
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,

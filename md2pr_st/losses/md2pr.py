@@ -31,21 +31,28 @@ from md2pr_st.teacher import Teacher
 logger = logging.getLogger(__name__)
 
 
-def false_negative_mask(teacher_scores: Tensor, margin: float | None) -> Tensor:
-    """Flag the hard negatives the teacher scores within ``margin`` of the positive: ``t(q, d) >= t(q, d+) - margin``.
+def false_negative_mask(teacher_scores: Tensor, margin: float | None, threshold: float | None = None) -> Tensor:
+    """Flag the hard negatives the teacher scores like a positive:
+    ``t(q, d) >= t(q, d+) - margin`` or ``t(q, d) >= threshold``.
 
     ``teacher_scores`` is (B, 1 + n) with the positive first; the result is a (B, 1 + n) bool mask whose first
-    column (the positive itself) is always False. ``margin=None`` flags nothing.
+    column (the positive itself) is always False. A criterion set to None is not used (both None: nothing flagged).
+    These are the thresholds of :class:`~md2pr_st.false_negatives.FalseNegativeFilter`'s rules (its round
+    statistics' ``margin`` and ``threshold``), so the loss masks what the filter flagged.
 
     Example:
         >>> import torch
         >>> from md2pr_st.losses.md2pr import false_negative_mask
         >>> false_negative_mask(torch.tensor([[5.0, 4.5, 1.0, 5.5]]), margin=1.0)
         tensor([[False,  True, False,  True]])
+        >>> false_negative_mask(torch.tensor([[5.0, 4.5, 1.0, 5.5]]), margin=0.0, threshold=1.0)
+        tensor([[False,  True,  True,  True]])
     """
     mask = torch.zeros_like(teacher_scores, dtype=torch.bool)
     if margin is not None:
-        mask[:, 1:] = teacher_scores[:, 1:] >= teacher_scores[:, :1] - margin
+        mask[:, 1:] |= teacher_scores[:, 1:] >= teacher_scores[:, :1] - margin
+    if threshold is not None:
+        mask[:, 1:] |= teacher_scores[:, 1:] >= threshold
     return mask
 
 
@@ -108,6 +115,7 @@ class MD2PRLoss(nn.Module):
         word_temperature: float = 0.05,
         attention_temperature: float = 1.0,
         false_negative_margin: float | None = 0.0,
+        false_negative_threshold: float | None = None,
         gather_across_devices: bool = False,
         word_level_chunk_size: int = 64,
     ) -> None:
@@ -126,11 +134,11 @@ class MD2PRLoss(nn.Module):
         :class:`WordLevelDistillationLoss` for L_s and L_w).
 
         False negatives: a hard negative d of query q is flagged when the teacher scores it within the margin of the
-        positive, ``t(q, d) >= t(q, d+) - false_negative_margin``; flagged candidates are removed from L_c's
+        positive, ``t(q, d) >= t(q, d+) - false_negative_margin``, or above ``false_negative_threshold``; flagged candidates are removed from L_c's
         denominator (never treated as negatives) and stay in L_s's candidate list, where the teacher's high score
         teaches the student to rank them high. Only a query's own hard negatives carry teacher scores, so in-batch
         negatives (other queries' candidates) are never flagged; use ``BatchSamplers.NO_DUPLICATES`` against
-        duplicate texts. The margin is usually re-estimated per mining round by the false-negative filter. The
+        duplicate texts. Margin and threshold are usually re-estimated per mining round by the false-negative filter. The
         fraction of hard negatives masked in the last batch is ``loss.last_masked_fraction`` (and the running
         totals ``loss.masked_counts``).
 
@@ -154,7 +162,9 @@ class MD2PRLoss(nn.Module):
             teacher_temperature: T_t of L_s, on the teacher's logit scale.
             word_temperature: tau_w of L_w.
             attention_temperature: T_a of L_w: the teacher's attention rows become ``A^(1 / T_a)`` renormalised.
-            false_negative_margin: m in ``t(q, d) >= t(q, d+) - m`` (logit units). None disables the masking.
+            false_negative_margin: m in ``t(q, d) >= t(q, d+) - m`` (logit units). None: no margin criterion.
+            false_negative_threshold: tau in ``t(q, d) >= tau`` (logit units). None (default): no threshold
+                criterion. Both None disable the masking.
             gather_across_devices: Gather queries and candidates from all processes (with gradients) so every
                 device's queries see every device's candidates as in-batch negatives, as in
                 MultipleNegativesRankingLoss.
@@ -231,6 +241,7 @@ class MD2PRLoss(nn.Module):
         if false_negative_margin is not None:
             false_negative_margin = float(false_negative_margin)
         self.false_negative_margin = false_negative_margin
+        self.false_negative_threshold = None if false_negative_threshold is None else float(false_negative_threshold)
         self.gather_across_devices = gather_across_devices
         if self.beta > 0 and self.teacher is None:
             raise ValueError(
@@ -279,7 +290,9 @@ class MD2PRLoss(nn.Module):
                 "alpha=0."
             )
         has_labels = labels is not None and labels.numel() > 0
-        need_scores = self.alpha > 0 or self.false_negative_margin is not None
+        need_scores = (
+            self.alpha > 0 or self.false_negative_margin is not None or self.false_negative_threshold is not None
+        )
         texts = blocks = None
         teacher_scores = labels if has_labels else None
         if self.beta > 0 or (need_scores and not has_labels):
@@ -327,7 +340,7 @@ class MD2PRLoss(nn.Module):
             teacher_scores = teacher_scores.to(query.device)
         losses: dict[str, Tensor] = {}
         flagged = (
-            false_negative_mask(teacher_scores, self.false_negative_margin)
+            false_negative_mask(teacher_scores, self.false_negative_margin, self.false_negative_threshold)
             if teacher_scores is not None
             else torch.zeros(batch, num_candidates, dtype=torch.bool, device=query.device)
         )
@@ -382,6 +395,7 @@ class MD2PRLoss(nn.Module):
             "word_temperature": self.word_temperature,
             "attention_temperature": self.attention_temperature,
             "false_negative_margin": self.false_negative_margin,
+            "false_negative_threshold": self.false_negative_threshold,
             "gather_across_devices": self.gather_across_devices,
         }
         if self.teacher is not None:

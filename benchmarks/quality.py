@@ -1,0 +1,381 @@
+"""Does each part of MD2PR help? Cross-validated retrieval quality of MD2PR, its ablations and the host's recipes.
+
+Every one of RAG24's 301 topics is a test topic once: the topics are cut into k folds
+(:func:`md2pr_st.data.cross_validation_folds`); for fold f the teacher and every student train on fold f's train
+topics, every choice was made on dev topics, and fold f's test topics are scored. All recipes of a (regime, fold)
+start from the same student, train on the same rows (the same mined candidates, the same teacher scores) with the
+same budget (epochs, batch, negatives, lengths, learning rate, seed) and differ only in the loss and the filter.
+
+Regimes: ``A`` the full all-MiniLM-L6-v2 student; ``B`` its first 3 layers (:func:`md2pr_st.models.shrink_student`),
+a faster retriever that the teacher leads by more.
+
+Recipes:
+
+- ``base``: the student before training; ``teacher_rerank``: the teacher reranks base's top 20 (a ceiling)
+- host: ``mnrl`` (MultipleNegativesRankingLoss on the mined negatives), ``margin_mse`` (MarginMSELoss on the
+  teacher's margins), ``distill_kl`` (DistillKLDivLoss on the teacher's scores), ``gist`` (GISTEmbedLoss, guide = base)
+- ``md2pr``: MD2PR with the library defaults (LossArguments(), the default false-negative rule, flagged candidates
+  dropped and refilled); ablations ``md2pr_no_word`` (beta 0), ``md2pr_no_sentence`` (alpha 0), ``md2pr_no_filter``
+  (no false-negative filter), ``md2pr_fixed`` (a fixed threshold: flagged when t(q, d) >= t(q, d+)),
+  ``md2pr_quantile`` (the quantile rule p = 0.1, the former default), ``md2pr_2_rounds`` (re-mined with the round-1
+  student), ``md2pr_umbrela`` (UMBRELA grades as the sentence level's teacher scores, no word level)
+
+One folder per (regime, fold, recipe, seed) holds ``result.json`` once finished; a rerun skips finished runs and
+redoes unfinished ones (student training itself resumes from its last checkpoint). Shared work is cached per fold
+(the teacher) and per (regime, fold) (mined candidates with teacher scores).
+
+    HF_HUB_OFFLINE=1 python benchmarks/quality.py --output runs/quality --regimes B,A --folds 0,1,2
+    HF_HUB_OFFLINE=1 python benchmarks/quality.py --output runs/quality --recipes md2pr,mnrl --seeds 14,15
+    HF_HUB_OFFLINE=1 python benchmarks/quality.py --output runs/quality --report      # tables, CIs, chart
+
+The report (``--report``) pools the folds' per-topic values (all 301 topics with UMBRELA grades; the 86 NIST topics
+with the assessors' grades), and gives each recipe's mean, its per-fold means, and the paired bootstrap 95 % CI of
+its difference to the best host recipe (:func:`md2pr_st.evaluation.paired_bootstrap`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+METRICS = ("ndcg@10", "mrr@10", "recall@100", "judged@10")
+HOST = ("mnrl", "margin_mse", "distill_kl", "gist")
+MD2PR = {
+    "md2pr": {},
+    "md2pr_no_word": {"beta": 0.0},
+    "md2pr_no_sentence": {"alpha": 0.0},
+    "md2pr_no_filter": {"rule": None},
+    "md2pr_fixed": {"rule": "margin"},
+    "md2pr_quantile": {"rule": "dynamic"},
+    "md2pr_2_rounds": {"rounds": 2},
+    "md2pr_umbrela": {"scores": "qrels", "beta": 0.0},
+}
+RECIPES = ("base", "teacher_rerank", *HOST, *MD2PR)
+
+
+@dataclasses.dataclass
+class Budget:
+    """What every trained recipe shares."""
+
+    epochs: float = 2.0
+    batch_size: int = 16
+    learning_rate: float = 5e-5
+    num_negatives: int = 4
+    mine_candidates: int = 8
+    range_max: int = 50
+    min_grade: int = 2
+    positives: str = "2"
+    max_seq_length: int = 128
+    teacher_max_length: int = 256
+    teacher_learning_rate: float = 5e-5
+    teacher_epochs: float = 1.0
+    rerank_k: int = 20
+
+
+def write_json(path: Path, obj) -> None:
+    from md2pr_st.utils import write_json as atomic_write
+
+    atomic_write(path, obj)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Shared work: folds, teachers, students, candidates
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def folds(k: int):
+    from md2pr_st.data import cross_validation_folds, load_rag24
+
+    return cross_validation_folds(load_rag24("all"), k=k)
+
+
+def teacher_for(out: Path, fold: int, splits, budget: Budget) -> Path:
+    """The fold's cross-encoder, trained on its train topics (reused when its report records the same settings)."""
+    from md2pr_st.teacher import TEACHER_REPORT, train_teacher
+
+    path = out / f"fold{fold}" / "teacher"
+    report = path / TEACHER_REPORT
+    wanted = {"max_length": budget.teacher_max_length, "learning_rate": budget.teacher_learning_rate,
+              "epochs": budget.teacher_epochs, "train": splits["train"].name}  # fmt: skip
+    if report.is_file():
+        saved = json.loads(report.read_text())
+        if all(saved.get(key) == value for key, value in wanted.items()):
+            return path
+        print(f"{path} was trained with other settings: training again", file=sys.stderr)
+    return train_teacher(
+        splits["train"], path, dev=splits["dev"], max_length=budget.teacher_max_length,
+        learning_rate=budget.teacher_learning_rate, epochs=budget.teacher_epochs, seed=13, overwrite=True,
+    )  # fmt: skip
+
+
+def student_for(out: Path, regime: str) -> str:
+    from md2pr_st.models import resolve_model_name, shrink_student
+
+    if regime == "A":
+        return resolve_model_name(None)
+    path = out / "students" / "minilm-3-layers"
+    if not (path / "modules.json").is_file():
+        shrink_student(resolve_model_name(None), num_layers=3, output_dir=path)
+    return str(path)
+
+
+def candidates_for(path: Path, splits, student: str, teacher, budget: Budget, cache_dir: Path):
+    """Mined candidates of the fold's train pairs (mined with ``student``), with teacher scores and UMBRELA grades."""
+    from datasets import load_from_disk
+    from sentence_transformers import SentenceTransformer
+
+    from md2pr_st.data import training_pairs
+    from md2pr_st.mining import mine_hard_negatives, negative_columns
+    from md2pr_st.pipeline import save_dataset
+    from md2pr_st.teacher import QrelsScorer, score_candidates
+
+    if (path / "dataset_info.json").is_file():
+        return load_from_disk(str(path))
+    model = SentenceTransformer(student, device="cpu")
+    model.max_seq_length = budget.max_seq_length
+    pairs = training_pairs(splits["train"], budget.min_grade, budget.positives, skip_queries_without_positive=True)
+    mined = mine_hard_negatives(
+        pairs, splits["train"].corpus, model, num_negatives=budget.mine_candidates, range_max=budget.range_max,
+        cache_dir=cache_dir, show_progress_bar=True,
+    )  # fmt: skip
+    columns = negative_columns(mined.column_names)
+    lists = [[row["positive"], *(row[c] for c in columns)] for row in mined]
+    scores = score_candidates(teacher, mined["query"], lists, show_progress_bar=True)
+    grades = score_candidates(QrelsScorer(splits["train"]), mined["query"], lists)
+    mined = mined.add_column("scores", [s.tolist() for s in scores])
+    mined = mined.add_column("grades", [g.tolist() for g in grades])
+    save_dataset(mined, path)
+    return mined
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Recipes
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def first_negatives(candidates, n: int, label: str | None = None):
+    """query, positive, negative_1..n (the n best-ranked candidates) and, when asked, a label column."""
+    from md2pr_st.mining import negative_columns
+
+    columns = negative_columns(candidates.column_names)[:n]
+    data = candidates.select_columns(["query", "positive", *columns, "scores"])
+    if label == "scores":
+        return data.map(lambda row: {"scores": row["scores"][: n + 1]})
+    if label == "margins":
+        return data.map(lambda row: {"label": [row["scores"][0] - s for s in row["scores"][1 : n + 1]]},
+                        remove_columns=["scores"])  # fmt: skip
+    return data.remove_columns(["scores"])
+
+
+def scaled_cos(a, b):
+    """Cosine x 20 (MNRL's scale): puts the student's margins on the teacher's logit scale for MarginMSE."""
+    from sentence_transformers.util import pairwise_cos_sim
+
+    return 20.0 * pairwise_cos_sim(a, b)
+
+
+def host_loss(name: str, base: str):
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer import losses
+
+    from md2pr_st.models import resolve_model_name
+
+    if name == "mnrl":
+        return lambda model: losses.MultipleNegativesRankingLoss(model)
+    if name == "margin_mse":
+        return lambda model: losses.MarginMSELoss(model, similarity_fct=scaled_cos)
+    if name == "distill_kl":
+        from sentence_transformers.util import pairwise_cos_sim
+
+        # The same temperatures as MD2PR's sentence level: T_s = 0.05 on cosines, T_t = 1 on the logits.
+        return lambda model: losses.DistillKLDivLoss(
+            model, similarity_fct=pairwise_cos_sim, student_temperature=0.05, teacher_temperature=1.0
+        )
+    guide = SentenceTransformer(resolve_model_name(None), device="cpu")  # the off-the-shelf all-MiniLM-L6-v2
+    return lambda model: losses.GISTEmbedLoss(model, guide=guide, temperature=0.05)
+
+
+def md2pr_rows(candidates, settings: dict, budget: Budget, teacher):
+    """The round's rows: filtered by the recipe's rule (or not), with the recipe's sentence-level scores."""
+    from md2pr_st.false_negatives import FalseNegativeFilter
+
+    data = candidates
+    if settings.get("scores") == "qrels":
+        data = data.remove_columns(["scores"]).rename_column("grades", "scores")
+    else:
+        data = data.remove_columns(["grades"])
+    for extra in ("query_id", "positive_id", "negative_ids", "exclude_ids"):
+        if extra in data.column_names:
+            data = data.remove_columns([extra])
+    rule = settings.get("rule", "default")
+    if rule is None or settings.get("scores") == "qrels":
+        return first_negatives(data, budget.num_negatives, "scores"), None
+    kwargs = {"margin": 0.0} if rule == "margin" else {}
+    kwargs.update({"rule": rule} if rule != "default" else {})
+    fn_filter = FalseNegativeFilter(None, num_negatives=budget.num_negatives, **kwargs)
+    filtered = fn_filter.apply(data)
+    return filtered, fn_filter.statistics["rounds"][-1]
+
+
+def train_recipe(run_dir: Path, recipe: str, regime_student: str, candidates, splits, teacher_path, budget, seed):
+    """Train one recipe; returns (model path, info)."""
+    from md2pr_st.cli.arguments import LossArguments
+    from md2pr_st.student import train_student
+    from md2pr_st.teacher import Teacher
+
+    common = dict(epochs=budget.epochs, batch_size=budget.batch_size, learning_rate=budget.learning_rate,
+                  max_seq_length=budget.max_seq_length, seed=seed, device="cpu", save_steps=10)  # fmt: skip
+    if recipe in HOST:
+        label = {"margin_mse": "margins", "distill_kl": "scores"}.get(recipe)
+        data = first_negatives(candidates, budget.num_negatives, label)
+        if label == "scores":
+            data = data.rename_column("scores", "label")
+        path, log = train_student(regime_student, data, run_dir / "student", loss=host_loss(recipe, regime_student),
+                                  **common)  # fmt: skip
+        return path, {"rows": len(data), "log_history": log}
+    settings = MD2PR[recipe]
+    loss_args = dataclasses.replace(LossArguments(), **{k: settings[k] for k in ("alpha", "beta") if k in settings})
+    teacher = Teacher(teacher_path, max_length=budget.teacher_max_length) if loss_args.beta > 0 else None
+    current, info = regime_student, {"rounds": []}
+    for r in range(1, settings.get("rounds", 1) + 1):
+        if r > 1:  # mined again with the round's student, scored by the same teacher
+            scorer = Teacher(teacher_path, max_length=budget.teacher_max_length)
+            candidates = candidates_for(run_dir / f"candidates_round_{r}", splits, current, scorer, budget, run_dir)
+        rows, stats = md2pr_rows(candidates, settings, budget, teacher)
+        path, log = train_student(current, rows, run_dir / f"student_round_{r}" if r > 1 else run_dir / "student",
+                                  loss_args, teacher=teacher, **common)  # fmt: skip
+        info["rounds"].append({"rows": len(rows), "filter": stats, "log_history": log})
+        current = str(path)
+    return Path(current), info
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Evaluation
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def evaluate(model_path: str, test, nist, budget: Budget, teacher_path: str | None = None) -> dict:
+    """Per-topic metrics on the fold's test topics (UMBRELA) and its NIST topics; with ``teacher_path``, of the run
+    with its top-k reranked by the teacher."""
+    from sentence_transformers import SentenceTransformer
+
+    from md2pr_st.evaluation import RetrievalEvaluator, evaluate_run, rerank_run
+    from md2pr_st.teacher import Teacher
+
+    model = SentenceTransformer(model_path, device="cpu")
+    model.max_seq_length = budget.max_seq_length
+    _, run = RetrievalEvaluator(test, METRICS, show_progress_bar=True).evaluate(model)
+    if teacher_path is not None:
+        teacher = Teacher(teacher_path, max_length=budget.teacher_max_length)
+        run = rerank_run(teacher, test, run, budget.rerank_k, show_progress_bar=True)
+    result = {"umbrela": evaluate_run(run, test.qrels, METRICS, per_query=True)}
+    if nist is not None:
+        result["nist"] = evaluate_run({q: run[q] for q in nist.qrels}, nist.qrels, METRICS, per_query=True)
+    return result
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The grid
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def run_one(out: Path, regime: str, fold: int, recipe: str, seed: int, context: dict, budget: Budget) -> None:
+    """One (regime, fold, recipe, seed): skipped when its result.json exists."""
+    run_dir = out / regime / f"fold{fold}" / f"{recipe}-s{seed}"
+    if (run_dir / "result.json").is_file():
+        return
+    print(f"== {regime} fold {fold} {recipe} seed {seed}", file=sys.stderr, flush=True)
+    start = time.perf_counter()
+    splits, student = context["splits"], context["student"]
+    info: dict = {}
+    if recipe == "base":
+        result = evaluate(student, splits["test"], context["nist"], budget)
+    elif recipe == "teacher_rerank":
+        result = evaluate(student, splits["test"], context["nist"], budget, teacher_path=str(context["teacher"]))
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        path, info = train_recipe(
+            run_dir, recipe, student, context["candidates"], splits, str(context["teacher"]), budget, seed
+        )
+        train_seconds = time.perf_counter() - start
+        result = evaluate(str(path), splits["test"], context["nist"], budget)
+        info["train_seconds"] = round(train_seconds, 1)
+        for folder in run_dir.glob("student*"):  # results are kept, models are not (about 90 MB each)
+            shutil.rmtree(folder, ignore_errors=True)
+    result.update(recipe=recipe, regime=regime, fold=fold, seed=seed, budget=dataclasses.asdict(budget),
+                  info=info, seconds=round(time.perf_counter() - start, 1))  # fmt: skip
+    write_json(run_dir / "result.json", result)
+    ndcg = result["umbrela"]["ndcg@10"]
+    print(f"   {recipe} seed {seed}: nDCG@10 {ndcg:.4f} ({result['seconds']:.0f} s)", file=sys.stderr, flush=True)
+
+
+def run_grid(args, budget: Budget) -> None:
+    from md2pr_st.data import load_rag24
+    from md2pr_st.teacher import Teacher
+
+    out = Path(args.output)
+    all_folds = folds(args.k)
+    nist_all = load_rag24("all", qrels="nist")
+    for fold in args.folds:
+        splits = all_folds[fold]
+        test_ids = set(splits["test"].queries["id"]) & set(nist_all.queries["id"])
+        nist = nist_all.subset(test_ids, f"rag24-nist-cv{args.k}.{fold}-test") if test_ids else None
+        teacher_path = None
+        for regime in args.regimes:
+            student = student_for(out, regime)
+            context = {"splits": splits, "student": student, "nist": nist}
+            for recipe in args.recipes:
+                for seed in args.seeds:
+                    if recipe in ("base", "teacher_rerank") and seed != args.seeds[0]:
+                        continue  # nothing random in them
+                    if recipe != "base" and teacher_path is None:
+                        teacher_path = teacher_for(out, fold, splits, budget)
+                    if recipe not in ("base", "teacher_rerank") and "candidates" not in context:
+                        teacher = Teacher(str(teacher_path), max_length=budget.teacher_max_length)
+                        path = out / regime / f"fold{fold}" / "candidates"
+                        context["candidates"] = candidates_for(
+                            path, splits, student, teacher, budget, out / "embeddings"
+                        )
+                    context["teacher"] = teacher_path
+                    run_one(out, regime, fold, recipe, seed, context, budget)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output", default="runs/quality")
+    parser.add_argument("--regimes", default="B,A", help="A (all-MiniLM-L6-v2), B (its first 3 layers)")
+    parser.add_argument("--k", type=int, default=3, help="cross-validation folds")
+    parser.add_argument("--folds", default="0,1,2")
+    parser.add_argument("--recipes", default=",".join(RECIPES))
+    parser.add_argument("--seeds", default="13")
+    parser.add_argument("--report", action="store_true", help="only aggregate the finished runs")
+    for field in dataclasses.fields(Budget):
+        parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default), default=field.default)
+    args = parser.parse_args(argv)
+    args.regimes = args.regimes.split(",")
+    args.folds = [int(f) for f in args.folds.split(",")]
+    args.recipes = args.recipes.split(",")
+    args.seeds = [int(s) for s in args.seeds.split(",")]
+    unknown = sorted(set(args.recipes) - set(RECIPES))
+    if unknown:
+        parser.error(f"unknown recipes {unknown}; choose from {', '.join(RECIPES)}")
+    budget = Budget(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Budget)})
+    if args.report:
+        from quality_report import report
+
+        report(Path(args.output))
+    else:
+        run_grid(args, budget)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,172 @@
+"""The report of ``benchmarks/quality.py``: pooled means, per-fold means, paired bootstrap CIs, a chart.
+
+    HF_HUB_OFFLINE=1 python benchmarks/quality.py --output runs/quality --report
+
+Writes ``report.md``, ``summary.json`` and ``quality.png`` into the output folder and prints the report.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+METRICS = ("ndcg@10", "mrr@10", "recall@100", "judged@10")
+HOST = ("mnrl", "margin_mse", "distill_kl", "gist")
+
+
+def load_results(out: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(out.glob("*/fold*/*/result.json"))]
+
+
+def pooled(results: list[dict], qrels: str, metric: str, seed: int | None = None) -> dict[tuple, dict[str, float]]:
+    """(regime, recipe) -> {topic: value} over every fold (each topic is a test topic once); the first seed unless
+    ``seed`` is given."""
+    out: dict[tuple, dict[str, float]] = defaultdict(dict)
+    for r in results:
+        if qrels not in r or (seed is not None and r["seed"] != seed):
+            continue
+        out[(r["regime"], r["recipe"], r["seed"])].update(r[qrels]["per_query"][metric])
+    return out
+
+
+def report(out: Path) -> dict:
+    from md2pr_st.evaluation import paired_bootstrap
+
+    results = load_results(out)
+    if not results:
+        raise SystemExit(f"No finished runs under {out}.")
+    seed0 = min(r["seed"] for r in results)
+    summary: dict = {"regimes": {}}
+    lines = [f"# MD2PR quality, {len({(r['regime'], r['fold']) for r in results})} (regime, fold) pairs\n"]
+    for regime in sorted({r["regime"] for r in results}):
+        part = [r for r in results if r["regime"] == regime]
+        folds = sorted({r["fold"] for r in part})
+        recipes = [name for name in _order(part)]
+        regime_summary: dict = {}
+        for qrels in ("umbrela", "nist"):
+            per_topic = {m: pooled(part, qrels, m, seed0) for m in METRICS}
+            host_means = {
+                rec: statistics.mean(per_topic["ndcg@10"][(regime, rec, seed0)].values())
+                for rec in HOST
+                if (regime, rec, seed0) in per_topic["ndcg@10"]
+            }
+            best_host = max(host_means, key=host_means.get) if host_means else None
+            rows = []
+            for rec in recipes:
+                key = (regime, rec, seed0)
+                if key not in per_topic["ndcg@10"]:
+                    continue
+                row = {"recipe": rec, "topics": len(per_topic["ndcg@10"][key])}
+                for m in METRICS:
+                    row[m] = statistics.mean(per_topic[m][key].values())
+                row["folds"] = {
+                    f: next(
+                        (
+                            r[qrels]["ndcg@10"]
+                            for r in part
+                            if r["recipe"] == rec and r["fold"] == f and r["seed"] == seed0 and qrels in r
+                        ),
+                        None,
+                    )  # fmt: skip
+                    for f in folds
+                }
+                if best_host and rec != best_host:
+                    row["vs_best_host"] = paired_bootstrap(
+                        per_topic["ndcg@10"][key], per_topic["ndcg@10"][(regime, best_host, seed0)]
+                    )
+                if rec != "base" and (regime, "base", seed0) in per_topic["ndcg@10"]:
+                    row["vs_base"] = paired_bootstrap(
+                        per_topic["ndcg@10"][key], per_topic["ndcg@10"][(regime, "base", seed0)]
+                    )
+                row["seeds"] = _seed_spread(part, rec, qrels, folds)
+                row["seconds"] = statistics.median(
+                    [r["seconds"] for r in part if r["recipe"] == rec and r["seed"] == seed0]
+                )
+                rows.append(row)
+            regime_summary[qrels] = {"best_host": best_host, "rows": rows}
+            lines += _table(regime, qrels, folds, best_host, rows)
+        summary["regimes"][regime] = regime_summary
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    chart(summary, out / "quality.png")
+    text = "\n".join(lines) + "\n![quality](quality.png)\n"
+    (out / "report.md").write_text(text)
+    print(text)
+    return summary
+
+
+def _order(part: list[dict]) -> list[str]:
+    order = ["base", "teacher_rerank", *HOST]
+    names = {r["recipe"] for r in part}
+    return [n for n in order if n in names] + sorted(n for n in names if n not in order)
+
+
+def _seed_spread(part: list[dict], recipe: str, qrels: str, folds: list[int]) -> dict | None:
+    """Mean nDCG@10 over the folds per seed, for recipes run with several seeds on every fold."""
+    by_seed: dict[int, list[float]] = defaultdict(list)
+    for r in part:
+        if r["recipe"] == recipe and qrels in r:
+            by_seed[r["seed"]].append(r[qrels]["ndcg@10"] * r[qrels]["n_queries"])
+    complete = {}
+    for seed, values in by_seed.items():
+        runs = [r for r in part if r["recipe"] == recipe and r["seed"] == seed and qrels in r]
+        if len(runs) == len(folds):
+            complete[seed] = sum(values) / sum(r[qrels]["n_queries"] for r in runs)
+    if len(complete) < 2:
+        return None
+    return {"per_seed": complete, "min": min(complete.values()), "max": max(complete.values())}
+
+
+def _table(regime: str, qrels: str, folds: list[int], best_host: str | None, rows: list[dict]) -> list[str]:
+    name = {"umbrela": "UMBRELA grades", "nist": "NIST assessors' grades"}[qrels]
+    lines = [
+        f"\n## Regime {regime}, {name} ({rows[0]['topics'] if rows else 0} topics)\n",
+        "| recipe | " + " | ".join(METRICS) + " | " + " | ".join(f"fold {f}" for f in folds)
+        + f" | nDCG@10 - {best_host} [95% CI] | nDCG@10 - base [95% CI] | seeds | s/run |",
+        "|---|" + "---:|" * (len(METRICS) + len(folds) + 4),
+    ]  # fmt: skip
+    for row in rows:
+        cells = [f"{row[m]:.4f}" for m in METRICS]
+        cells += [f"{row['folds'][f]:.4f}" if row["folds"][f] is not None else "" for f in folds]
+        for key in ("vs_best_host", "vs_base"):
+            ci = row.get(key)
+            cells.append(f"{ci['mean_diff']:+.4f} [{ci['low']:+.4f}, {ci['high']:+.4f}]" if ci else "")
+        spread = row.get("seeds")
+        cells.append(f"{spread['min']:.4f}-{spread['max']:.4f} ({len(spread['per_seed'])})" if spread else "")
+        cells.append(f"{row['seconds']:.0f}")
+        lines.append(f"| {row['recipe']} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def chart(summary: dict, path: Path) -> None:
+    """Mean nDCG@10 per recipe (UMBRELA, all topics), with the 95 % CI of the difference to base as whiskers."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    regimes = list(summary["regimes"])
+    fig, axes = plt.subplots(1, len(regimes), figsize=(6.5 * len(regimes), 4.2), squeeze=False)
+    for ax, regime in zip(axes[0], regimes):
+        rows = summary["regimes"][regime]["umbrela"]["rows"]
+        names = [r["recipe"] for r in rows]
+        values = [r["ndcg@10"] for r in rows]
+        low = [r["vs_base"]["mean_diff"] - r["vs_base"]["low"] if "vs_base" in r else 0 for r in rows]
+        high = [r["vs_base"]["high"] - r["vs_base"]["mean_diff"] if "vs_base" in r else 0 for r in rows]
+        colors = [
+            "#999999" if n in ("base", "teacher_rerank") else "#4c72b0" if n in HOST else "#c44e52" for n in names
+        ]
+        ax.barh(range(len(rows)), values, xerr=[low, high], color=colors, capsize=3)
+        ax.set_yticks(range(len(rows)), names)
+        ax.invert_yaxis()
+        base = next((r["ndcg@10"] for r in rows if r["recipe"] == "base"), None)
+        if base is not None:
+            ax.axvline(base, color="black", linestyle=":", linewidth=1)
+        lo = min(values) - 0.03
+        ax.set_xlim(lo, max(values) + 0.02)
+        ax.set_xlabel("nDCG@10, all test topics (whiskers: 95% CI of the difference to base)")
+        ax.set_title(f"Regime {regime}: grey reference, blue host recipes, red MD2PR")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
