@@ -15,7 +15,7 @@ Recipes:
 - host: ``mnrl`` (MultipleNegativesRankingLoss on the mined negatives), ``margin_mse`` (MarginMSELoss on the
   teacher's margins), ``distill_kl`` (DistillKLDivLoss on the teacher's scores), ``gist`` (GISTEmbedLoss, guide = base)
 - ``md2pr``: MD2PR with the library defaults (LossArguments(), the default false-negative rule, flagged candidates
-  dropped and refilled); ablations ``md2pr_no_word`` (beta 0), ``md2pr_no_sentence`` (alpha 0), ``md2pr_no_filter``
+  masked out of L_c and kept for L_s); ablations ``md2pr_no_word`` (beta 0), ``md2pr_no_sentence`` (alpha 0), ``md2pr_no_filter``
   (no false-negative filter), ``md2pr_fixed`` (a fixed threshold: flagged when t(q, d) >= t(q, d+)),
   ``md2pr_quantile`` (the quantile rule p = 0.1, the former default), ``md2pr_2_rounds`` (re-mined with the round-1
   student), ``md2pr_umbrela`` (UMBRELA grades as the sentence level's teacher scores, no word level)
@@ -221,7 +221,8 @@ def md2pr_rows(candidates, settings: dict, budget: Budget, teacher):
         return first_negatives(data, budget.num_negatives, "scores"), None
     kwargs = {"margin": 0.0} if rule == "margin" else {}
     kwargs.update({"rule": rule} if rule != "default" else {})
-    fn_filter = FalseNegativeFilter(None, num_negatives=budget.num_negatives, **kwargs)
+    # Flagged candidates stay in the rows for L_s; the loss leaves them out of L_c (the pipeline's default action).
+    fn_filter = FalseNegativeFilter(None, num_negatives=budget.num_negatives, action="mask", **kwargs)
     filtered = fn_filter.apply(data)
     return filtered, fn_filter.statistics["rounds"][-1]
 
@@ -251,8 +252,9 @@ def train_recipe(run_dir: Path, recipe: str, regime_student: str, candidates, sp
             scorer = Teacher(teacher_path, max_length=budget.teacher_max_length)
             candidates = candidates_for(run_dir / f"candidates_round_{r}", splits, current, scorer, budget, run_dir)
         rows, stats = md2pr_rows(candidates, settings, budget, teacher)
+        mask = {"false_negative_margin": stats.get("margin"), "false_negative_threshold": stats.get("threshold")}
         path, log = train_student(current, rows, run_dir / f"student_round_{r}" if r > 1 else run_dir / "student",
-                                  loss_args, teacher=teacher, **common)  # fmt: skip
+                                  loss_args, teacher=teacher, **(mask if stats else {}), **common)  # fmt: skip
         info["rounds"].append({"rows": len(rows), "filter": stats, "log_history": log})
         current = str(path)
     return Path(current), info

@@ -263,9 +263,9 @@ def test_word_level_chunks_give_the_same_value_and_gradients():
         torch.testing.assert_close(a, b)
 
 
-def reference_word_level(student, raw_teacher, queries, passages, tau):
+def reference_word_level(student, raw_teacher, queries, passages, tau, t_a=1.0):
     """Independent L_w for a student and teacher sharing one vocabulary: each text embedded alone, attention from
-    the raw transformers model with output_attentions=True, token by token."""
+    the raw transformers model with output_attentions=True, token by token, rows sharpened as softmax(log A / T_a)."""
     model, tokenizer = raw_teacher
     total = 0.0
     for q, d in zip(queries, passages):
@@ -278,23 +278,24 @@ def reference_word_level(student, raw_teacher, queries, passages, tau):
         rows = [k for k, s in enumerate(seq) if s == 0]
         cols = [k for k, s in enumerate(seq) if s == 1]
         a = att[rows][:, cols]
-        a = a / a.sum(1, keepdim=True)
+        a = torch.softmax(torch.log(a / a.sum(1, keepdim=True)) / t_a, dim=1)
         m = F.normalize(hq, dim=-1) @ F.normalize(hd, dim=-1).T / tau
         total += F.kl_div(F.log_softmax(m, -1), a, reduction="none").sum(-1).mean().item()
     return total / len(queries)
 
 
-def test_word_level_loss_matches_output_attentions_reference(tiny_model, teacher, tiny_cross_encoder_path):
+@pytest.mark.parametrize("t_a", [1.0, 0.4])
+def test_word_level_loss_matches_output_attentions_reference(tiny_model, teacher, tiny_cross_encoder_path, t_a):
     raw = (
         AutoModelForSequenceClassification.from_pretrained(
             str(tiny_cross_encoder_path), attn_implementation="eager"
         ).eval(),
         AutoTokenizer.from_pretrained(str(tiny_cross_encoder_path)),
     )
-    loss_fn = WordLevelDistillationLoss(tiny_model, teacher, temperature=0.2, chunk_size=2)
+    loss_fn = WordLevelDistillationLoss(tiny_model, teacher, temperature=0.2, chunk_size=2, attention_temperature=t_a)
     tiny_model.eval()  # no dropout, so the reference sees the same embeddings
     value = loss_fn(batch_features(tiny_model, QUERIES, POSITIVES, NEGATIVES), None)
-    expected = reference_word_level(tiny_model, raw, QUERIES * 2, POSITIVES + NEGATIVES, 0.2)
+    expected = reference_word_level(tiny_model, raw, QUERIES * 2, POSITIVES + NEGATIVES, 0.2, t_a)
     assert loss_fn.last_aligned_fraction == 1.0
     assert value.item() == pytest.approx(expected, rel=1e-4)
     tiny_model.train()

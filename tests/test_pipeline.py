@@ -165,7 +165,7 @@ def test_demo_defaults_validate_and_bad_settings_fail_before_any_work():
 
     demo, loss = DemoArguments(), DemoLossArguments()
     assert (demo.sentence_scores, demo.min_grade, demo.rounds, demo.output_dir) == ("qrels", 3, 1, "runs/demo")
-    assert (loss.alpha, loss.beta) == (400.0, 0.0)
+    assert (loss.alpha, loss.beta) == (1.0, 0.0)
     with pytest.raises(ValueError, match="positives must be 'all', 'best' or a positive integer"):
         PipelineArguments(positives="most")
     with pytest.raises(ValueError, match="re-estimates the threshold every round"):

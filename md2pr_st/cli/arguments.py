@@ -112,7 +112,11 @@ class LossArguments:
     teacher_temperature: float = dataclasses.field(default=1.0, metadata={"help": "T_t of the sentence level."})
     word_temperature: float = dataclasses.field(default=0.05, metadata={"help": "tau_w of the word level."})
     attention_temperature: float = dataclasses.field(
-        default=1.0, metadata={"help": "T_a of the word level: the teacher's attention rows become A^(1/T_a)."}
+        default=0.4,
+        metadata={
+            "help": "T_a of the word level: the teacher's attention rows become A^(1/T_a), sharpened to the "
+            "student's entropy."
+        },
     )
 
 
@@ -264,10 +268,8 @@ class DemoArguments(PipelineArguments):
 
 @dataclasses.dataclass
 class DemoLossArguments(LossArguments):
-    """The demo's loss weights: ``L_s`` is scaled by ``T_s^2``, so ``alpha = 1 / T_s^2 = 400`` weighs it like
-    ``L_c``; no word level (see ``beta``)."""
+    """The demo's loss weights: the library's, without the word level (see ``beta``)."""
 
-    alpha: float = dataclasses.field(default=400.0, metadata={"help": "Weight of the sentence-level loss."})
     beta: float = dataclasses.field(
         default=0.0,
         metadata={

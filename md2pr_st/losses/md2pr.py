@@ -113,7 +113,7 @@ class MD2PRLoss(nn.Module):
         student_temperature: float = 0.05,
         teacher_temperature: float = 1.0,
         word_temperature: float = 0.05,
-        attention_temperature: float = 1.0,
+        attention_temperature: float = 0.4,
         false_negative_margin: float | None = 0.0,
         false_negative_threshold: float | None = None,
         gather_across_devices: bool = False,

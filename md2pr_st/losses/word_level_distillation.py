@@ -304,7 +304,7 @@ class WordLevelDistillationLoss(nn.Module):
         teacher: Teacher | Any | str | Path,
         temperature: float = 0.05,
         chunk_size: int = 64,
-        attention_temperature: float = 1.0,
+        attention_temperature: float = 0.4,
     ) -> None:
         """
         MD2PR's word-level distillation: the student's token interaction map between a query and a passage is

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import random
+import shutil
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -157,29 +158,13 @@ def train_teacher(
     from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss
 
     from md2pr_st.hub.model_card import remove_dataset_texts
-    from md2pr_st.models import resolve_model_name
+    from md2pr_st.models import DEFAULT_STUDENT_ID, resolve_model_name
 
     output_dir = Path(output_dir)
     if (output_dir / TEACHER_REPORT).is_file() and not overwrite:
         logger.info("%s already holds a trained teacher; reusing it (overwrite=True retrains).", output_dir)
         return output_dir
-    if isinstance(train, RetrievalData):
-        pairs = teacher_training_pairs(train, random_negatives=random_negatives, seed=seed)
-        train_name = train.name
-    elif isinstance(train, Dataset):
-        missing = {"query", "passage", "label"} - set(train.column_names)
-        if missing:
-            raise ValueError(
-                f"The teacher's training dataset needs columns query, passage, label; it lacks {sorted(missing)} "
-                f"(it has {train.column_names}). Build it with teacher_training_pairs(data)."
-            )
-        pairs, train_name = train.select_columns(["query", "passage", "label"]), "dataset"
-    else:
-        raise TypeError(f"train must be a RetrievalData or a datasets.Dataset, got {type(train).__name__}.")
-    if len(pairs) == 0:
-        raise ValueError("No training pairs: the train split has no judged pairs.")
-    if max_pairs is not None and len(pairs) > max_pairs:
-        pairs = pairs.shuffle(seed=seed).select(range(max_pairs))
+    pairs, train_name = _training_pairs(train, random_negatives, max_pairs, seed)
     base_name = resolve_model_name(base_model)
     model = CrossEncoder(base_name, num_labels=1, max_length=max_length, device=device)
     checkpoints = output_dir.with_name(output_dir.name + ".checkpoints")
@@ -214,16 +199,11 @@ def train_teacher(
     seconds = time.perf_counter() - start
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     report: dict[str, Any] = {
-        "base_model": str(base_model or "sentence-transformers/all-MiniLM-L6-v2 (embedded)"),
+        "base_model": str(base_model or f"{DEFAULT_STUDENT_ID} (embedded)"),
         "train": train_name,
         "train_pairs": len(pairs),
-        "max_length": max_length,
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "learning_rate": learning_rate,
-        "random_negatives": random_negatives,
-        "seed": seed,
-        "train_seconds": round(seconds, 1),
+        **dict(max_length=max_length, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate),
+        **dict(random_negatives=random_negatives, seed=seed, train_seconds=round(seconds, 1)),
         "resumed_from": resume.name if resume else None,
         "steps": trainer.state.global_step,
         "first_loss": losses[0] if losses else None,
@@ -234,10 +214,31 @@ def train_teacher(
     with atomic_path(output_dir, is_dir=True) as tmp:
         model.save(str(tmp))
         write_json(tmp / TEACHER_REPORT, report)
-    import shutil
-
     shutil.rmtree(checkpoints, ignore_errors=True)
     return output_dir
+
+
+def _training_pairs(
+    train: RetrievalData | Dataset, random_negatives: int, max_pairs: int | None, seed: int
+) -> tuple[Dataset, str]:
+    """The ``(query, passage, label)`` rows of :func:`train_teacher` and the name of where they come from."""
+    if isinstance(train, RetrievalData):
+        pairs, name = teacher_training_pairs(train, random_negatives=random_negatives, seed=seed), train.name
+    elif isinstance(train, Dataset):
+        missing = {"query", "passage", "label"} - set(train.column_names)
+        if missing:
+            raise ValueError(
+                f"The teacher's training dataset needs columns query, passage, label; it lacks {sorted(missing)} "
+                f"(it has {train.column_names}). Build it with teacher_training_pairs(data)."
+            )
+        pairs, name = train.select_columns(["query", "passage", "label"]), "dataset"
+    else:
+        raise TypeError(f"train must be a RetrievalData or a datasets.Dataset, got {type(train).__name__}.")
+    if len(pairs) == 0:
+        raise ValueError("No training pairs: the train split has no judged pairs.")
+    if max_pairs is not None and len(pairs) > max_pairs:
+        pairs = pairs.shuffle(seed=seed).select(range(max_pairs))
+    return pairs, name
 
 
 def reranking_gap(
