@@ -16,13 +16,16 @@ import argparse
 
 from sentence_transformers import SentenceTransformer
 
-from md2pr_st.data import load_beir, training_pairs
-from md2pr_st.evaluation import RetrievalEvaluator
-from md2pr_st.false_negatives import FalseNegativeFilter
-from md2pr_st.mining import mine_hard_negatives
+from md2pr_st import (
+    FalseNegativeFilter,
+    RetrievalEvaluator,
+    Teacher,
+    load_beir,
+    mine_hard_negatives,
+    train_student,
+    training_pairs,
+)
 from md2pr_st.models import resolve_model_name
-from md2pr_st.student import train_student
-from md2pr_st.teacher import Teacher
 
 
 def main() -> None:
@@ -41,15 +44,22 @@ def main() -> None:
     evaluator = RetrievalEvaluator(test, metrics=["ndcg@10", "recall@100"], name="test")
     print("before:", evaluator(student))
 
-    # 1. mine candidates with the student (FAISS), 2. drop false negatives and attach teacher logits
+    # 1. mine candidates with the student (FAISS), 2. flag false negatives and attach teacher logits
     mined = mine_hard_negatives(training_pairs(train), train.corpus, student, num_negatives=args.num_negatives + 2)
-    false_negatives = FalseNegativeFilter(teacher, rule="dynamic", num_negatives=args.num_negatives)
+    false_negatives = FalseNegativeFilter(teacher, num_negatives=args.num_negatives, action="mask")
     filtered = false_negatives.apply(mined)
-    print("false negatives:", {k: false_negatives.statistics["rounds"][-1][k] for k in ("margin", "flagged")})
+    round_ = false_negatives.statistics["rounds"][-1]
+    print("false negatives:", {k: round_[k] for k in ("threshold", "flagged")})
 
-    # 3. train the student with L_c + alpha L_s + beta L_w
+    # 3. train the student with L_c + alpha L_s + beta L_w, the flagged candidates masked out of L_c
     path, _ = train_student(
-        student, filtered, f"{args.output_dir}/student", teacher=teacher, batch_size=args.batch_size
+        student,
+        filtered,
+        f"{args.output_dir}/student",
+        teacher=teacher,
+        false_negative_margin=round_["margin"],
+        false_negative_threshold=round_["threshold"],
+        batch_size=args.batch_size,
     )
     print("after:", evaluator(SentenceTransformer(str(path))))
 

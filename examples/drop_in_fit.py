@@ -18,11 +18,9 @@ from sentence_transformers.base.sampler import BatchSamplers
 from sentence_transformers.sentence_transformer.trainer import SentenceTransformerTrainer
 from sentence_transformers.sentence_transformer.training_args import SentenceTransformerTrainingArguments
 
+from md2pr_st import MD2PRLoss, RetrievalEvaluator, Teacher
 from md2pr_st.data import load_retrieval_data
-from md2pr_st.evaluation import RetrievalEvaluator
-from md2pr_st.losses import MD2PRLoss
 from md2pr_st.models import resolve_model_name
-from md2pr_st.teacher import Teacher
 
 
 def judged_triplets(data, num_negatives: int = 2) -> Dataset:

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from md2pr_st.cli.arguments import PipelineArguments
-from md2pr_st.data import load_splits
-from md2pr_st.pipeline import run_pipeline
+from md2pr_st import PipelineArguments, load_splits, run_pipeline
 
 
 def main() -> None:

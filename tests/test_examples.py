@@ -70,3 +70,26 @@ def test_multi_gpu_doc_names_real_options():
 
     assert "gather_across_devices" in text
     assert "gather_across_devices" in MD2PRLoss.__init__.__code__.co_varnames
+
+
+def test_the_readme_round_by_hand_runs(tiny_model_path, tiny_cross_encoder_path, beir_folder, tmp_path):
+    """The README's "one MD2PR round by hand" block, on the tiny models and the BEIR folder instead of RAG24."""
+    readme = (EXAMPLES.parent / "README.md").read_text(encoding="utf-8")
+    blocks = [b.split("```", 1)[0] for b in readme.split("```python\n")[1:]]
+    block = next(b for b in blocks if "MD2PRLoss(" in b and "FalseNegativeFilter(" in b)
+    code = (
+        block.replace('load_rag24("train")', f'load_beir({str(beir_folder)!r}, "train")')
+        .replace('"path/or/hub-id-of-a-cross-encoder"', repr(str(tiny_cross_encoder_path)))
+        .replace('"runs/md2pr"', repr(str(tmp_path / "out")))
+        .replace("num_negatives=8", "num_negatives=3")
+        .replace("num_negatives=4", "num_negatives=2")
+    )
+    assert code.count("load_beir(") == 1 and str(tiny_cross_encoder_path) in code  # every substitution applied
+    setup = (
+        "from sentence_transformers import SentenceTransformer\nfrom md2pr_st import load_beir\n"
+        f"model = SentenceTransformer({str(tiny_model_path)!r}, device='cpu')\n"
+    )
+    namespace: dict = {}
+    exec(compile(setup + code, "README.md", "exec"), namespace)  # noqa: S102
+    assert namespace["round_"]["flagged"] >= 0 and len(namespace["rows"]) > 0
+    assert namespace["loss"].false_negative_threshold == namespace["round_"]["threshold"]
