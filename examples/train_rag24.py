@@ -37,7 +37,8 @@ def main() -> None:
         batch_size=args.batch_size,
     )
     metrics = run_pipeline(load_splits(args.dataset), pipeline_args, command="python examples/train_rag24.py")
-    print({name: round(part["ndcg@10"], 4) for name, part in metrics.items()})
+    print({name: round(metrics[name]["ndcg@10"], 4) for name in ("before", "after", "teacher_rerank")})
+    print("after - before:", metrics["after_minus_before"]["ndcg@10"])
 
 
 if __name__ == "__main__":

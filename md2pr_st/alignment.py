@@ -142,14 +142,31 @@ def decode_student_texts(
     input_ids: Tensor,
     attention_mask: Tensor | None = None,
     prompt_length: int | None = None,
+    originals: Sequence[str | None] | None = None,
 ) -> list[StudentText]:
-    """Recover, for each row of a student batch, the text the student saw and where each of its tokens sits.
+    """For each row of a student batch, the text the teacher should read and where each student token sits in it.
 
-    The loss only receives token ids, so the texts handed to the teacher are decoded from them (as the host
-    library's ``GISTEmbedLoss`` does for its guide). This also means the teacher sees the student's truncation.
-    Special tokens, padding and the first ``prompt_length`` positions (a prompt such as ``"query: "``) are
-    dropped. Character offsets come from re-tokenizing the decoded text; when that does not reproduce the same
-    ids, ``offsets`` is None and only the same-vocabulary path can align that row.
+    Special tokens, padding and the first ``prompt_length`` positions (a prompt such as ``"query: "``) are dropped.
+    With ``originals`` (the texts the user wrote, one per row), a row's text is its original: the student tokenizer
+    re-tokenizes it with character offsets, and when the row's token ids are a prefix of that tokenization (the
+    student may have truncated it), the original text, case, punctuation and all, is what the teacher reads, and
+    the offsets point into it. Otherwise (no original, or a tokenizer whose ids do not come back) the text is
+    decoded from the ids, as the host's ``GISTEmbedLoss`` does for its guide: an uncased student then hands the
+    teacher lower-cased text cut at the student's length. ``offsets`` is None when re-tokenizing the decoded text
+    does not give back the same ids either; then only the same-vocabulary path can align that row.
+
+    Example:
+        >>> from transformers import BertTokenizerFast
+        >>> from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+        >>> vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "what", "is", "python", "?"])}
+        >>> raw = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+        >>> raw.normalizer, raw.pre_tokenizer = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
+        >>> tokenizer = BertTokenizerFast(tokenizer_object=raw, do_lower_case=True)
+        >>> batch = tokenizer(["What is Python?"], return_tensors="pt")
+        >>> decode_student_texts(tokenizer, batch["input_ids"])[0].text  # decoded: lower-cased, re-spaced
+        'what is python ?'
+        >>> decode_student_texts(tokenizer, batch["input_ids"], originals=["What is Python?"])[0].text
+        'What is Python?'
     """
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError(
@@ -166,15 +183,38 @@ def decode_student_texts(
         start = next((p for p, m in enumerate(row_mask) if m), 0) + skip
         positions.append([p for p, (t, m) in enumerate(zip(row, row_mask)) if m and p >= start and t not in special])
     content = [[row[p] for p in pos] for row, pos in zip(ids, positions)]
-    texts = tokenizer.batch_decode(content, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-    encoded = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
-    result = []
-    for text, pos, row_ids, re_ids, offsets in zip(
-        texts, positions, content, encoded["input_ids"], encoded["offset_mapping"]
-    ):
-        ok = list(re_ids) == row_ids
-        result.append(StudentText(text, pos, row_ids, [tuple(o) for o in offsets] if ok else None))
+    result: list[StudentText | None] = [None] * len(ids)
+    if originals is not None:
+        for i, (text, student) in enumerate(zip(originals, _retokenize(tokenizer, originals, content))):
+            if student is not None:
+                result[i] = StudentText(text, positions[i], content[i], student)
+    todo = [i for i, r in enumerate(result) if r is None]
+    if todo:
+        texts = tokenizer.batch_decode(
+            [content[i] for i in todo], skip_special_tokens=True, clean_up_tokenization_spaces=False
+        )
+        for i, text, offsets in zip(
+            todo, texts, _retokenize(tokenizer, texts, [content[i] for i in todo], exact=True)
+        ):
+            result[i] = StudentText(text, positions[i], content[i], offsets)
     return result
+
+
+def _retokenize(
+    tokenizer: Any, texts: Sequence[str | None], content: Sequence[list[int]], exact: bool = False
+) -> list[list[tuple[int, int]] | None]:
+    """Offsets of each text's tokens when the row's ids are what the tokenizer gives for it (all of them with
+    ``exact``, else a prefix: the student truncated the text); None where they are not."""
+    valid = [i for i, text in enumerate(texts) if isinstance(text, str)]
+    out: list[list[tuple[int, int]] | None] = [None] * len(texts)
+    if not valid:
+        return out
+    encoded = tokenizer([texts[i] for i in valid], add_special_tokens=False, return_offsets_mapping=True)
+    for i, re_ids, offsets in zip(valid, encoded["input_ids"], encoded["offset_mapping"]):
+        row = content[i]
+        if (list(re_ids) == row) if exact else (list(re_ids[: len(row)]) == row and len(row) > 0):
+            out[i] = [tuple(o) for o in offsets[: len(row)]]
+    return out
 
 
 def align_side(

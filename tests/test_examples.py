@@ -60,7 +60,7 @@ def test_train_rag24_runs_the_pipeline_on_any_dataset(tiny_model_path, tiny_cros
         cwd=tmp_path,
     )
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert set(metrics) == {"before", "after", "teacher_rerank"}
+    assert set(metrics) == {"before", "after", "teacher_rerank", "after_minus_before"}
     assert str(round(metrics["after"]["ndcg@10"], 4)) in out
 
 

@@ -157,6 +157,37 @@ def test_training_with_prompts(student, teacher, tmp_path):
     assert loss.last_aligned_fraction == 1.0
 
 
+def test_a_cased_teacher_reads_the_original_texts_of_an_uncased_student(student, tmp_path):
+    """The student lower-cases and truncates; the teacher must read what the user wrote, and still align."""
+    cased = Teacher(str(build_tiny_bert(tmp_path / "cased", num_labels=1, seed=4, cased=True)))
+    rows = Dataset.from_dict(
+        {
+            "query": ["What is Python?", "Where is Paris, France?", "Why a Cat?"],
+            "positive": [
+                "Python is a snake; Java is an Island in the Sea, far away from the City of Paris.",
+                "Paris is the Capital City of France, on the River.",
+                "The Cat is not a Dog.",
+            ],
+            "negative_1": ["Tea or Coffee?", "The Ocean.", "A Model of Search."],
+        }
+    )
+    seen = []
+    original = cased.score_and_attend
+
+    def record(pairs, batch_size=None):
+        seen.extend(pairs)
+        return original(pairs, batch_size)
+
+    cased.score_and_attend = record
+    student.max_seq_length = 8  # the student cuts the long passage; the teacher must not
+    loss = MD2PRLoss(student, teacher=cased, alpha=0.0, false_negative_margin=None)
+    train(student, loss, rows, tmp_path)
+    written = {(q, d) for row in rows for q, d in ((row["query"], row["positive"]), (row["query"], row["negative_1"]))}
+    assert seen and set(seen) <= written  # case, punctuation and the whole passage, as written
+    assert any(d.startswith("Python is a snake; Java") and d.endswith("City of Paris.") for _, d in seen)
+    assert loss.last_aligned_fraction > 0  # aligned through words of the original text, across vocabularies
+
+
 def test_training_with_a_router_of_separate_towers(teacher, tmp_path):
     from sentence_transformers.base.modules.router import Router
     from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
@@ -186,3 +217,53 @@ def test_training_with_a_router_of_separate_towers(teacher, tmp_path):
     np.testing.assert_allclose(
         reloaded.encode_query(["what is python"]), model.encode_query(["what is python"]), rtol=1e-5, atol=1e-6
     )
+
+
+def _wrap(kind, model, inner):
+    from sentence_transformers.sentence_transformer import losses
+
+    if kind == "matryoshka":
+        return losses.MatryoshkaLoss(model, inner, [32, 16])
+    if kind == "matryoshka_2d":
+        return losses.Matryoshka2dLoss(model, inner, [32, 16])
+    return losses.AdaptiveLayerLoss(model, inner)
+
+
+# The host runs Matryoshka2dLoss and AdaptiveLayerLoss with non-cached inner losses only.
+@pytest.mark.parametrize(
+    ("wrapper", "cached"),
+    [("matryoshka", False), ("matryoshka_2d", False), ("adaptive_layer", False), ("matryoshka", True)],
+)
+def test_host_wrappers_train_with_the_md2pr_losses(student, teacher, tiny_model_path, tmp_path, wrapper, cached):
+    """The host's loss wrappers multiply and add the inner loss's output: MD2PR's dict of parts must survive that,
+    with each part still logged and the parts adding up to the wrapper's loss."""
+    inner_class = CachedMD2PRLoss if cached else MD2PRLoss
+    extra = {"mini_batch_size": 2} if cached else {}
+    beta = 0.0 if cached else 1.0  # the cached loss's word level cannot be truncated: a clear error, tested below
+    inner = inner_class(student, teacher=teacher, alpha=1.0, beta=beta, **extra)
+    trainer = train(student, _wrap(wrapper, student, inner), dataset(with_scores=True), tmp_path)
+    logged = [entry for entry in trainer.state.log_history if "loss" in entry and "contrastive" in entry]
+    assert len(logged) == 3 and changed(student, tiny_model_path)
+    for entry in logged:
+        parts = sum(v for k, v in entry.items() if k in ("contrastive", "sentence_level", "word_level", "other"))
+        assert parts == pytest.approx(entry["loss"], rel=1e-3, abs=1e-4)
+        assert entry["sentence_level"] > 0 and (cached or entry["word_level"] > 0)
+
+
+def test_cached_word_level_inside_matryoshka_is_a_clear_error(student, teacher, tmp_path):
+    inner = CachedMD2PRLoss(student, teacher=teacher, beta=1.0, mini_batch_size=2)
+    with pytest.raises(ValueError, match="Wrap MD2PRLoss instead"):
+        train(student, _wrap("matryoshka", student, inner), dataset(with_scores=True), tmp_path)
+
+
+def test_loss_parts_act_like_their_sum_under_a_wrapper_s_arithmetic():
+    from md2pr_st.losses._shared import LossParts
+
+    parts = LossParts(contrastive=torch.tensor(2.0), word_level=torch.tensor(1.0))
+    combined = 0.0
+    for weight in (1.0, 0.5):
+        combined += weight * parts
+    combined = combined + torch.tensor(0.1) - parts / 4
+    expected = 1.5 * 3.0 + 0.1 - 0.75
+    assert isinstance(combined, dict) and sum(v.item() for v in combined.values()) == pytest.approx(expected)
+    assert combined["other"].item() == pytest.approx(0.1)

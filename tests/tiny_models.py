@@ -12,11 +12,13 @@ WORDS = (
 ).split()
 
 
-def write_vocab(path: Path, extra_words: tuple[str, ...] = ()) -> Path:
-    """A WordPiece vocabulary that can spell any lowercase ASCII text (characters plus ## continuations)."""
-    chars = list(string.ascii_lowercase + string.digits + string.punctuation)
+def write_vocab(path: Path, extra_words: tuple[str, ...] = (), cased: bool = False) -> Path:
+    """A WordPiece vocabulary that can spell any lowercase ASCII text (characters plus ## continuations); with
+    ``cased``, any ASCII text (upper-case letters too)."""
+    letters = string.ascii_letters if cased else string.ascii_lowercase
+    chars = list(letters + string.digits + string.punctuation)
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    vocab += chars + ["##" + c for c in string.ascii_lowercase + string.digits]
+    vocab += chars + ["##" + c for c in letters + string.digits]
     vocab += [w for w in dict.fromkeys(WORDS + list(extra_words)) if w not in vocab]
     path.write_text("\n".join(vocab) + "\n", encoding="utf-8")
     return path
@@ -32,6 +34,7 @@ def build_tiny_bert(
     seed: int = 0,
     num_labels: int | None = None,
     extra_words: tuple[str, ...] = (),
+    cased: bool = False,
 ) -> Path:
     """Write a randomly initialised BERT (and its fast tokenizer) to ``folder``.
 
@@ -43,9 +46,9 @@ def build_tiny_bert(
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    vocab_file = write_vocab(folder / "vocab.txt", extra_words)
+    vocab_file = write_vocab(folder / "vocab.txt", extra_words, cased)
     vocab = {token: i for i, token in enumerate(vocab_file.read_text(encoding="utf-8").split("\n")[:-1])}
-    tokenizer = BertTokenizerFast(vocab=vocab, do_lower_case=True, model_max_length=max_position_embeddings)
+    tokenizer = BertTokenizerFast(vocab=vocab, do_lower_case=not cased, model_max_length=max_position_embeddings)
     config = BertConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,57 @@ MD2PR_CITATION = """
       url={https://arxiv.org/abs/2312.16821},
 }
 """
+
+
+class LossParts(dict):
+    """A loss's weighted parts, ``{name: scalar tensor}``, that behave like their sum under ``+``, ``-``, ``*``, ``/``.
+
+    The host's trainer sums a dict returned by a loss and logs each entry; its loss wrappers (``MatryoshkaLoss``,
+    ``Matryoshka2dLoss``, ``AdaptiveLayerLoss``) combine the inner loss's outputs arithmetically
+    (``loss += weight * inner(...)``). Scaling scales every part and adding adds part to part, so the combination
+    is still a dict of parts that sums to the wrapper's loss; a plain number or tensor added to it (a wrapper's own
+    term, e.g. AdaptiveLayerLoss's KL) goes into the part ``"other"``.
+
+    Example:
+        >>> import torch
+        >>> parts = LossParts(contrastive=torch.tensor(2.0), sentence_level=torch.tensor(1.0))
+        >>> combined = 0.0
+        >>> combined += 0.5 * parts
+        >>> combined += parts / 2 + torch.tensor(0.25)
+        >>> {k: v.item() for k, v in combined.items()}
+        {'contrastive': 2.0, 'sentence_level': 1.0, 'other': 0.25}
+    """
+
+    def _map(self, fn: Any) -> LossParts:
+        return LossParts({key: fn(value) for key, value in self.items()})
+
+    def __mul__(self, other: Any) -> LossParts:
+        return self._map(lambda value: value * other)
+
+    __rmul__ = __mul__
+
+    def __truediv__(self, other: Any) -> LossParts:
+        return self._map(lambda value: value / other)
+
+    def __neg__(self) -> LossParts:
+        return self._map(lambda value: -value)
+
+    def __add__(self, other: Any) -> LossParts:
+        out = LossParts(self)
+        if isinstance(other, dict):
+            for key, value in other.items():
+                out[key] = out[key] + value if key in out else value
+        elif not (isinstance(other, (int, float)) and other == 0):
+            out["other"] = out["other"] + other if "other" in out else other
+        return out
+
+    __radd__ = __add__
+
+    def __sub__(self, other: Any) -> LossParts:
+        return self + (-other)
+
+    def __rsub__(self, other: Any) -> LossParts:
+        return (-self) + other
 
 
 def as_teacher(teacher: Teacher | Any | str | Path | None) -> Teacher | None:
@@ -66,8 +118,52 @@ def student_tokenizer(model: nn.Module, features: dict[str, Any]) -> Any:
     return model.tokenizer
 
 
+# The features key under which the collator hands the loss each column's original texts (see keep_original_texts).
+ORIGINAL_TEXTS = "md2pr_original_texts"
+
+
+def keep_original_texts(model: nn.Module) -> None:
+    """Make ``model.preprocess`` also return the texts it was given, under :data:`ORIGINAL_TEXTS`.
+
+    A loss receives token ids only. The host's data collator builds each column's features with the model's
+    ``preprocess``, so a ``preprocess`` that keeps its input texts hands them to the loss: the online teacher then
+    reads what the user wrote (case, punctuation, no prompt, the whole text) rather than the student's decoding of
+    it. The losses hide the key from the student's forward pass (:func:`original_texts_hidden`). Call it
+    before building the trainer (the losses do, in their constructor); idempotent.
+    """
+    preprocess = getattr(model, "preprocess", None)
+    if preprocess is None or getattr(preprocess, "_md2pr_keeps_texts", False):
+        return
+
+    def preprocess_keeping_texts(inputs: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        features = preprocess(inputs, *args, **kwargs)
+        if isinstance(inputs, (list, tuple)) and all(isinstance(text, str) for text in inputs):
+            features[ORIGINAL_TEXTS] = list(inputs)
+        return features
+
+    preprocess_keeping_texts._md2pr_keeps_texts = True  # type: ignore[attr-defined]
+    model.preprocess = preprocess_keeping_texts
+
+
+@contextmanager
+def original_texts_hidden(features_list: Sequence[dict[str, Any]]) -> Iterator[None]:
+    """The features as the student expects them while the block runs: :data:`ORIGINAL_TEXTS` taken out of each
+    dict and put back afterwards. In place, not copied: the host's ``AdaptiveLayerLoss`` hands the layers' embeddings
+    from one call of the inner loss to the next through these very dicts, and the merged forward over the candidate
+    columns needs their keys to agree."""
+    stash = [features.pop(ORIGINAL_TEXTS, None) for features in features_list]
+    try:
+        yield
+    finally:
+        for features, texts in zip(features_list, stash):
+            if texts is not None:
+                features[ORIGINAL_TEXTS] = texts
+
+
 def decode_columns(model: nn.Module, features_list: Sequence[dict[str, Any]]) -> list[list[StudentText]]:
-    """The texts the student saw, per column and row (see :func:`md2pr_st.alignment.decode_student_texts`)."""
+    """The texts for the teacher, per column and row: the originals when the collator passed them on
+    (:func:`keep_original_texts`), else decoded from the student's ids
+    (:func:`md2pr_st.alignment.decode_student_texts`)."""
     columns = []
     for features in features_list:
         if "input_ids" not in features:
@@ -81,6 +177,7 @@ def decode_columns(model: nn.Module, features_list: Sequence[dict[str, Any]]) ->
                 features["input_ids"],
                 features.get("attention_mask"),
                 prompt_length_of(features),
+                features.get(ORIGINAL_TEXTS),
             )
         )
     return columns

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from md2pr_st import _host
-from md2pr_st.losses._shared import cat_padded
+from md2pr_st.losses._shared import LossParts, cat_padded, original_texts_hidden
 from md2pr_st.losses.md2pr import MD2PRLoss
 from md2pr_st.teacher import Teacher
 
@@ -124,6 +124,13 @@ class CachedMD2PRLoss(MD2PRLoss, _host.CachedLossMixin):
         self, reps: list[list[Tensor]], labels: Tensor | None = None, *, with_backward: bool = False
     ) -> Tensor:
         dim = self._embedding_dim
+        if self.beta > 0 and any((mb.shape[1] - dim) % dim or mb.shape[1] <= dim for column in reps for mb in column):
+            raise ValueError(
+                "CachedMD2PRLoss with beta > 0 caches each row's sentence and token embeddings side by side, and a "
+                "wrapper that truncates the cached embeddings (MatryoshkaLoss) cuts the token embeddings away, which "
+                "the word level needs. Wrap MD2PRLoss instead (MatryoshkaLoss(model, MD2PRLoss(...), dims)), or set "
+                "beta=0 to wrap CachedMD2PRLoss."
+            )
         teacher_scores, texts, blocks, features = self._batch
         outputs = []
         for minibatches in reps:
@@ -148,7 +155,8 @@ class CachedMD2PRLoss(MD2PRLoss, _host.CachedLossMixin):
         teacher_scores, texts, blocks = self.prepare_teacher(sentence_features, labels)
         self._batch = (teacher_scores, texts, blocks, sentence_features)
         try:
-            loss = self.forward_cached(sentence_features, labels)
+            with original_texts_hidden(sentence_features):
+                loss = self.forward_cached(sentence_features, labels)
         finally:
             self._batch = None
         # The gradient flows through `loss` (its hook runs GradCache step 3); the other parts are logged as constants
@@ -156,7 +164,7 @@ class CachedMD2PRLoss(MD2PRLoss, _host.CachedLossMixin):
         parts = dict(self.last_parts)
         first, *rest = parts
         logged = {key: parts[key] for key in rest}
-        return {first: loss - sum(logged.values(), torch.zeros_like(loss)), **logged}
+        return LossParts({first: loss - sum(logged.values(), torch.zeros_like(loss)), **logged})
 
     def get_config_dict(self) -> dict[str, Any]:
         return {**super().get_config_dict(), "mini_batch_size": self.mini_batch_size}

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from md2pr_st import _host
 from md2pr_st.losses._shared import (
     MD2PR_CITATION,
+    LossParts,
     as_teacher,
     check_columns,
     check_positive,
@@ -21,6 +22,8 @@ from md2pr_st.losses._shared import (
     check_weight,
     decode_columns,
     embed_with_tokens,
+    keep_original_texts,
+    original_texts_hidden,
     teacher_name,
     teacher_pairs,
 )
@@ -230,6 +233,8 @@ class MD2PRLoss(nn.Module):
 
         self.model = model
         self.teacher = as_teacher(teacher)
+        if self.teacher is not None:
+            keep_original_texts(model)  # the online teacher reads what the user wrote, not the student's decoding
         self.alpha = check_weight("alpha", alpha)
         self.beta = check_weight("beta", beta)
         self.scale = check_positive("scale", scale)
@@ -263,17 +268,18 @@ class MD2PRLoss(nn.Module):
     ) -> dict[str, Tensor]:
         sentence_features = list(sentence_features)
         teacher_scores, texts, blocks = self.prepare_teacher(sentence_features, labels)
-        if self.beta > 0:
-            outputs = embed_with_tokens(self.model, sentence_features)
-        else:
-            outputs = [{"sentence_embedding": e} for e in _host.embed_columns(self.model, sentence_features)]
+        with original_texts_hidden(sentence_features):
+            if self.beta > 0:
+                outputs = embed_with_tokens(self.model, sentence_features)
+            else:
+                outputs = [{"sentence_embedding": e} for e in _host.embed_columns(self.model, sentence_features)]
         return self.compute_loss_from_outputs(outputs, teacher_scores, texts, blocks, sentence_features)
 
     def prepare_teacher(
         self, sentence_features: list[dict[str, Tensor]], labels: Tensor | None
     ) -> tuple[Tensor | None, list | None, list | None]:
         """Input checks, then the teacher's side of a batch: scores (B, 1 + n) from the labels or online, and for the
-        word level the decoded student texts and the teacher's attention blocks (row-major pairs)."""
+        word level the texts the teacher read and its attention blocks (row-major pairs)."""
         name = type(self).__name__
         check_columns(
             name,
@@ -338,7 +344,7 @@ class MD2PRLoss(nn.Module):
         batch, num_candidates = query.shape[0], len(embeddings) - 1
         if teacher_scores is not None:
             teacher_scores = teacher_scores.to(query.device)
-        losses: dict[str, Tensor] = {}
+        losses = LossParts()
         flagged = (
             false_negative_mask(teacher_scores, self.false_negative_margin, self.false_negative_threshold)
             if teacher_scores is not None

@@ -16,7 +16,9 @@ from md2pr_st.losses._shared import (
     check_positive,
     check_teacher_scores,
     check_teacher_target_scale,
+    keep_original_texts,
     online_scores,
+    original_texts_hidden,
     teacher_name,
 )
 from md2pr_st.teacher import Teacher
@@ -69,8 +71,10 @@ class SentenceLevelDistillationLoss(nn.Module):
 
         Teacher scores come from the dataset's label column when there is one (offline, the sentence-transformers
         convention: a list of N scores per row, arriving as a (batch_size, N) tensor), and otherwise from the
-        online ``teacher``, which scores the (query, candidate) texts the student saw (decoded from its token ids,
-        so truncated as the student truncated them).
+        online ``teacher``, which scores the (query, candidate) texts as the user wrote them: the loss makes the
+        student's ``preprocess`` pass the original texts on to it through the host's collator (case, punctuation,
+        no prompt, not cut at the student's length). Features built without that (a custom collator) fall back to
+        the texts decoded from the student's token ids.
 
         Args:
             model: The student SentenceTransformer.
@@ -131,6 +135,8 @@ class SentenceLevelDistillationLoss(nn.Module):
         super().__init__()
         self.model = model
         self.teacher = as_teacher(teacher)
+        if self.teacher is not None:
+            keep_original_texts(model)  # the online teacher reads what the user wrote
         self.student_temperature = check_positive("student_temperature", student_temperature)
         self.teacher_temperature = check_positive("teacher_temperature", teacher_temperature)
         self.similarity_fct = similarity_fct
@@ -150,7 +156,8 @@ class SentenceLevelDistillationLoss(nn.Module):
             source = "online teacher output"
         else:
             teacher_scores, source = labels, "label column"
-        embeddings = _host.embed_columns(self.model, sentence_features)
+        with original_texts_hidden(sentence_features):
+            embeddings = _host.embed_columns(self.model, sentence_features)
         return self.compute_loss_from_embeddings(embeddings, teacher_scores, source)
 
     def compute_loss_from_embeddings(

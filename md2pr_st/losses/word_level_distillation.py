@@ -20,6 +20,8 @@ from md2pr_st.losses._shared import (
     check_positive,
     decode_columns,
     embed_with_tokens,
+    keep_original_texts,
+    original_texts_hidden,
     student_tokenizer,
     teacher_name,
     teacher_pairs,
@@ -322,8 +324,9 @@ class WordLevelDistillationLoss(nn.Module):
         query sub-words averaged, identically for teacher and student) and the KL runs over words. Texts that the
         two models truncate differently are aligned over their overlap only.
 
-        The teacher runs online (attention cannot be precomputed into a dataset column): it reads the texts the
-        student saw, decoded from the student's token ids. The student's token embeddings are the output of its
+        The teacher runs online (attention cannot be precomputed into a dataset column): it reads the texts as the
+        user wrote them (the loss makes the student's ``preprocess`` pass the originals on through the host's
+        collator; features built without them fall back to the texts decoded from the student's ids). The student's token embeddings are the output of its
         ``Transformer`` module, taken from the same forward pass that gives the sentence embeddings, so nothing is
         added to the model: it saves and loads as a plain SentenceTransformer. The interaction maps are computed
         in chunks of ``chunk_size`` pairs under activation checkpointing, so memory stays bounded for long passages
@@ -383,6 +386,8 @@ class WordLevelDistillationLoss(nn.Module):
         super().__init__()
         self.model = model
         self.teacher = as_teacher(teacher)
+        if self.teacher is not None:
+            keep_original_texts(model)  # the teacher reads what the user wrote, not the student's decoding
         if self.teacher is None:
             raise ValueError(
                 "WordLevelDistillationLoss needs an online teacher (attention cannot come from a label column): pass "
@@ -407,7 +412,8 @@ class WordLevelDistillationLoss(nn.Module):
         )
         texts = decode_columns(self.model, sentence_features)
         blocks = self.teacher.attention(teacher_pairs(texts))
-        outputs = embed_with_tokens(self.model, sentence_features)
+        with original_texts_hidden(sentence_features):
+            outputs = embed_with_tokens(self.model, sentence_features)
         same_vocab = self._same_vocabulary(self.model, sentence_features)
         loss, targets = word_level_loss_from_outputs(
             outputs, texts, blocks, same_vocab, self.temperature, self.chunk_size, self.attention_temperature
