@@ -106,16 +106,42 @@ def prompt_length_of(features: dict[str, Any]) -> int | None:
     return int(value)
 
 
-def student_tokenizer(model: nn.Module, features: dict[str, Any]) -> Any:
-    """The tokenizer that produced ``features``: the routed tower's for a ``Router``, else the model's."""
-    first = model[0] if isinstance(model, nn.Sequential) and len(model) else None
-    if isinstance(first, _host.Router):
-        route = _host.router_route(first, features)
-        for module in first.sub_modules[route]:
-            tokenizer = getattr(module, "tokenizer", None)
-            if tokenizer is not None:
-                return tokenizer
-    return model.tokenizer
+class StudentTokenizers:
+    """The student's tokenizers, taken from the model when the loss is built: the one that produced a column's
+    features is the routed tower's for a ``Router``, else the model's.
+
+    Taken at construction because a distributed trainer replaces ``loss.model`` with its
+    ``DistributedDataParallel`` wrapper, which has neither ``tokenizer`` nor the model's modules (the host's losses
+    that hold a guide model keep what they need the same way). A plain object, not a module: nothing is added to the
+    loss's parameters.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        model = getattr(model, "module", model)  # already wrapped: the model inside
+        first = model[0] if isinstance(model, nn.Sequential) and len(model) else None
+        self._router = first if isinstance(first, _host.Router) else None
+        self._routes: dict[str, Any] = {}
+        if self._router is not None:
+            for route, modules in self._router.sub_modules.items():
+                found = [m.tokenizer for m in modules if getattr(m, "tokenizer", None) is not None]
+                if found:
+                    self._routes[route] = found[0]
+        self._default = getattr(model, "tokenizer", None)
+
+    def __call__(self, features: dict[str, Any]) -> Any:
+        if self._router is not None:
+            route = _host.router_route(self._router, features)
+            if route in self._routes:
+                return self._routes[route]
+        if self._default is None:
+            raise ValueError("The student has no tokenizer: the MD2PR losses with a teacher need a text model.")
+        return self._default
+
+
+def student_tokenizer(model: nn.Module | StudentTokenizers, features: dict[str, Any]) -> Any:
+    """The tokenizer that produced ``features`` (see :class:`StudentTokenizers`)."""
+    tokenizers = model if isinstance(model, StudentTokenizers) else StudentTokenizers(model)
+    return tokenizers(features)
 
 
 # The features key under which the collator hands the loss each column's original texts (see keep_original_texts).
@@ -160,10 +186,13 @@ def original_texts_hidden(features_list: Sequence[dict[str, Any]]) -> Iterator[N
                 features[ORIGINAL_TEXTS] = texts
 
 
-def decode_columns(model: nn.Module, features_list: Sequence[dict[str, Any]]) -> list[list[StudentText]]:
+def decode_columns(
+    model: nn.Module | StudentTokenizers, features_list: Sequence[dict[str, Any]]
+) -> list[list[StudentText]]:
     """The texts for the teacher, per column and row: the originals when the collator passed them on
     (:func:`keep_original_texts`), else decoded from the student's ids
     (:func:`md2pr_st.alignment.decode_student_texts`)."""
+    tokenizers = model if isinstance(model, StudentTokenizers) else StudentTokenizers(model)
     columns = []
     for features in features_list:
         if "input_ids" not in features:
@@ -173,7 +202,7 @@ def decode_columns(model: nn.Module, features_list: Sequence[dict[str, Any]]) ->
             )
         columns.append(
             decode_student_texts(
-                student_tokenizer(model, features),
+                tokenizers(features),
                 features["input_ids"],
                 features.get("attention_mask"),
                 prompt_length_of(features),
@@ -275,7 +304,10 @@ def check_weight(name: str, value: float) -> float:
 
 
 def online_scores(
-    teacher: Teacher | None, model: nn.Module, features_list: Sequence[dict[str, Any]], loss_name: str
+    teacher: Teacher | None,
+    model: nn.Module | StudentTokenizers,
+    features_list: Sequence[dict[str, Any]],
+    loss_name: str,
 ) -> tuple[Tensor, list[list[StudentText]]]:
     """Teacher logits (B, N) for the (query, candidate) pairs of a batch, scored online from the decoded texts."""
     if teacher is None:

@@ -14,6 +14,7 @@ from md2pr_st import _host
 from md2pr_st.losses._shared import (
     MD2PR_CITATION,
     LossParts,
+    StudentTokenizers,
     as_teacher,
     check_columns,
     check_positive,
@@ -232,6 +233,7 @@ class MD2PRLoss(nn.Module):
         super().__init__()
 
         self.model = model
+        self._student_tokenizers = StudentTokenizers(model)  # kept: a DDP wrapper replaces self.model
         self.teacher = as_teacher(teacher)
         if self.teacher is not None:
             keep_original_texts(model)  # the online teacher reads what the user wrote, not the student's decoding
@@ -308,7 +310,7 @@ class MD2PRLoss(nn.Module):
                     "loss and the false-negative rule. Add a `scores` column with one teacher score per candidate "
                     "column, or pass teacher=..., or set alpha=0 and false_negative_margin=None."
                 )
-            texts = decode_columns(self.model, sentence_features)
+            texts = decode_columns(self._student_tokenizers, sentence_features)
             pairs = teacher_pairs(texts)
             if self.beta > 0:
                 output = self.teacher.score_and_attend(pairs)
@@ -363,7 +365,7 @@ class MD2PRLoss(nn.Module):
                 outputs,
                 texts,
                 blocks,
-                self._same_vocabulary(self.model, sentence_features),
+                self._same_vocabulary(self._student_tokenizers, sentence_features),
                 self.word_temperature,
                 self.word_level_chunk_size,
                 self.attention_temperature,

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from md2pr_st import _host
 from md2pr_st.losses._shared import (
     MD2PR_CITATION,
+    StudentTokenizers,
     as_teacher,
     check_columns,
     check_positive,
@@ -134,6 +135,7 @@ class SentenceLevelDistillationLoss(nn.Module):
         """
         super().__init__()
         self.model = model
+        self._student_tokenizers = StudentTokenizers(model)  # kept: a DDP wrapper replaces self.model
         self.teacher = as_teacher(teacher)
         if self.teacher is not None:
             keep_original_texts(model)  # the online teacher reads what the user wrote
@@ -152,7 +154,9 @@ class SentenceLevelDistillationLoss(nn.Module):
             "A softmax over one candidate is constant, so the loss would be identically zero. Add negative columns.",
         )
         if labels is None or labels.numel() == 0:
-            teacher_scores, _ = online_scores(self.teacher, self.model, sentence_features, type(self).__name__)
+            teacher_scores, _ = online_scores(
+                self.teacher, self._student_tokenizers, sentence_features, type(self).__name__
+            )
             source = "online teacher output"
         else:
             teacher_scores, source = labels, "label column"

@@ -15,6 +15,7 @@ from torch.utils.checkpoint import checkpoint
 from md2pr_st.alignment import StudentText, align_pair, pool_teacher_attention, same_vocabulary
 from md2pr_st.losses._shared import (
     MD2PR_CITATION,
+    StudentTokenizers,
     as_teacher,
     check_columns,
     check_positive,
@@ -385,6 +386,7 @@ class WordLevelDistillationLoss(nn.Module):
         """
         super().__init__()
         self.model = model
+        self._student_tokenizers = StudentTokenizers(model)  # kept: a DDP wrapper replaces self.model
         self.teacher = as_teacher(teacher)
         if self.teacher is not None:
             keep_original_texts(model)  # the teacher reads what the user wrote, not the student's decoding
@@ -410,11 +412,11 @@ class WordLevelDistillationLoss(nn.Module):
             "query, positive, optional negatives",
             "The word-level loss compares each query with its candidate passages.",
         )
-        texts = decode_columns(self.model, sentence_features)
+        texts = decode_columns(self._student_tokenizers, sentence_features)
         blocks = self.teacher.attention(teacher_pairs(texts))
         with original_texts_hidden(sentence_features):
             outputs = embed_with_tokens(self.model, sentence_features)
-        same_vocab = self._same_vocabulary(self.model, sentence_features)
+        same_vocab = self._same_vocabulary(self._student_tokenizers, sentence_features)
         loss, targets = word_level_loss_from_outputs(
             outputs, texts, blocks, same_vocab, self.temperature, self.chunk_size, self.attention_temperature
         )
