@@ -37,6 +37,7 @@ from sentence_transformers.sentence_transformer.evaluation import SentenceEvalua
 
 from md2pr_st.data import RetrievalData
 from md2pr_st.index import FaissIndex, encode
+from md2pr_st.models import model_fingerprint
 from md2pr_st.utils import write_json
 
 if TYPE_CHECKING:
@@ -158,7 +159,10 @@ class RetrievalEvaluator(SentenceEvaluator):
         factory: ``faiss.index_factory`` string; ``"Flat"`` is exact search.
         batch_size: encoding batch size.
         name: prefix of the logged metrics (``{name}_ndcg@10``).
-        show_progress_bar: show encoding progress.
+        show_progress_bar: show encoding progress (default: shown, as for every long step of md2pr-st).
+        index: a :class:`~md2pr_st.index.FaissIndex` already built over ``data.corpus``: a call with the model it
+            was built with searches it instead of encoding the corpus again (checked by the model's fingerprint,
+            so a model that has trained since is encoded afresh).
 
     Example:
         >>> from datasets import Dataset
@@ -183,10 +187,17 @@ class RetrievalEvaluator(SentenceEvaluator):
         factory: str = "Flat",
         batch_size: int = 64,
         name: str = "",
-        show_progress_bar: bool | None = None,
+        show_progress_bar: bool | None = True,
+        index: FaissIndex | None = None,
     ) -> None:
         super().__init__()
         parse_metrics(metrics)
+        if index is not None and len(index) != len(data.corpus):
+            raise ValueError(
+                f"The index holds {len(index):,} vectors but the corpus has {len(data.corpus):,} passages: build it "
+                "over this data's corpus (FaissIndex.from_model(model, data.corpus))."
+            )
+        self.index = index
         self.data = data
         self.metrics = list(metrics)
         self.relevance_cut = relevance_cut
@@ -205,8 +216,11 @@ class RetrievalEvaluator(SentenceEvaluator):
         corpus_embeddings: np.ndarray | None = None,
         index: FaissIndex | None = None,
     ) -> tuple[dict, Run]:
-        """Retrieve and score; returns ``(result, run)``. Reuses ``index`` or ``corpus_embeddings`` if given."""
+        """Retrieve and score; returns ``(result, run)``. Reuses ``index`` or ``corpus_embeddings`` if given, else the
+        evaluator's own index when it was built with this very model."""
         start = time.perf_counter()
+        if index is None and self.index is not None and self.index.model_fingerprint == model_fingerprint(model):
+            index = self.index
         if index is None:
             index = FaissIndex.from_model(
                 model,

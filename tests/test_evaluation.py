@@ -182,3 +182,31 @@ def test_real_run_minilm_on_rag24_test_pools(minilm_path):
     assert ours["recall@100"] == pytest.approx(np.mean([v["recall_100"] for v in ref.values()]), abs=1e-4)
     assert ours["map@100"] == pytest.approx(np.mean([v["map_cut_100"] for v in ref.values()]), abs=1e-4)
     assert 0.3 < ours["ndcg@10"] < 1.0  # a real retriever, far above random on its own pools
+
+
+def test_evaluator_searches_the_index_it_was_given_while_the_model_is_unchanged(tiny_model, monkeypatch):
+    import torch
+
+    from md2pr_st.index import FaissIndex
+
+    data = RetrievalData(
+        corpus=Dataset.from_dict({"id": ["d1", "d2", "d3"], "text": ["the cat", "the dog", "tea and coffee"]}),
+        queries=Dataset.from_dict({"id": ["q1"], "text": ["a cat"]}),
+        qrels={"q1": {"d1": 3}},
+    )
+    index = FaissIndex.from_model(tiny_model, data.corpus)
+    evaluator = RetrievalEvaluator(data, metrics=["ndcg@10"], index=index, show_progress_bar=False)
+    built = []
+    original = FaissIndex.from_model.__func__
+    monkeypatch.setattr(
+        FaissIndex, "from_model", classmethod(lambda cls, *a, **k: built.append(1) or original(cls, *a, **k))
+    )
+    reused = evaluator(tiny_model)
+    assert built == []  # the corpus was not encoded again: the given index served
+    with torch.no_grad():
+        next(tiny_model.parameters()).add_(0.5)  # "trained since": the index no longer matches the model
+    evaluator(tiny_model)
+    assert built == [1] and 0 <= reused["ndcg@10"] <= 1
+    other = RetrievalData(data.corpus.select([0, 1]), data.queries, {"q1": {"d1": 3}})
+    with pytest.raises(ValueError, match="holds 3 vectors but the corpus has 2 passages"):
+        RetrievalEvaluator(other, index=index)
