@@ -29,26 +29,37 @@ def _save(fig, path: str | Path, dpi: int = 110) -> Path:
 
 
 def plot_run(run_dir: Path, rounds: list[dict], history: list[dict], before_dev: dict | None = None) -> list[Path]:
-    """PNG plots: loss parts per step, dev nDCG@10 per round (round 0: the student before training, from
-    ``before_dev``), false-negative margin per round."""
+    """PNG plots: ``loss_parts.png`` (each weighted loss part per logged step, all rounds, a dotted line where a round
+    starts) and ``rounds.png`` (dev nDCG@10 per round, round 0 being the student before training from
+    ``before_dev``; the false-negative margin and threshold of each round). Integer axes where counts are counted."""
+    from matplotlib.ticker import MaxNLocator
+
     plt = _pyplot()
     paths = []
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    points: dict[str, list] = {}
+    starts: list[tuple[int, int]] = []  # (first logged step of a round, round)
     step = 0
-    xs: dict[str, list] = {}
     for entry in history:
         if "loss" not in entry:
             continue
         step += 1
+        if "round" in entry and (not starts or starts[-1][1] != entry["round"]):
+            starts.append((step, entry["round"]))
         for key in ("loss", "contrastive", "sentence_level", "word_level"):
             if key in entry:
-                xs.setdefault(key, []).append((step, entry[key]))
-    for key, points in xs.items():
-        ax.plot(*zip(*points), label=key, marker="." if len(points) < 30 else None)
-    ax.set_xlabel("logging step (all rounds)")
-    ax.set_ylabel("loss")
+                points.setdefault(key, []).append((step, entry[key]))
+    for key, values in points.items():
+        ax.plot(*zip(*values), label=key, marker="." if len(values) < 30 else None)
+    for first, r in starts[1:]:
+        ax.axvline(first - 0.5, color="gray", linestyle=":", linewidth=1)
+        ax.text(first - 0.4, ax.get_ylim()[1], f"round {r}", fontsize=7, va="top", color="gray")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("logged training step (all rounds)")
+    ax.set_ylabel("loss (weighted parts)")
     ax.set_title("MD2PR loss parts")
-    ax.legend()
+    if points:
+        ax.legend()
     fig.tight_layout()
     paths.append(_save(fig, run_dir / "loss_parts.png"))
 
@@ -63,10 +74,15 @@ def plot_run(run_dir: Path, rounds: list[dict], history: list[dict], before_dev:
     ax1.set_xlabel("round (0: before training)")
     ax1.set_ylabel("dev nDCG@10")
     ax1.set_xticks(dev_rounds)
-    ax2.plot(rs, [info["filter"].get("margin") or 0.0 for info in rounds], marker="o", color="tab:red")
+    for key, color in (("margin", "tab:red"), ("threshold", "tab:purple")):
+        values = [(r, info["filter"].get(key)) for r, info in zip(rs, rounds) if info["filter"].get(key) is not None]
+        if values:
+            ax2.plot(*zip(*values), marker="o", color=color, label=f"false-negative {key}")
     ax2.set_xlabel("round")
-    ax2.set_ylabel("false-negative margin m_r")
+    ax2.set_ylabel("teacher score units")
     ax2.set_xticks(rs)
+    if ax2.lines:
+        ax2.legend(fontsize=8)
     fig.tight_layout()
     paths.append(_save(fig, run_dir / "rounds.png"))
     return paths
