@@ -115,7 +115,13 @@ def measure_batch(model, teacher, batch, configs, max_seq_length):
     import torch
 
     from md2pr_st.losses import MD2PRLoss
-    from md2pr_st.losses._shared import decode_columns, embed_with_tokens, teacher_pairs
+    from md2pr_st.losses._shared import (
+        decode_columns,
+        embed_with_tokens,
+        keep_original_texts,
+        original_texts_hidden,
+        teacher_pairs,
+    )
     from md2pr_st.losses.md2pr import masked_contrastive_loss
     from md2pr_st.losses.sentence_level_distillation import sentence_level_kl
     from md2pr_st.losses.word_level_distillation import (
@@ -127,12 +133,14 @@ def measure_batch(model, teacher, batch, configs, max_seq_length):
     )
 
     columns = ["query", "positive", *sorted((c for c in batch if c.startswith("negative_")), key=lambda c: int(c[9:]))]
+    keep_original_texts(model)  # as in training: the teacher reads the rows' original texts
     features = [model.preprocess(batch[c]) for c in columns]
     texts = decode_columns(model, features)
     teacher_out = teacher.score_and_attend(teacher_pairs(texts))
     scores = torch.as_tensor(batch["scores"]) if "scores" in batch else teacher_out.scores.reshape(len(texts[0]), -1)
     params = [p for p in model.parameters() if p.requires_grad]
-    outputs = embed_with_tokens(model, features)
+    with original_texts_hidden(features):
+        outputs = embed_with_tokens(model, features)
     query = outputs[0]["sentence_embedding"]
     candidates = [out["sentence_embedding"] for out in outputs[1:]]
     base = MD2PRLoss(model, alpha=0.0, beta=0.0)
