@@ -8,10 +8,11 @@ systems, so an unjudged passage is rarely relevant). Precision on the judged can
 a bound that does not rest on that assumption. The teacher scores every candidate once
 (:meth:`~md2pr_st.false_negatives.FalseNegativeFilter.score`) and each rule flags candidates from the same scores:
 
-- ``dynamic`` (the library's default, p = 0.1, m_r = max(Q_p(gaps), 0)) and other p, with and without the floor:
+- ``dynamic`` (the former default, p = 0.1, m_r = max(Q_p(gaps), 0)) and other p, with and without the floor:
   a quantile of the gaps, so the flagged share is p whatever the candidates are;
-- ``positives`` (theta_r = Q_p of the positives' scores) for several p, ``mixture`` and ``positives_mixture``
-  (a two-component mixture of the candidates' scores): thresholds whose flagged share follows the data;
+- ``positives`` (the default since these numbers: theta_r = Q_p of the positives' scores, p = 0.5) for several p,
+  ``mixture`` and ``positives_mixture`` (a two-component mixture of the candidates' scores): thresholds whose
+  flagged share follows the data;
 - a fixed threshold tau on the teacher logit, the fixed margin m = 0, and the host library's
   ``relative_margin = 0.05`` on logits and on sigmoid probabilities (what ``mine_hard_negatives`` does with a
   default cross-encoder); and flagging every candidate, the baseline any rule's F1 must beat when false negatives
@@ -20,7 +21,7 @@ a bound that does not rest on that assumption. The teacher scores every candidat
 "kept negatives clean" is the share of real negatives among the candidates a rule leaves as negatives.
 
 F1 comes with a 95% bootstrap interval over queries (queries resampled with replacement, 1,000 times), and so
-does its difference to the library's default rule (paired: the same resamples for every rule). The
+does its difference to the former default rule, dynamic p = 0.1 (paired: the same resamples for every rule). The
 teacher is a cross-encoder trained on the split's train topics (trained here first, on the fold's train topics,
 if ``--teacher`` does not hold one yet).
 
