@@ -13,7 +13,8 @@ Recipes:
 
 - ``base``: the student before training; ``teacher_rerank``: the teacher reranks base's top 20 (a ceiling)
 - host: ``mnrl`` (MultipleNegativesRankingLoss on the mined negatives), ``margin_mse`` (MarginMSELoss on the
-  teacher's margins), ``distill_kl`` (DistillKLDivLoss on the teacher's scores), ``gist`` (GISTEmbedLoss, guide = base)
+  teacher's margins), ``distill_kl`` (DistillKLDivLoss on the teacher's scores), ``gist`` (GISTEmbedLoss with the
+  off-the-shelf all-MiniLM-L6-v2 as its guide; it takes one hard negative per row, the best-ranked)
 - ``md2pr``: MD2PR with the library defaults (LossArguments(), the default false-negative rule, flagged candidates
   masked out of L_c and kept for L_s); ablations ``md2pr_no_word`` (beta 0), ``md2pr_no_sentence`` (alpha 0), ``md2pr_no_filter``
   (no false-negative filter), ``md2pr_fixed`` (a fixed threshold: flagged when t(q, d) >= t(q, d+)),
@@ -237,7 +238,9 @@ def train_recipe(run_dir: Path, recipe: str, regime_student: str, candidates, sp
                   max_seq_length=budget.max_seq_length, seed=seed, device="cpu", save_steps=10)  # fmt: skip
     if recipe in HOST:
         label = {"margin_mse": "margins", "distill_kl": "scores"}.get(recipe)
-        data = first_negatives(candidates, budget.num_negatives, label)
+        # GISTEmbedLoss takes (anchor, positive[, negative]) only: the first mined negative.
+        n = 1 if recipe == "gist" else budget.num_negatives
+        data = first_negatives(candidates, n, label)
         if label == "scores":
             data = data.rename_column("scores", "label")
         path, log = train_student(regime_student, data, run_dir / "student", loss=host_loss(recipe, regime_student),
@@ -348,7 +351,13 @@ def run_grid(args, budget: Budget) -> None:
                             path, splits, student, teacher, budget, out / "embeddings"
                         )
                     context["teacher"] = teacher_path
-                    run_one(out, regime, fold, recipe, seed, context, budget)
+                    try:
+                        run_one(out, regime, fold, recipe, seed, context, budget)
+                    except Exception:  # one broken recipe must not stop the grid: logged, the others run
+                        import traceback
+
+                        traceback.print_exc()
+                        print(f"!! {regime} fold {fold} {recipe} seed {seed} failed", file=sys.stderr, flush=True)
 
 
 def main(argv=None) -> None:
