@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from md2pr_st import _host
 from md2pr_st.alignment import StudentText, decode_student_texts
-from md2pr_st.teacher import Teacher
+from md2pr_st.teacher import OfflineTeacher, Teacher
 
 logger = logging.getLogger(__name__)
 
@@ -86,9 +86,10 @@ class LossParts(dict):
         return (-self) + other
 
 
-def as_teacher(teacher: Teacher | Any | str | Path | None) -> Teacher | None:
-    """Accept a :class:`Teacher`, a ``CrossEncoder`` or a model name; None stays None."""
-    if teacher is None or isinstance(teacher, Teacher):
+def as_teacher(teacher: Teacher | OfflineTeacher | Any | str | Path | None) -> Teacher | OfflineTeacher | None:
+    """Accept a :class:`Teacher`, an :class:`~md2pr_st.teacher.OfflineTeacher` (recorded attention, used as it is),
+    a ``CrossEncoder`` or a model name; None stays None."""
+    if teacher is None or isinstance(teacher, (Teacher, OfflineTeacher)):
         return teacher
     return Teacher(teacher)
 

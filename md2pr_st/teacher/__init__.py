@@ -2,11 +2,14 @@
 
 - ``cross_encoder.py``: :class:`Teacher` (logits ``t(q, d)``, query-to-passage :class:`AttentionBlock`)
 - ``scoring.py``: :func:`score_candidates` (the one place that builds the pairs a teacher scores), :class:`QrelsScorer`
+- ``attention_store.py``: :class:`AttentionRecorder` (records the attention while scoring, e.g. in the
+  false-negative pass), :class:`OfflineTeacher` (the recorded logits and attention, without the teacher)
 - ``training.py``: :func:`train_teacher` (``CrossEncoderTrainer``), :func:`reranking_gap` (what there is to distil)
 """
 
 from __future__ import annotations
 
+from md2pr_st.teacher.attention_store import AttentionRecorder, AttentionStoreError, MissingPairsError, OfflineTeacher
 from md2pr_st.teacher.cross_encoder import AttentionBlock, Teacher, TeacherOutput
 from md2pr_st.teacher.scoring import QrelsScorer, candidate_pairs, score_candidates
 from md2pr_st.teacher.training import TEACHER_REPORT, reranking_gap, teacher_training_pairs, train_teacher
@@ -14,6 +17,10 @@ from md2pr_st.teacher.training import TEACHER_REPORT, reranking_gap, teacher_tra
 __all__ = [
     "TEACHER_REPORT",
     "AttentionBlock",
+    "AttentionRecorder",
+    "AttentionStoreError",
+    "MissingPairsError",
+    "OfflineTeacher",
     "QrelsScorer",
     "Teacher",
     "TeacherOutput",
