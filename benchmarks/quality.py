@@ -255,9 +255,13 @@ def train_recipe(run_dir: Path, recipe: str, regime_student: str, candidates, sp
             scorer = Teacher(teacher_path, max_length=budget.teacher_max_length)
             candidates = candidates_for(run_dir / f"candidates_round_{r}", splits, current, scorer, budget, run_dir)
         rows, stats = md2pr_rows(candidates, settings, budget, teacher)
-        mask = {"false_negative_margin": stats.get("margin"), "false_negative_threshold": stats.get("threshold")}
+        mask = (
+            {"false_negative_margin": stats.get("margin"), "false_negative_threshold": stats.get("threshold")}
+            if stats
+            else {}
+        )
         path, log = train_student(current, rows, run_dir / f"student_round_{r}" if r > 1 else run_dir / "student",
-                                  loss_args, teacher=teacher, **(mask if stats else {}), **common)  # fmt: skip
+                                  loss_args, teacher=teacher, **mask, **common)  # fmt: skip
         info["rounds"].append({"rows": len(rows), "filter": stats, "log_history": log})
         current = str(path)
     return Path(current), info
