@@ -272,21 +272,27 @@ def train_recipe(run_dir: Path, recipe: str, regime_student: str, candidates, sp
 # ------------------------------------------------------------------------------------------------------------------
 
 
-def evaluate(model_path: str, test, nist, budget: Budget, teacher_path: str | None = None) -> dict:
-    """Per-topic metrics on the fold's test topics (UMBRELA) and its NIST topics; with ``teacher_path``, of the run
-    with its top-k reranked by the teacher."""
+def evaluate(model_path: str, test, nist, budget: Budget, teacher_path: str | None = None, dev=None) -> dict:
+    """Per-topic metrics on the fold's test topics (UMBRELA) and its NIST topics, and on its dev topics (``dev``:
+    what choices are made on); with ``teacher_path``, of the run with its top-k reranked by the teacher. One corpus
+    encoding serves every split."""
     from sentence_transformers import SentenceTransformer
 
     from md2pr_st.evaluation import RetrievalEvaluator, evaluate_run, rerank_run
+    from md2pr_st.index import FaissIndex
     from md2pr_st.teacher import Teacher
 
     model = SentenceTransformer(model_path, device="cpu")
     model.max_seq_length = budget.max_seq_length
-    _, run = RetrievalEvaluator(test, METRICS, show_progress_bar=True).evaluate(model)
+    index = FaissIndex.from_model(model, test.corpus, show_progress_bar=True)
+    _, run = RetrievalEvaluator(test, METRICS, show_progress_bar=True).evaluate(model, index=index)
     if teacher_path is not None:
         teacher = Teacher(teacher_path, max_length=budget.teacher_max_length)
         run = rerank_run(teacher, test, run, budget.rerank_k, show_progress_bar=True)
     result = {"umbrela": evaluate_run(run, test.qrels, METRICS, per_query=True)}
+    if dev is not None and teacher_path is None:
+        _, dev_run = RetrievalEvaluator(dev, METRICS, show_progress_bar=False).evaluate(model, index=index)
+        result["dev"] = evaluate_run(dev_run, dev.qrels, METRICS, per_query=True)
     if nist is not None:
         result["nist"] = evaluate_run({q: run[q] for q in nist.qrels}, nist.qrels, METRICS, per_query=True)
     return result
@@ -307,7 +313,7 @@ def run_one(out: Path, regime: str, fold: int, recipe: str, seed: int, context: 
     splits, student = context["splits"], context["student"]
     info: dict = {}
     if recipe == "base":
-        result = evaluate(student, splits["test"], context["nist"], budget)
+        result = evaluate(student, splits["test"], context["nist"], budget, dev=splits["dev"])
     elif recipe == "teacher_rerank":
         result = evaluate(student, splits["test"], context["nist"], budget, teacher_path=str(context["teacher"]))
     else:
@@ -316,7 +322,7 @@ def run_one(out: Path, regime: str, fold: int, recipe: str, seed: int, context: 
             run_dir, recipe, student, context["candidates"], splits, str(context["teacher"]), budget, seed
         )
         train_seconds = time.perf_counter() - start
-        result = evaluate(str(path), splits["test"], context["nist"], budget)
+        result = evaluate(str(path), splits["test"], context["nist"], budget, dev=splits["dev"])
         info["train_seconds"] = round(train_seconds, 1)
         for folder in run_dir.glob("student*"):  # results are kept, models are not (about 90 MB each)
             shutil.rmtree(folder, ignore_errors=True)
