@@ -6,12 +6,14 @@ host library's usual recipe.
 
     python examples/drop_in_fit.py --teacher runs/demo/teacher/model      # a trained cross-encoder (Hub id or folder)
     python examples/drop_in_fit.py --teacher cross-encoder/ms-marco-MiniLM-L6-v2   # with Hub access
+    torchrun --nproc_per_node 2 examples/drop_in_fit.py --teacher runs/demo/teacher/model   # 2 processes (DDP)
 """
 
 from __future__ import annotations
 
 import argparse
 
+import torch
 from datasets import Dataset
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.base.sampler import BatchSamplers
@@ -50,11 +52,16 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int, default=-1)
     parser.add_argument("--max-seq-length", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--num-negatives", type=int, default=2, help="hard negatives per row (grade-0 passages)")
     args = parser.parse_args()
 
     model = SentenceTransformer(resolve_model_name(args.model))
     model.max_seq_length = args.max_seq_length
-    train_dataset = judged_triplets(load_retrieval_data(args.dataset, "train"))
+    train_dataset = judged_triplets(load_retrieval_data(args.dataset, "train"), args.num_negatives)
+    if len(train_dataset) == 0:
+        raise SystemExit(
+            f"No training rows: no train query has {args.num_negatives} grade-0 passages; lower --num-negatives."
+        )
     evaluator = RetrievalEvaluator(load_retrieval_data(args.dataset, "dev"), name="dev")
 
     # Before: loss = MultipleNegativesRankingLoss(model)
@@ -70,13 +77,16 @@ def main() -> None:
         batch_sampler=BatchSamplers.NO_DUPLICATES,
         logging_steps=5,
         report_to="none",
+        # Without a GPU, several processes (torchrun / accelerate launch) train as one job only on the CPU device.
+        use_cpu=not torch.cuda.is_available(),
     )
     trainer = SentenceTransformerTrainer(
         model=model, args=training_args, train_dataset=train_dataset, loss=loss, evaluator=evaluator
     )
     trainer.train()
-    print(evaluator(model))
-    model.save(f"{args.output_dir}/final")
+    if trainer.is_world_process_zero():  # under torchrun / accelerate launch, one process reports and saves
+        print(evaluator(model))
+        model.save(f"{args.output_dir}/final")
 
 
 if __name__ == "__main__":
