@@ -16,7 +16,8 @@ Recipes:
   teacher's margins), ``distill_kl`` (DistillKLDivLoss on the teacher's scores), ``gist`` (GISTEmbedLoss with the
   off-the-shelf all-MiniLM-L6-v2 as its guide; it takes one hard negative per row, the best-ranked)
 - ``md2pr``: MD2PR with the library defaults (LossArguments(), the default false-negative rule, flagged candidates
-  masked out of L_c and kept for L_s); ablations ``md2pr_no_word`` (beta 0), ``md2pr_no_sentence`` (alpha 0), ``md2pr_no_filter``
+  masked out of L_c and kept for L_s); ablations ``md2pr_no_word`` (beta 0), ``md2pr_beta_0.1`` (a tenth of the
+  word level), ``md2pr_no_sentence`` (alpha 0), ``md2pr_no_filter``
   (no false-negative filter), ``md2pr_fixed`` (a fixed threshold: flagged when t(q, d) >= t(q, d+)),
   ``md2pr_quantile`` (the quantile rule p = 0.1, the former default), ``md2pr_2_rounds`` (re-mined with the round-1
   student), ``md2pr_umbrela`` (UMBRELA grades as the sentence level's teacher scores, no word level)
@@ -53,6 +54,7 @@ HOST = ("mnrl", "margin_mse", "distill_kl", "gist")
 MD2PR = {
     "md2pr": {},
     "md2pr_no_word": {"beta": 0.0},
+    "md2pr_beta_0.1": {"beta": 0.1},
     "md2pr_no_sentence": {"alpha": 0.0},
     "md2pr_no_filter": {"rule": None},
     "md2pr_fixed": {"rule": "margin"},

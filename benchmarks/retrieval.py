@@ -129,7 +129,7 @@ def main() -> None:
             flush=True,
         )
         try:
-            index = FaissIndex.load(args.index_dir, model=model, corpus=data.corpus)
+            index = FaissIndex.load(args.index_dir, model=model, corpus=data.corpus, factory="Flat")
         except (FileNotFoundError, IndexMismatchError):
             index = FaissIndex.from_model(model, data.corpus, show_progress_bar=True)
             index.save(args.index_dir)
