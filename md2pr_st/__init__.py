@@ -27,6 +27,8 @@ _EXPORTS = {
     "SentenceLevelDistillationLoss": "md2pr_st.losses",
     "WordLevelDistillationLoss": "md2pr_st.losses",
     "Teacher": "md2pr_st.teacher",
+    "AttentionRecorder": "md2pr_st.teacher",
+    "OfflineTeacher": "md2pr_st.teacher",
     "QrelsScorer": "md2pr_st.teacher",
     "train_teacher": "md2pr_st.teacher",
     "FalseNegativeFilter": "md2pr_st.false_negatives",
@@ -57,6 +59,8 @@ __all__ = [
     "SentenceLevelDistillationLoss",
     "WordLevelDistillationLoss",
     "Teacher",
+    "AttentionRecorder",
+    "OfflineTeacher",
     "QrelsScorer",
     "train_teacher",
     "FalseNegativeFilter",
@@ -104,7 +108,7 @@ if TYPE_CHECKING:
     from md2pr_st.mining import mine_hard_negatives
     from md2pr_st.pipeline import run_pipeline
     from md2pr_st.student import train_student
-    from md2pr_st.teacher import QrelsScorer, Teacher, train_teacher
+    from md2pr_st.teacher import AttentionRecorder, OfflineTeacher, QrelsScorer, Teacher, train_teacher
 
 
 def __getattr__(name: str) -> Any:

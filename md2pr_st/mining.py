@@ -157,10 +157,19 @@ def mine_hard_negatives(
     """
     from sentence_transformers import SentenceTransformer
 
+    from md2pr_st.data.pairs import warn_if_swapped
     from md2pr_st.index import CorpusEmbeddingCache, check_corpus
     from md2pr_st.models import resolve_model_name
 
     _check_mining_settings(dataset, num_negatives, range_min, range_max, sampling, query_column, positive_column)
+    for name, value in (
+        ("chunk_size", chunk_size),
+        ("batch_size", batch_size),
+        ("query_batch_size", query_batch_size),
+    ):
+        if value < 1:
+            raise ValueError(f"{name} must be at least 1, got {value}.")
+    warn_if_swapped(dataset, query_column, positive_column, "mining input")
     check_corpus(corpus)
     if not isinstance(model, SentenceTransformer):
         model = SentenceTransformer(resolve_model_name(model))

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from md2pr_st.utils import fingerprint
 
@@ -62,6 +63,125 @@ def resolve_model_name(name: str | Path | None) -> str:
         except (ModuleNotFoundError, FileNotFoundError):
             return name
     return name
+
+
+def check_model_source(name: str | Path | None, option: str = "model") -> str:
+    """Check, before any work, that a model argument names something loadable; returns the resolved name.
+
+    A local folder must hold a model (``config.json`` or ``modules.json``); a path that does not exist is an error
+    naming it; a Hub id must be well-formed and, while the Hub is offline (``HF_HUB_OFFLINE=1``), already in the
+    local Hugging Face cache (otherwise loading fails with a long traceback from the Hub client).
+
+    Example:
+        >>> check_model_source("./no/such/folder", "--model")
+        Traceback (most recent call last):
+        ...
+        FileNotFoundError: --model ./no/such/folder: no such folder...
+    """
+    resolved = resolve_model_name(name)
+    path = Path(resolved).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise FileNotFoundError(f"{option} {name}: is a file; give a model folder or a Hub id.")
+        if not (path / "config.json").is_file() and not (path / "modules.json").is_file():
+            raise FileNotFoundError(
+                f"{option} {name}: the folder holds no model (no config.json or modules.json). Give a saved "
+                "SentenceTransformer / CrossEncoder folder or a Hub id."
+            )
+        return resolved
+    if resolved.startswith((".", "/", "~", "\\")) or resolved.count("/") > 1 or "\\" in resolved:
+        raise FileNotFoundError(f"{option} {name}: no such folder. Check the path.")
+    from huggingface_hub import constants, try_to_load_from_cache
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(resolved)
+    except HFValidationError as exc:
+        raise FileNotFoundError(f"{option} {name}: neither a folder nor a valid Hub id ({exc}).") from None
+    if constants.HF_HUB_OFFLINE:
+        cached = [try_to_load_from_cache(resolved, f) for f in ("modules.json", "config.json")]
+        if not any(isinstance(c, str) for c in cached):
+            raise FileNotFoundError(
+                f"{option} {name}: not a local folder, and not in the Hugging Face cache while the Hub is offline "
+                "(HF_HUB_OFFLINE=1). Check the spelling, give a local folder, or download it with Hub access "
+                "first."
+            )
+    return resolved
+
+
+def check_cross_encoder(name: str | Path, option: str = "teacher") -> None:
+    """Refuse a local folder that is not a trained cross-encoder: a SentenceTransformer (bi-encoder) folder or a
+    plain encoder has no trained classifier head, and ``CrossEncoder`` would score with a random one (the host only
+    warns). Hub ids not in the local cache are not checked here.
+
+    Example:
+        >>> from md2pr_st.models import embedded_student_path
+        >>> check_cross_encoder(embedded_student_path(), "--teacher")
+        Traceback (most recent call last):
+        ...
+        ValueError: --teacher ...: a SentenceTransformer (bi-encoder) folder, not a cross-encoder...
+    """
+    folder = Path(resolve_model_name(name))
+    if not folder.is_dir():
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(str(name), "config.json")
+        if not isinstance(cached, str):
+            return
+        folder = Path(cached).parent
+    modules = _read_json(folder / "modules.json") or []
+    types = [str(m.get("type", "")) for m in modules if isinstance(m, dict)]
+    fix = "Give a trained cross-encoder (`md2pr teacher` trains one), or a Hub id of a reranker."
+    if any(t.endswith(".Pooling") for t in types):
+        raise ValueError(f"{option} {name}: a SentenceTransformer (bi-encoder) folder, not a cross-encoder. {fix}")
+    if len(types) > 1:
+        return  # a head module after the transformer (e.g. a causal LM's logit scorer)
+    transformer = next((m for m in modules if isinstance(m, dict)), {}).get("path", "")
+    architectures = (_read_json(folder / transformer / "config.json") or {}).get("architectures") or []
+    if architectures and not any(a.endswith("ForSequenceClassification") for a in architectures):
+        raise ValueError(
+            f"{option} {name}: a plain {', '.join(architectures)} encoder with no trained classifier head, so a "
+            f"CrossEncoder would score with a random one. {fix}"
+        )
+
+
+def _read_json(path: Path) -> Any:
+    import json
+
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def source_fingerprint(name: str | Path | None) -> str:
+    """What a model argument stands for, for keying what was made from it: for a local folder, sha256 of its files'
+    names and contents (so a model saved again under the same path counts as another model); for a Hub id, the id.
+
+    Example:
+        >>> source_fingerprint("org/some-model")
+        'org/some-model'
+    """
+    resolved = resolve_model_name(name)
+    path = Path(resolved)
+    if not path.is_dir():
+        return resolved
+    path = path.resolve()
+    files = sorted(
+        p for p in path.rglob("*") if p.is_file() and not any(x.startswith(".") for x in p.relative_to(path).parts)
+    )
+    stamp = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+    return _folder_fingerprint(str(path), stamp)
+
+
+@functools.lru_cache(maxsize=32)
+def _folder_fingerprint(folder: str, stamp: tuple) -> str:
+    """Cached by the files' sizes and times: a folder is hashed once per process unless it changes."""
+    from md2pr_st.utils import sha256_file
+
+    return fingerprint(
+        [part for name, _, _ in stamp for part in (str(Path(name).relative_to(folder)), sha256_file(name))]
+    )
 
 
 def model_fingerprint(model: SentenceTransformer) -> str:

@@ -34,9 +34,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,8 +43,9 @@ from datasets import Dataset, load_from_disk
 
 from md2pr_st.cli.arguments import LossArguments, PipelineArguments
 from md2pr_st.data import RetrievalData
-from md2pr_st.evaluation import REPORT_METRICS, RetrievalEvaluator, teacher_rerank
-from md2pr_st.utils import atomic_path, fingerprint, write_json
+from md2pr_st.evaluation import REPORT_METRICS, RetrievalEvaluator, evaluate_run, paired_bootstrap, teacher_rerank
+from md2pr_st.stage import STAGE_FILE, Stage, save_dataset
+from md2pr_st.utils import atomic_path, write_json
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -55,58 +55,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-STAGE_FILE = "stage.json"
-
-
-class Stage:
-    """A pipeline stage's folder with its manifest: ``done`` iff ``stage.json`` exists with the same settings."""
-
-    def __init__(self, folder: str | Path, settings: dict[str, Any]) -> None:
-        self.folder = Path(folder)
-        self.settings = json.loads(json.dumps(settings, default=str))
-        self.key = fingerprint([json.dumps(self.settings, sort_keys=True)])
-
-    @property
-    def manifest(self) -> dict[str, Any] | None:
-        path = self.folder / STAGE_FILE
-        try:
-            return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-        except json.JSONDecodeError:
-            return None
-
-    @property
-    def done(self) -> bool:
-        manifest = self.manifest
-        return manifest is not None and manifest.get("key") == self.key
-
-    def start(self, partial: Sequence[str | Path] = ()) -> None:
-        """Begin (or resume) the stage: if the partial outputs on disk (``partial``: checkpoints, a half-trained
-        model) were started under other settings, delete them so they are not resumed; then record this key."""
-        pending = self.folder / "stage.pending.json"
-        try:
-            started = json.loads(pending.read_text(encoding="utf-8")).get("key") if pending.is_file() else None
-        except json.JSONDecodeError:
-            started = None
-        if started != self.key:
-            for path in partial:
-                if Path(path).exists():
-                    logger.info("Settings changed since %s was started: removing %s", self.folder, path)
-                    shutil.rmtree(path, ignore_errors=True)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        write_json(pending, {"key": self.key, "settings": self.settings})
-
-    def finish(self, outputs: dict[str, Any] | None = None, seconds: float | None = None) -> dict[str, Any]:
-        manifest = {"key": self.key, "settings": self.settings, "outputs": outputs or {}, "seconds": seconds}
-        self.folder.mkdir(parents=True, exist_ok=True)
-        write_json(self.folder / STAGE_FILE, manifest)
-        return manifest
-
-
-def save_dataset(dataset: Dataset, folder: str | Path) -> Path:
-    """``Dataset.save_to_disk`` into ``folder`` atomically."""
-    with atomic_path(folder, is_dir=True) as tmp:
-        dataset.save_to_disk(str(tmp))
-    return Path(folder)
+__all__ = ["STAGE_FILE", "Stage", "run_pipeline", "save_dataset", "significance"]
 
 
 @dataclasses.dataclass
@@ -119,6 +68,8 @@ class _Run:
     run_dir: Path
     student_name: str
     data_key: dict[str, str]
+    student_key: str = ""
+    training_args: dict[str, Any] = dataclasses.field(default_factory=dict)  # the host's, for the student trainer
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def load_student(self, path: str, card_data: bool = False) -> SentenceTransformer:
@@ -134,13 +85,15 @@ class _Run:
         return model
 
     def evaluate(self, model: SentenceTransformer, split: str) -> tuple[dict, dict[str, dict[str, float]]]:
-        """Retrieval on ``split`` with the corpus embeddings cached in the run folder: ``(result, run)``."""
+        """Retrieval on ``split`` with the corpus embeddings cached in the run folder: ``(result, run)``; the result
+        holds each metric's per-query values (``per_query``) for the paired significance of before / after."""
         from md2pr_st.index import CorpusEmbeddingCache
 
-        cache = CorpusEmbeddingCache(
-            model, self.splits[split].corpus, self.run_dir / "embeddings", show_progress_bar=True
-        )
-        return RetrievalEvaluator(self.splits[split], REPORT_METRICS).evaluate(model, index=cache.build_index())
+        data = self.splits[split]
+        cache = CorpusEmbeddingCache(model, data.corpus, self.run_dir / "embeddings", show_progress_bar=True)
+        result, run = RetrievalEvaluator(data, REPORT_METRICS).evaluate(model, index=cache.build_index())
+        result["per_query"] = evaluate_run(run, data.qrels, REPORT_METRICS, per_query=True)["per_query"]
+        return result, run
 
 
 def run_pipeline(
@@ -149,6 +102,7 @@ def run_pipeline(
     loss_args: LossArguments | None = None,
     *,
     command: str | None = None,
+    training_args: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) the whole MD2PR pipeline on ``splits`` (``train``, ``dev``, ``test``); returns ``metrics.json``.
 
@@ -157,40 +111,53 @@ def run_pipeline(
     filters false negatives with the round's threshold, trains the student with ``L_c + alpha L_s + beta L_w``
     and evaluates it on ``dev``; the final student is evaluated on ``test`` next to the teacher reranking its top-k.
     The run folder gets the model with its card, ``metrics.json``, ``run_info.json`` and the plots.
+    ``training_args`` are other options of the host's ``SentenceTransformerTrainingArguments`` for the student's
+    trainer (``gradient_accumulation_steps``, ``bf16``, ``report_to``, ...).
+
+    The run folder must be new, empty or an earlier md2pr run (``args.overwrite`` adopts any other folder), and one
+    run at a time writes it (a second gets :class:`~md2pr_st.outputs.OutputLockedError`). Every stage is keyed by
+    the contents of what it was made from: the splits' data, the student's and a given teacher's files, the
+    teacher stage (so a teacher retrained with other settings retrains the rounds) and every setting.
 
     Example:
         >>> from md2pr_st.data import load_splits
         >>> metrics = run_pipeline(load_splits("rag24"), PipelineArguments(output_dir="runs/x"))  # doctest: +SKIP
         >>> metrics["after"]["ndcg@10"] - metrics["before"]["ndcg@10"]  # doctest: +SKIP
     """
-    from md2pr_st.models import resolve_model_name
+    from md2pr_st.models import resolve_model_name, source_fingerprint
+    from md2pr_st.outputs import check_output, output_lock, prepare_output_dir
 
     start = time.perf_counter()
     missing = [split for split in ("train", "dev", "test") if split not in splits]
     if missing:
         raise ValueError(f"run_pipeline needs the splits train, dev and test; {missing} missing.")
     args = args or PipelineArguments()
-    run_dir = Path(args.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    run = _Run(
-        splits,
-        args,
-        loss_args or LossArguments(),
-        run_dir,
-        resolve_model_name(args.model),
-        {split: data.fingerprint for split, data in splits.items()},
-    )
-    teacher_path = _teacher_stage(run)
+    run_dir = check_output(args.output_dir, overwrite=args.overwrite, option="output_dir")
+    with output_lock(run_dir, "output_dir"):
+        prepare_output_dir(run_dir, overwrite=args.overwrite)
+        student_name = resolve_model_name(args.model)
+        data_key = {split: data.fingerprint for split, data in splits.items()}
+        run = _Run(splits, args, loss_args or LossArguments(), run_dir, student_name, data_key)
+        run.training_args = dict(training_args or {})
+        run.student_key = source_fingerprint(student_name)
+        return _run_stages(run, command, start)
+
+
+def _run_stages(run: _Run, command: str | None, start: float) -> dict[str, Any]:
+    """:func:`run_pipeline` after its checks, under the lock of the run folder."""
+    args, splits, run_dir = run.args, run.splits, run.run_dir
+    teacher_path, teacher_key = _teacher_stage(run)
     teacher = _load_teacher(teacher_path, args)
     student = run.load_student(run.student_name)
     before, before_dev = _before_stage(run, student)
-    rounds, history, current = _rounds(run, teacher, teacher_path, student)
+    rounds, history, current = _rounds(run, teacher, teacher_path, teacher_key, student)
     t0 = time.perf_counter()
     final = run.load_student(current, card_data=True)
     after, student_run = run.evaluate(final, "test")
     rerank = teacher_rerank(teacher, splits["test"], student_run, args.rerank_k, show_progress_bar=True)
     metrics = {"before": before, "after": after, "teacher_rerank": rerank}
-    with atomic_path(run_dir / "model", is_dir=True) as tmp:
+    metrics["after_minus_before"] = significance(after, before)
+    with atomic_path(run_dir / "model", is_dir=True, overwrite=args.overwrite) as tmp:
         final.save(str(tmp))
     write_json(run_dir / "metrics.json", metrics)
     run.timings["after"] = time.perf_counter() - t0
@@ -198,14 +165,28 @@ def run_pipeline(
     return metrics
 
 
-def _teacher_stage(run: _Run) -> str:
-    """Stage 0: the path of the teacher, trained on the train split unless ``args.teacher`` names one."""
+def significance(after: dict[str, Any], before: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Per metric, the mean per-query difference after - before with its paired bootstrap 95 % CI
+    (:func:`~md2pr_st.evaluation.paired_bootstrap`): a gain whose interval holds 0 is within the noise of the split."""
+    return {
+        metric: paired_bootstrap(after["per_query"][metric], before["per_query"][metric])
+        for metric in REPORT_METRICS
+        if metric in after.get("per_query", {}) and metric in before.get("per_query", {})
+    }
+
+
+def _teacher_stage(run: _Run) -> tuple[str, str]:
+    """Stage 0: the path of the teacher, trained on the train split unless ``args.teacher`` names one, and the
+    stage's key (what the teacher is made of: the rounds that use it are keyed by it)."""
+    from md2pr_st.models import source_fingerprint
     from md2pr_st.teacher import train_teacher
 
     args, t0 = run.args, time.perf_counter()
     stage = Stage(
         run.run_dir / "teacher",
-        {"teacher": args.teacher, "base": args.teacher_base, "epochs": args.teacher_epochs,
+        {"teacher": args.teacher, "teacher_files": source_fingerprint(args.teacher) if args.teacher else None,
+         "base": args.teacher_base, "base_files": source_fingerprint(args.teacher_base) if not args.teacher else None,
+         "student": run.student_key, "epochs": args.teacher_epochs,
          "learning_rate": args.teacher_learning_rate, "max_length": args.teacher_max_length,
          "max_pairs": args.teacher_max_pairs, "random_negatives": args.teacher_random_negatives,
          "seed": args.seed, "data": run.data_key["train"], "dev": run.data_key["dev"]},
@@ -213,9 +194,9 @@ def _teacher_stage(run: _Run) -> str:
     if args.teacher:
         if not stage.done:
             stage.finish({"teacher": args.teacher, "trained": False})
-        return args.teacher
+        return args.teacher, stage.key
     if stage.done:
-        return stage.manifest["outputs"]["teacher"]
+        return stage.manifest["outputs"]["teacher"], stage.key
     logger.info("Stage 0: training the teacher cross-encoder")
     stage.start(partial=[run.run_dir / "teacher" / "model.checkpoints"])
     path = train_teacher(
@@ -235,7 +216,7 @@ def _teacher_stage(run: _Run) -> str:
     )
     stage.finish({"teacher": str(path), "trained": True})
     run.timings["teacher"] = time.perf_counter() - t0
-    return str(path)
+    return str(path), stage.key
 
 
 def _load_teacher(path: str, args: PipelineArguments) -> Teacher:
@@ -249,7 +230,8 @@ def _before_stage(run: _Run, student: SentenceTransformer) -> tuple[dict, dict]:
     t0 = time.perf_counter()
     stage = Stage(
         run.run_dir / "before",
-        {"student": run.student_name, "max_seq_length": run.args.max_seq_length, "data": run.data_key,
+        {"student": run.student_name, "student_files": run.student_key, "max_seq_length": run.args.max_seq_length,
+         "data": run.data_key,
          "metrics": REPORT_METRICS, "splits": ["test", "dev"]},
     )  # fmt: skip
     if stage.done:
@@ -284,7 +266,7 @@ def _false_negative_filter(run: _Run, teacher: Teacher) -> FalseNegativeFilter:
 
 
 def _rounds(
-    run: _Run, teacher: Teacher, teacher_path: str, student: SentenceTransformer
+    run: _Run, teacher: Teacher, teacher_path: str, teacher_key: str, student: SentenceTransformer
 ) -> tuple[list[dict], list[dict], str]:
     """Rounds 1..R of mine -> filter -> train -> evaluate; finished rounds are read back, not rerun."""
     from md2pr_st.data import training_pairs
@@ -296,12 +278,17 @@ def _rounds(
     fn_filter = _false_negative_filter(run, teacher)
     rounds: list[dict[str, Any]] = []
     history: list[dict[str, Any]] = []
-    current = run.student_name
+    current, current_key = run.student_name, run.student_key
     for r in range(1, args.rounds + 1):
         round_dir = run.run_dir / f"round_{r}"
         settings = {**dataclasses.asdict(args), **dataclasses.asdict(run.loss_args)}
         settings.update(round=r, student=current, teacher=teacher_path, data=run.data_key, metrics=REPORT_METRICS)
-        settings.pop("output_dir"), settings.pop("device")
+        settings["training_args"] = run.training_args
+        # What the round starts from, by content: the student (round 1: its files; later: the previous round, whose
+        # key says what made its student) and the teacher stage.
+        settings.update(student_key=current_key, teacher_key=teacher_key)
+        for name in ("output_dir", "device", "overwrite"):
+            settings.pop(name)
         stage = Stage(round_dir, settings)
         if stage.done:
             info = stage.manifest["outputs"]
@@ -314,7 +301,7 @@ def _rounds(
             stage.finish(info)
         rounds.append(info)
         history.extend(info.get("log_history", []))
-        current = str(round_dir / "student")
+        current, current_key = str(round_dir / "student"), stage.key
     return rounds, history, current
 
 
@@ -344,7 +331,20 @@ def _round(
         cache_dir=run.run_dir / "embeddings",
         show_progress_bar=True,
     )
+    if len(mined) == 0:
+        raise ValueError(
+            f"Round {r}: mining kept no training row: every query had fewer than {args.mine_candidates} candidates in "
+            f"ranks {args.range_min}..{args.range_max - 1}. Raise range_max or lower mine_candidates."
+        )
     filtered = fn_filter.apply(mined)
+    if len(filtered) == 0:
+        stats = fn_filter.statistics["rounds"][-1]
+        raise ValueError(
+            f"Round {r}: no training row is left after false-negative filtering: {len(mined)} rows mined, "
+            f"{stats.get('flagged')} of {stats.get('candidates_scored')} candidates flagged, "
+            f"{stats.get('dropped_rows')} rows dropped. Loosen the rule (filter_quantile), use filter_action mask, or "
+            "mine more candidates."
+        )
     save_dataset(filtered, round_dir / "filtered")
     fn_filter.save_statistics(round_dir / "filter_stats.json")
     fn_filter.plot(round_dir / "filter_gaps.png")
@@ -367,6 +367,8 @@ def _round(
         save_steps=args.save_steps,
         seed=args.seed + r,
         device=args.device,
+        overwrite=True,  # the round's stage owns its student folder and checkpoints
+        training_args=run.training_args,
     )
     train_s = time.perf_counter() - t0
     t0 = time.perf_counter()

@@ -5,14 +5,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from datasets import Dataset
 
 from md2pr_st.cli.arguments import LossArguments
-from md2pr_st.utils import atomic_path, last_complete_checkpoint
+from md2pr_st.utils import atomic_path, resume_checkpoint, training_arguments
 
 if TYPE_CHECKING:
     import torch
@@ -39,6 +39,8 @@ def train_student(
     device: str | None = None,
     evaluator: Any = None,
     loss: Callable[[SentenceTransformer], torch.nn.Module] | None = None,
+    overwrite: bool = False,
+    training_args: Mapping[str, Any] | None = None,
 ) -> tuple[Path, list[dict[str, Any]]]:
     """Train a student with :class:`~md2pr_st.losses.MD2PRLoss` on ``(query, positive, negative_1..n[, scores])``.
 
@@ -48,7 +50,17 @@ def train_student(
     candidates a filter with ``action="mask"`` flagged: its round's ``margin`` and ``threshold``; None: unused). Uses the host's
     ``SentenceTransformerTrainer`` with ``BatchSamplers.NO_DUPLICATES`` (so an in-batch negative is never a copy of
     a row's own positive). Checkpoints go to ``output_dir + ".checkpoints"``; an interrupted run resumes from the
-    last one. The trained model is saved atomically to ``output_dir``.
+    last one, only if it was made from the same rows, starting model and settings (else the checkpoints are refused,
+    or with ``overwrite`` discarded). The trained model is saved atomically to ``output_dir``, which must be missing
+    or md2pr's own unless ``overwrite``; a second process training into the same ``output_dir`` is refused.
+
+    Before any work: the settings are checked (finite, in range), the rows must not be empty, the text columns are
+    put in the order the loss reads them (``query``, ``positive``, ``negative_1..n``) and a positive column much
+    shorter than the query column is reported as probably swapped.
+
+    ``training_args`` are any other options of the host's ``SentenceTransformerTrainingArguments`` (e.g.
+    ``{"gradient_accumulation_steps": 4, "bf16": True, "report_to": "tensorboard", "max_steps": 500}``), applied on
+    top of the settings above; they are part of what a checkpoint is resumed for.
 
     ``loss``, a function of the loaded model returning any sentence-transformers loss, replaces MD2PRLoss with the
     same data, trainer and budget (``loss_args``, ``teacher`` and ``false_negative_margin`` are then unused): how
@@ -56,17 +68,68 @@ def train_student(
 
     Returns:
         ``(path, log_history)``: the saved model folder and the trainer's log entries (loss parts per step).
+
+    Example:
+        >>> from datasets import Dataset
+        >>> train_student(None, Dataset.from_dict({"query": [], "positive": []}), "runs/empty")
+        Traceback (most recent call last):
+        ...
+        ValueError: The training dataset has 0 rows: nothing to train on.
     """
+    from md2pr_st.cli.validation import check_range
+    from md2pr_st.data import check_training_rows
+    from md2pr_st.outputs import check_output, output_lock
+
+    output_dir = Path(output_dir)
+    settings = dict(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, max_seq_length=max_seq_length)
+    settings.update(save_steps=save_steps, seed=seed, false_negative_margin=false_negative_margin)
+    settings["training_args"] = training_arguments({}, training_args)  # checked now, applied by _train
+    for name, value in {**settings, "false_negative_threshold": false_negative_threshold}.items():
+        check_range(name, value)
+    train_dataset = check_training_rows(train_dataset)
+    check_output(output_dir, overwrite=overwrite)
+    with output_lock(output_dir):
+        return _train(
+            model,
+            train_dataset,
+            output_dir,
+            loss_args,
+            teacher,
+            false_negative_threshold,
+            settings,
+            device,
+            evaluator,
+            loss,
+            overwrite,
+        )
+
+
+def _train(
+    model: str | Path | SentenceTransformer,
+    train_dataset: Dataset,
+    output_dir: Path,
+    loss_args: LossArguments | None,
+    teacher: Any,
+    false_negative_threshold: float | None,
+    settings: dict[str, Any],
+    device: str | None,
+    evaluator: Any,
+    loss: Callable[[SentenceTransformer], torch.nn.Module] | None,
+    overwrite: bool,
+) -> tuple[Path, list[dict[str, Any]]]:
+    """:func:`train_student` after its checks, under the lock of ``output_dir``."""
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.base.sampler import BatchSamplers
     from sentence_transformers.sentence_transformer.trainer import SentenceTransformerTrainer
     from sentence_transformers.sentence_transformer.training_args import SentenceTransformerTrainingArguments
 
+    from md2pr_st.data import dataset_fingerprint
     from md2pr_st.hub import use_md2pr_card_data
     from md2pr_st.losses import MD2PRLoss
-    from md2pr_st.models import resolve_model_name
+    from md2pr_st.models import model_fingerprint, resolve_model_name
 
-    output_dir = Path(output_dir)
+    epochs, batch_size, learning_rate = settings["epochs"], settings["batch_size"], settings["learning_rate"]
+    false_negative_margin, max_seq_length = settings["false_negative_margin"], settings["max_seq_length"]
     if not isinstance(model, SentenceTransformer):
         model = SentenceTransformer(resolve_model_name(model), device=device)
     if max_seq_length:
@@ -84,30 +147,36 @@ def train_student(
         loss_module = loss(model)
     checkpoints = output_dir.with_name(output_dir.name + ".checkpoints")
     steps_per_epoch = max(1, len(train_dataset) // batch_size)
-    args = SentenceTransformerTrainingArguments(
+    defaults = dict(
         output_dir=str(checkpoints),
         num_train_epochs=epochs,
         per_device_train_batch_size=batch_size,
         learning_rate=learning_rate,
         warmup_steps=0.1,
-        seed=seed,
+        seed=settings["seed"],
         batch_sampler=BatchSamplers.NO_DUPLICATES,
         save_strategy="steps",
-        save_steps=save_steps,
+        save_steps=settings["save_steps"],
         save_total_limit=1,
         logging_steps=max(1, min(5, steps_per_epoch // 4)),
-        report_to=[],
         use_cpu=device == "cpu",
     )
+    args = SentenceTransformerTrainingArguments(**training_arguments(defaults, settings["training_args"]))
     use_md2pr_card_data(model)  # before the trainer: it fills the card data, which never quotes the training rows
     trainer = SentenceTransformerTrainer(
         model=model, args=args, train_dataset=train_dataset, loss=loss_module, evaluator=evaluator
     )
-    resume = last_complete_checkpoint(checkpoints)
+    record = {"data": dataset_fingerprint(train_dataset), "model": model_fingerprint(model), **settings}
+    record.update(
+        false_negative_threshold=false_negative_threshold,
+        loss=loss_module.get_config_dict() if hasattr(loss_module, "get_config_dict") else repr(loss_module),
+        teacher=getattr(teacher, "model_name", None) if teacher is not None else None,
+    )
+    resume = resume_checkpoint(checkpoints, record, overwrite=overwrite, what="student training")
     if resume:
         logger.info("Resuming student training from %s", resume)
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    with atomic_path(output_dir, is_dir=True) as tmp:
+    with atomic_path(output_dir, is_dir=True, overwrite=overwrite) as tmp:
         model.save(str(tmp))
     shutil.rmtree(checkpoints, ignore_errors=True)
     return output_dir, list(trainer.state.log_history)

@@ -17,12 +17,33 @@ logger = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
-def atomic_path(target: str | Path, *, is_dir: bool = False) -> Iterator[Path]:
+def atomic_path(target: str | Path, *, is_dir: bool = False, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling of ``target``; on success it replaces ``target`` in one rename.
 
-    A crash inside the block leaves ``target`` as it was (never half-written).
+    A crash inside the block leaves ``target`` as it was (never half-written). A folder replaces ``target`` only
+    when that is missing, empty or md2pr's own (:func:`~md2pr_st.outputs.is_own_folder`), or with ``overwrite``;
+    otherwise :class:`~md2pr_st.outputs.OutputExistsError` is raised before anything is written. The new folder
+    carries md2pr's marker, and files and folders get the permissions the umask gives (not ``tempfile``'s 0600).
+
+    Example:
+        >>> import tempfile
+        >>> project = Path(tempfile.mkdtemp())
+        >>> _ = (project / "main.py").write_text("print('mine')")
+        >>> with atomic_path(project, is_dir=True) as tmp:
+        ...     _ = (tmp / "model.txt").write_text("weights")
+        Traceback (most recent call last):
+        ...
+        md2pr_st.outputs.OutputExistsError: ... exists and holds files md2pr did not write (main.py)...
+        >>> (project / "main.py").is_file()
+        True
     """
+    from md2pr_st.outputs import OutputExistsError, honour_umask, mark_output, refuse_foreign_folder
+
     target = Path(target)
+    if is_dir:
+        refuse_foreign_folder(target, overwrite)
+    elif target.is_dir():
+        raise OutputExistsError(f"{target} is a folder; md2pr writes a file there only in place of a file.")
     target.parent.mkdir(parents=True, exist_ok=True)
     if is_dir:
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
@@ -32,7 +53,11 @@ def atomic_path(target: str | Path, *, is_dir: bool = False) -> Iterator[Path]:
         tmp = Path(name)
     try:
         yield tmp
+        honour_umask(tmp)
+        if is_dir:
+            mark_output(tmp)
         if is_dir and target.exists():
+            refuse_foreign_folder(target, overwrite)  # again: it may have appeared while the block ran
             old = target.with_name(f".{target.name}.old")
             shutil.rmtree(old, ignore_errors=True)
             os.replace(target, old)
@@ -94,3 +119,81 @@ def last_complete_checkpoint(folder: str | Path) -> Path | None:
             continue
         complete.append(path)
     return max(complete, key=lambda p: int(p.name.split("-")[-1]), default=None)
+
+
+RESUME_FILE = "md2pr_resume.json"
+
+
+def resume_checkpoint(
+    checkpoints: str | Path, record: dict[str, Any], *, overwrite: bool = False, what: str = "training"
+) -> Path | None:
+    """The checkpoint a training run may resume from: the last complete one, and only when ``record`` (a
+    fingerprint of the data, the starting model and every setting that changes the result) equals the one the
+    interrupted run wrote next to its checkpoints.
+
+    Checkpoints of another run (other data or settings, or written before records existed) are never resumed:
+    :class:`~md2pr_st.outputs.OutputExistsError` names what differs, or, with ``overwrite``, they are deleted and
+    training starts again. The record is then written for the next resume.
+
+    Example:
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp()) / "student.checkpoints"
+        >>> resume_checkpoint(folder, {"data": "abc", "learning_rate": 2e-05}) is None  # nothing to resume yet
+        True
+        >>> (folder / "checkpoint-5").mkdir()
+        >>> _ = (folder / "checkpoint-5" / "trainer_state.json").write_text("{}")
+        >>> resume_checkpoint(folder, {"data": "abc", "learning_rate": 2e-05}).name
+        'checkpoint-5'
+        >>> resume_checkpoint(folder, {"data": "xyz", "learning_rate": 2e-05})
+        Traceback (most recent call last):
+        ...
+        md2pr_st.outputs.OutputExistsError: ... holds checkpoints of an interrupted training run made with other data...
+    """
+    from md2pr_st.outputs import OutputExistsError, prepare_output_dir
+
+    checkpoints = Path(checkpoints)
+    record = json.loads(json.dumps(record, sort_keys=True, default=str))
+    last = last_complete_checkpoint(checkpoints) if checkpoints.is_dir() else None
+    try:
+        saved = json.loads((checkpoints / RESUME_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        saved = None
+    if last is not None and saved != record:
+        if not overwrite:
+            differs = sorted(k for k in {*record, *saved} if saved.get(k) != record.get(k)) if saved else []
+            raise OutputExistsError(
+                f"{checkpoints} holds checkpoints of an interrupted {what} run made with other "
+                f"{', '.join(differs) if differs else 'inputs (no record of them)'}; resuming them would train "
+                "the wrong model. Run again with the same inputs to resume, or pass --overwrite (overwrite=True) to "
+                "discard them and start again."
+            )
+        logger.warning("Discarding %s: checkpoints of a %s run with other inputs.", checkpoints, what)
+        shutil.rmtree(checkpoints)
+        last = None
+    prepare_output_dir(checkpoints, overwrite=overwrite)
+    write_json(checkpoints / RESUME_FILE, record)
+    return last
+
+
+# Settings md2pr manages itself in the host's training arguments: where checkpoints go (next to the output, for
+# resuming) cannot be moved by an override.
+MANAGED_TRAINING_ARGUMENTS = ("output_dir",)
+
+
+def training_arguments(defaults: dict[str, Any], overrides: Any = None) -> dict[str, Any]:
+    """The keyword arguments of the host's ``*TrainingArguments``: md2pr's ``defaults`` with the user's ``overrides``
+    (any other option of those classes: ``gradient_accumulation_steps``, ``bf16``, ``max_steps``, ``report_to``,
+    evaluation and save strategies, ...) on top.
+
+    Example:
+        >>> training_arguments({"learning_rate": 2e-5, "output_dir": "x"}, {"learning_rate": 1e-5, "bf16": True})
+        {'learning_rate': 1e-05, 'output_dir': 'x', 'bf16': True}
+    """
+    overrides = dict(overrides or {})
+    managed = sorted(set(overrides) & set(MANAGED_TRAINING_ARGUMENTS))
+    if managed:
+        raise ValueError(
+            f"The training argument(s) {managed} are set by md2pr (checkpoints go next to the output folder, so that "
+            "an interrupted run resumes): give the output folder instead."
+        )
+    return {**defaults, **overrides}

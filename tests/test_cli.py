@@ -91,3 +91,42 @@ def test_unknown_flag_and_bad_config_exit_cleanly(capsys, tmp_path):
         main(["eval", str(config)])
     assert exc.value.code == 2
     assert "modle" in capsys.readouterr().err
+
+
+def test_host_training_arguments_and_a_config_file_with_overriding_flags(tmp_path, monkeypatch):
+    """md2pr train / teacher / pipeline pass flags that are not theirs to the host's training arguments; a config
+    file may come first and flags after it override it; a flag nobody knows is one clear error."""
+    import md2pr_st.cli as cli
+    from md2pr_st.cli.arguments import LossArguments, TrainArguments
+
+    seen = {}
+
+    def fake_driver(name):
+        return lambda *parsed: seen.update({name: parsed})
+
+    monkeypatch.setattr(cli, "driver", fake_driver)
+    monkeypatch.setattr(cli, "check_environment", lambda parsed: None)
+    (tmp_path / "train.yaml").write_text(
+        "input: rows\nlearning_rate: 0.001\nalpha: 2.0\ngradient_accumulation_steps: 2\n"
+    )
+    code = cli.main(["train", str(tmp_path / "train.yaml"), "--learning_rate", "0.0005", "--bf16", "false",
+                     "--report_to", "tensorboard", "--max_steps", "7"])  # fmt: skip
+    assert code == 0
+    args, loss_args, trainer = seen["train"]
+    assert isinstance(args, TrainArguments) and isinstance(loss_args, LossArguments)
+    assert (args.input, args.learning_rate, loss_args.alpha) == ("rows", 0.0005, 2.0)  # the flag overrides the file
+    assert trainer == {"gradient_accumulation_steps": 2, "bf16": False, "report_to": "tensorboard", "max_steps": 7}
+    assert cli.main(["teacher", "--warmup_steps", "3"]) == 0 and seen["teacher"][-1] == {"warmup_steps": 3}
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", "--no_such_option", "1"])
+    assert exit_info.value.code == 2
+
+
+def test_help_names_each_default_once(capsys):
+    from md2pr_st.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: None)" not in text and "(default: auto). (default" not in text
+    assert "gradient_accumulation_steps" in text  # the host's trainer options are announced

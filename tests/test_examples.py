@@ -32,7 +32,7 @@ def test_drop_in_fit(tiny_model_path, tiny_cross_encoder_path, beir_folder, tmp_
     out = run_example(
         "drop_in_fit.py",
         *("--model", str(tiny_model_path), "--teacher", str(tiny_cross_encoder_path)),
-        *("--dataset", str(beir_folder), "--max-steps", "2", "--batch-size", "4"),
+        *("--dataset", str(beir_folder), "--max-steps", "2", "--batch-size", "4", "--num-negatives", "1"),
         *("--output-dir", str(tmp_path / "fit")),
         cwd=tmp_path,
     )
@@ -93,3 +93,16 @@ def test_the_readme_round_by_hand_runs(tiny_model_path, tiny_cross_encoder_path,
     exec(compile(setup + code, "README.md", "exec"), namespace)  # noqa: S102
     assert namespace["round_"]["flagged"] >= 0 and len(namespace["rows"]) > 0
     assert namespace["loss"].false_negative_threshold == namespace["round_"]["threshold"]
+    # The next block: the teacher's attention recorded in the filter pass, MD2PR inside MatryoshkaLoss.
+    block = next(b for b in blocks if "AttentionRecorder(" in b)
+    code = (
+        block.replace('"runs/attention"', repr(str(tmp_path / "attention")))
+        .replace("[384, 256, 128, 64]", "[32, 16]")
+        .replace("num_negatives=4", "num_negatives=2")
+    )
+    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102
+    from sentence_transformers import SentenceTransformerTrainer
+
+    SentenceTransformerTrainer(model=namespace["model"], args=namespace["args"], train_dataset=namespace["rows"],
+                               loss=namespace["loss"]).train()  # fmt: skip
+    assert namespace["loss"].loss.teacher.__class__.__name__ == "OfflineTeacher"

@@ -267,3 +267,17 @@ def test_loss_parts_act_like_their_sum_under_a_wrapper_s_arithmetic():
     expected = 1.5 * 3.0 + 0.1 - 0.75
     assert isinstance(combined, dict) and sum(v.item() for v in combined.values()) == pytest.approx(expected)
     assert combined["other"].item() == pytest.approx(0.1)
+
+
+def test_train_student_passes_the_host_s_training_arguments(tiny_model_path, tmp_path):
+    from md2pr_st.cli.arguments import LossArguments
+    from md2pr_st.student import train_student
+
+    no_distillation = LossArguments(alpha=0.0, beta=0.0)
+    _, log = train_student(
+        tiny_model_path, dataset(), tmp_path / "s", no_distillation, batch_size=2, device="cpu",
+        training_args={"max_steps": 1, "logging_steps": 1},
+    )  # fmt: skip
+    assert [entry["step"] for entry in log if "loss" in entry] == [1]  # 6 rows of batch 2 would be 3 steps
+    with pytest.raises(ValueError, match="output_dir.*set by md2pr"):
+        train_student(tiny_model_path, dataset(), tmp_path / "t", no_distillation, training_args={"output_dir": "x"})

@@ -159,11 +159,11 @@ def test_interrupted_run_resumes_without_recomputing_finished_chunks(tiny_model,
     original = CorpusEmbeddingCache._encode_chunk
     encoded: list[int] = []
 
-    def crash_on_third(self, chunk):
+    def crash_on_third(self, chunk, *args):
         if len(encoded) == 2:
             raise KeyboardInterrupt("simulated crash")
         encoded.append(chunk)
-        return original(self, chunk)
+        return original(self, chunk, *args)
 
     monkeypatch.setattr(CorpusEmbeddingCache, "_encode_chunk", crash_on_third)
     kwargs = dict(num_negatives=2, range_max=5, cache_dir=tmp_path, chunk_size=2, show_progress_bar=False)
@@ -332,3 +332,29 @@ def test_cli_mine_writes_a_datasets_folder(tiny_model_path, tmp_path):
     assert (stats["rows_out"], stats["chunks_encoded"]) == (2, 3)
     assert len(list((tmp_path / "mined.embeddings").glob("*/chunk_*.npy"))) == 3
     assert main(["mine", "--input", str(tmp_path / "pairs"), "--output", str(tmp_path / "x")]) == 1  # no --corpus
+
+
+def test_corpus_encoding_progress_moves_within_a_chunk(tiny_model, tmp_path, monkeypatch):
+    """One bar over passages, updated every few batches (not once per chunk of thousands), cached chunks counted."""
+    updates = []
+
+    class Recorder:
+        def __init__(self, *args, total=None, disable=False, **kwargs):
+            self.total, self.disable = total, disable
+
+        def update(self, n):
+            updates.append(n)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(embedding_cache, "tqdm", Recorder)
+    cache = CorpusEmbeddingCache(tiny_model, CORPUS, tmp_path, chunk_size=8, batch_size=1)
+    cache.compute()
+    assert updates == [4, 4, 1]  # 4 passages (4 batches of 1) at a time inside the first chunk of 8, then 1
+    updates.clear()
+    CorpusEmbeddingCache(tiny_model, CORPUS, tmp_path, chunk_size=8, batch_size=1).compute()
+    assert updates == [8, 1]  # read from the cache: whole chunks

@@ -66,10 +66,17 @@ def test_pipeline_end_to_end_on_tiny_models_and_resume(tiny_model_path, tmp_path
     args = tiny_pipeline_args(tmp_path, tiny_model_path, rounds=2)
     metrics = run_pipeline(DataArguments(dataset=str(data)).load_splits(), args, command="md2pr pipeline --test")
     run = tmp_path / "run"
-    assert set(metrics) == {"before", "after", "teacher_rerank"}
-    for part in metrics.values():
+    assert set(metrics) == {"before", "after", "teacher_rerank", "after_minus_before"}
+    for name in ("before", "after", "teacher_rerank"):
+        part = metrics[name]
         assert {"ndcg@10", "mrr@10", "recall@100", "map@100", "n_queries", "corpus_size"} <= set(part)
         assert part["n_queries"] == 2 and part["corpus_size"] == 36
+    # The paired significance of after - before, per metric, from the per-query values of both evaluations.
+    for metric, ci in metrics["after_minus_before"].items():
+        after, before = metrics["after"]["per_query"][metric], metrics["before"]["per_query"][metric]
+        assert ci["n"] == 2 and ci["mean_diff"] == pytest.approx(sum(after.values()) / 2 - sum(before.values()) / 2)
+        assert ci["low"] <= ci["mean_diff"] <= ci["high"]
+        assert sum(after.values()) / 2 == pytest.approx(metrics["after"][metric])
     assert json.loads((run / "metrics.json").read_text()) == metrics
     for png in ("loss_parts.png", "rounds.png", "round_1/filter_gaps.png"):
         assert (run / png).stat().st_size > 1000
@@ -302,5 +309,10 @@ def test_pipeline_killed_during_student_training_resumes_from_its_checkpoint(tin
     assert [entry["step"] for entry in log_history if "loss" in entry] == list(range(1, max_steps + 1))
     # (c) the run finished
     assert (run / "round_1" / STAGE_FILE).is_file() and not checkpoints.exists()
-    assert set(json.loads((run / "metrics.json").read_text())) == {"before", "after", "teacher_rerank"}
+    assert set(json.loads((run / "metrics.json").read_text())) == {
+        "before",
+        "after",
+        "teacher_rerank",
+        "after_minus_before",
+    }
     assert (run / "model" / "model.safetensors").is_file() and (run / "model" / "README.md").is_file()

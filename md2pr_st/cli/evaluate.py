@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -10,6 +11,20 @@ from md2pr_st.cli.arguments import DataArguments, EvalArguments
 
 
 def run_eval(data_args: DataArguments, args: EvalArguments) -> dict:
+    """``md2pr eval``: the outputs are checked (and locked) before the data and the model are loaded."""
+    from md2pr_st.outputs import check_output, output_lock
+
+    outputs = [(args.output, "file", "--output"), (args.index_dir, "folder", "--index_dir")]
+    outputs = [(path, kind, option) for path, kind, option in outputs if path]
+    for path, kind, option in outputs:
+        check_output(path, kind=kind, overwrite=args.overwrite, option=option)
+    with contextlib.ExitStack() as stack:
+        for path, _, option in outputs:
+            stack.enter_context(output_lock(path, option))
+        return _evaluate(data_args, args)
+
+
+def _evaluate(data_args: DataArguments, args: EvalArguments) -> dict:
     from sentence_transformers import SentenceTransformer
 
     from md2pr_st.evaluation import RetrievalEvaluator, format_table
@@ -25,16 +40,16 @@ def run_eval(data_args: DataArguments, args: EvalArguments) -> dict:
         data, args.metrics, args.relevance_cut, args.index_factory, args.batch_size, show_progress_bar=True
     )
     index = None
-    if args.index_dir and Path(args.index_dir).exists():
+    if args.index_dir and Path(args.index_dir).is_dir() and any(Path(args.index_dir).iterdir()):
         try:
-            index = FaissIndex.load(args.index_dir, model=model, corpus=data.corpus)
+            index = FaissIndex.load(args.index_dir, model=model, corpus=data.corpus, factory=args.index_factory)
             print(f"Reusing the index in {args.index_dir}", file=sys.stderr)
-        except IndexMismatchError as exc:
-            print(f"Not reusing {args.index_dir}: {exc}", file=sys.stderr)
+        except (IndexMismatchError, FileNotFoundError, ValueError) as exc:
+            print(f"Not reusing {args.index_dir}, rebuilding it: {exc}", file=sys.stderr)
     if index is None:
         index = FaissIndex.from_model(model, data.corpus, args.index_factory, args.batch_size, show_progress_bar=True)
         if args.index_dir:
-            index.save(args.index_dir)
+            index.save(args.index_dir, overwrite=args.overwrite)
     result, _ = evaluator.evaluate(model, index=index)
     result = {
         **{m: result[m] for m in args.metrics},

@@ -10,9 +10,22 @@ from md2pr_st.utils import atomic_path
 
 
 def run_filter(args: FilterArguments) -> dict:
-    """``md2pr filter``: one round of false-negative filtering; writes the dataset, JSON statistics and a PNG."""
-    from datasets import load_from_disk
+    """``md2pr filter``: one round of false-negative filtering; writes the dataset, JSON statistics and a PNG (the
+    outputs checked and locked before any work)."""
+    from md2pr_st.outputs import check_output, output_lock
 
+    source = Path(args.input)
+    if not source.is_dir():
+        raise FileNotFoundError(f"--input {args.input} is not a `datasets` folder (the output of md2pr mine).")
+    check_output(args.output, overwrite=args.overwrite, option="--output")
+    if args.statistics:
+        check_output(args.statistics, kind="file", overwrite=args.overwrite, option="--statistics")
+    with output_lock(args.output, "--output"):
+        return _filter(args, source)
+
+
+def _filter(args: FilterArguments, source: Path) -> dict:
+    from md2pr_st.data import load_rows
     from md2pr_st.false_negatives import FalseNegativeFilter
 
     teacher = None
@@ -20,10 +33,9 @@ def run_filter(args: FilterArguments) -> dict:
         from md2pr_st.teacher import Teacher
 
         teacher = Teacher(args.teacher, max_length=args.max_length, batch_size=args.batch_size, device=args.device)
-    source = Path(args.input)
-    if not source.is_dir():
-        raise FileNotFoundError(f"--input {args.input} is not a `datasets` folder (the output of md2pr mine).")
-    dataset = load_from_disk(str(source))
+    dataset = load_rows(source, "--input", "Make one with `md2pr mine`.")
+    if len(dataset) == 0:
+        raise ValueError(f"--input {source} has 0 rows: nothing to filter. Mine again with a wider rank range.")
     extra = [c for c in dataset.column_names if c in ("query_id", "positive_id", "negative_ids")]
     if extra:
         dataset = dataset.remove_columns(extra)
@@ -47,13 +59,19 @@ def run_filter(args: FilterArguments) -> dict:
     if stats_path is not None and stats_path.is_file():
         fn_filter.load_statistics(stats_path)
     filtered = fn_filter.apply(dataset, num_proc=args.num_proc)
-    with atomic_path(args.output, is_dir=True) as tmp:
+    last = fn_filter.statistics["rounds"][-1]
+    if len(filtered) == 0:
+        raise ValueError(
+            f"No row is left after filtering {len(dataset):,} rows: {last['flagged']:,} of "
+            f"{last['candidates_scored']:,} candidates flagged, {last['dropped_rows']:,} rows dropped (rule "
+            f"{args.rule}). Loosen the rule, use --action mask, or mine more candidates; nothing was written."
+        )
+    with atomic_path(args.output, is_dir=True, overwrite=args.overwrite) as tmp:
         filtered.save_to_disk(str(tmp))
         fn_filter.save_statistics(tmp / "md2pr_filter.json")
         fn_filter.plot(tmp / "md2pr_filter_gaps.png")
     if stats_path is not None:
         fn_filter.save_statistics(stats_path)
-    last = fn_filter.statistics["rounds"][-1]
     criteria = [f"{key} {last[key]:.4f}" for key in ("margin", "threshold") if last.get(key) is not None]
     print(
         f"Round {last['round']} ({', '.join([args.rule, *criteria])}): {last['flagged']:,} of "

@@ -10,11 +10,21 @@ from md2pr_st.utils import atomic_path
 
 
 def run_mine(args: MineArguments) -> dict:
-    """``md2pr mine``: mine hard negatives and save the n-tuples as a `datasets` folder."""
-    from datasets import load_from_disk
+    """``md2pr mine``: mine hard negatives and save the n-tuples as a `datasets` folder (its output checked and
+    locked before any work)."""
+    from md2pr_st.outputs import check_output, check_writable, output_lock
+
+    check_output(args.output, overwrite=args.overwrite, option="--output")
+    cache_dir = args.cache_dir or f"{args.output.rstrip('/')}.embeddings"
+    check_writable(cache_dir, "--cache_dir")
+    with output_lock(args.output, "--output"):
+        return _mine(args, cache_dir)
+
+
+def _mine(args: MineArguments, cache_dir: str) -> dict:
     from sentence_transformers import SentenceTransformer
 
-    from md2pr_st.data import load_corpus, load_retrieval_data, training_pairs
+    from md2pr_st.data import load_corpus, load_retrieval_data, load_rows, training_pairs
     from md2pr_st.mining import mine_hard_negatives, save_mining_stats
     from md2pr_st.models import resolve_model_name
 
@@ -25,7 +35,7 @@ def run_mine(args: MineArguments) -> dict:
         pairs = training_pairs(data, args.min_grade, args.positives, args.skip_queries_without_positive)
         corpus = load_corpus(args.corpus) if args.corpus else data.corpus
     elif source.is_dir():
-        pairs = load_from_disk(str(source))
+        pairs = load_rows(source, "--input")
         if args.corpus is None:
             raise ValueError("A `datasets` input needs --corpus (a `datasets` folder with id/text or a BEIR folder).")
         corpus = load_corpus(args.corpus)
@@ -43,7 +53,7 @@ def run_mine(args: MineArguments) -> dict:
         range_max=args.range_max,
         sampling=args.sampling,
         seed=args.seed,
-        cache_dir=args.cache_dir or f"{args.output.rstrip('/')}.embeddings",
+        cache_dir=cache_dir,
         chunk_size=args.chunk_size,
         batch_size=args.batch_size,
         factory=args.factory,
@@ -51,7 +61,12 @@ def run_mine(args: MineArguments) -> dict:
         return_stats=True,
         show_progress_bar=True,
     )
-    with atomic_path(args.output, is_dir=True) as tmp:
+    if len(mined) == 0:
+        raise ValueError(
+            f"No query kept {args.num_negatives} candidates in ranks {args.range_min}..{args.range_max - 1} "
+            f"({stats.dropped_queries} queries dropped): raise --range_max or lower --num_negatives."
+        )
+    with atomic_path(args.output, is_dir=True, overwrite=args.overwrite) as tmp:
         mined.save_to_disk(str(tmp))
         save_mining_stats(stats, tmp / "md2pr_mining.json")
     print(

@@ -15,17 +15,26 @@ def command_line() -> str:
 
 
 def run_pipeline_command(
-    data_args: DataArguments, args: PipelineArguments, loss_args: LossArguments
+    data_args: DataArguments, args: PipelineArguments, loss_args: LossArguments, trainer_args: dict | None = None
 ) -> dict[str, Any]:
     """Load the splits, run (or resume) the pipeline, print the before / after / teacher-rerank table on test."""
     from md2pr_st.evaluation import REPORT_METRICS, format_table
+    from md2pr_st.outputs import check_output
     from md2pr_st.pipeline import run_pipeline
 
+    check_output(args.output_dir, overwrite=args.overwrite, option="--output_dir")  # before loading the data
     splits = data_args.load_splits()
-    metrics = run_pipeline(splits, args, loss_args, command=command_line())
+    metrics = run_pipeline(splits, args, loss_args, command=command_line(), training_args=trainer_args)
     rows = {"before (student)": metrics["before"], "after (MD2PR)": metrics["after"]}
     rows[f"teacher rerank@{args.rerank_k}"] = metrics["teacher_rerank"]
     print(format_table(rows, REPORT_METRICS))
+    diffs = metrics.get("after_minus_before") or {}
+    if diffs:
+        n = next(iter(diffs.values()))["n"]
+        print(f"after - before, mean over {n} queries [paired bootstrap 95% CI]:")
+        for metric, ci in diffs.items():
+            verdict = "" if ci["low"] > 0 or ci["high"] < 0 else "  (within the noise)"
+            print(f"  {metric:<11} {ci['mean_diff']:+.4f} [{ci['low']:+.4f}, {ci['high']:+.4f}]{verdict}")
     after = metrics["after"]
     print(
         f"{splits['test'].name}: {after['n_queries']} queries, corpus {after['corpus_size']:,}; run folder {args.output_dir}"

@@ -9,10 +9,13 @@ from typing import Any
 from md2pr_st.cli.arguments import DataArguments, TeacherArguments
 
 
-def run_teacher(data_args: DataArguments, args: TeacherArguments) -> dict[str, Any]:
-    """Train the teacher on the train split and report the teacher-vs-student nDCG@10 gap on dev."""
+def run_teacher(data_args: DataArguments, args: TeacherArguments, trainer_args: dict | None = None) -> dict[str, Any]:
+    """Train the teacher on the train split and report the teacher-vs-student nDCG@10 gap on dev;
+    ``trainer_args``: other options of the host's CrossEncoderTrainingArguments."""
+    from md2pr_st.outputs import check_output
     from md2pr_st.teacher import TEACHER_REPORT, train_teacher
 
+    check_output(args.output_dir, overwrite=args.overwrite, option="--output_dir")  # before loading anything
     train, dev = data_args.load("train"), data_args.load("dev")
     path = train_teacher(
         train,
@@ -29,6 +32,7 @@ def run_teacher(data_args: DataArguments, args: TeacherArguments) -> dict[str, A
         seed=args.seed,
         device=args.device,
         overwrite=args.overwrite,
+        training_args=trainer_args,
     )
     report = json.loads((Path(path) / TEACHER_REPORT).read_text(encoding="utf-8"))
     gap = report.get("dev", {})

@@ -8,22 +8,22 @@ from pathlib import Path
 from md2pr_st.cli.arguments import LossArguments, TrainArguments
 
 
-def run_train(args: TrainArguments, loss_args: LossArguments | None = None) -> Path:
-    """Train a student with MD2PRLoss on a filtered dataset folder (resumes from its last checkpoint)."""
-    from datasets import load_from_disk
-
+def run_train(args: TrainArguments, loss_args: LossArguments | None = None, trainer_args: dict | None = None) -> Path:
+    """Train a student with MD2PRLoss on a filtered dataset folder (resumes from its last checkpoint);
+    ``trainer_args``: other options of the host's SentenceTransformerTrainingArguments."""
+    from md2pr_st.data import load_rows
+    from md2pr_st.outputs import check_output
     from md2pr_st.student import train_student
     from md2pr_st.teacher import Teacher
 
     folder = Path(args.input)
-    if not (folder / "dataset_info.json").is_file() and not (folder / "state.json").is_file():
-        raise FileNotFoundError(
-            f"{folder} is not a `datasets` folder (save_to_disk). Make one with `md2pr mine` and `md2pr filter`."
-        )
-    dataset = load_from_disk(str(folder))
+    dataset = load_rows(folder, "--input", "Make one with `md2pr mine` and `md2pr filter`.")  # memory-mapped
     loss_args = loss_args or LossArguments()
     if loss_args.beta > 0 and args.teacher is None:
         raise ValueError("The word-level loss (beta > 0) needs an online teacher: pass --teacher, or --beta 0.")
+    check_output(args.output_dir, overwrite=args.overwrite, option="--output_dir")
+    if len(dataset) == 0:
+        raise ValueError(f"--input {folder} has 0 rows: nothing to train on.{_filter_counts(folder)}")
     teacher = Teacher(args.teacher, max_length=args.teacher_max_length, device=args.device) if args.teacher else None
     margin, threshold = args.false_negative_margin, args.false_negative_threshold
     stats_file = folder / "md2pr_filter.json"  # written by md2pr filter
@@ -52,6 +52,21 @@ def run_train(args: TrainArguments, loss_args: LossArguments | None = None) -> P
         max_seq_length=args.max_seq_length,
         seed=args.seed,
         device=args.device,
+        overwrite=args.overwrite,
+        training_args=trainer_args,
     )
     print(f"Saved the student to {path}")
     return path
+
+
+def _filter_counts(folder: Path) -> str:
+    """What ``md2pr filter`` did to the rows, from its statistics in ``folder`` (empty when there are none)."""
+    try:
+        last = json.loads((folder / "md2pr_filter.json").read_text(encoding="utf-8"))["rounds"][-1]
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return ""
+    return (
+        f" md2pr filter flagged {last.get('flagged')} of {last.get('candidates_scored')} candidates and dropped "
+        f"{last.get('dropped_rows')} rows (rule {last.get('rule')}): loosen the rule, use --action mask, or mine more "
+        "candidates."
+    )

@@ -13,22 +13,30 @@ Every loader returns a :class:`RetrievalData`: a corpus and queries as :class:`d
 from __future__ import annotations
 
 from md2pr_st.data.beir import load_beir, load_corpus
-from md2pr_st.data.pairs import positives_per_query, training_pairs
+from md2pr_st.data.pairs import check_training_rows, load_rows, positives_per_query, training_pairs
 from md2pr_st.data.rag24 import DEFAULT_SPLIT_SEED, default_cache_dir, load_rag24, split_topics
-from md2pr_st.data.retrieval_data import RetrievalData, corpus_fingerprint, validate_retrieval_data
+from md2pr_st.data.retrieval_data import (
+    RetrievalData,
+    corpus_fingerprint,
+    dataset_fingerprint,
+    validate_retrieval_data,
+)
 from md2pr_st.data.splits import SPLITS, cross_validation_folds, load_retrieval_data, load_splits
 
 __all__ = [
     "DEFAULT_SPLIT_SEED",
     "SPLITS",
     "RetrievalData",
+    "check_training_rows",
     "corpus_fingerprint",
     "cross_validation_folds",
+    "dataset_fingerprint",
     "default_cache_dir",
     "load_beir",
     "load_corpus",
     "load_rag24",
     "load_retrieval_data",
+    "load_rows",
     "load_splits",
     "positives_per_query",
     "split_topics",

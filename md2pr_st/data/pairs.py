@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import logging
+from pathlib import Path
 from typing import Any, Literal
 
 from datasets import Dataset
 
 from md2pr_st.data.retrieval_data import RetrievalData
+
+logger = logging.getLogger(__name__)
 
 
 def training_pairs(
@@ -83,3 +88,96 @@ def positives_per_query(positives: Any) -> int | None:
     if k < 1 or isinstance(positives, float):
         raise ValueError(f"positives must be 'all', 'best' or a positive integer k, got {positives!r}.")
     return k
+
+
+def load_rows(folder: str | Path, option: str = "--input", hint: str = "") -> Dataset:
+    """A ``datasets`` folder (``save_to_disk``), with an error naming ``option`` when it is not one; a saved dataset
+    of 0 rows, which ``datasets`` itself fails to load, comes back empty.
+
+    Example:
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp()) / "rows"
+        >>> Dataset.from_dict({"query": [], "positive": []}).save_to_disk(str(folder))
+        >>> len(load_rows(folder)), load_rows(folder).column_names
+        (0, ['query', 'positive'])
+    """
+    from datasets import Features, load_from_disk
+
+    folder = Path(folder)
+    if not (folder / "state.json").is_file() or not (folder / "dataset_info.json").is_file():
+        raise FileNotFoundError(f"{option} {folder} is not a `datasets` folder (save_to_disk). {hint}".strip())
+    try:
+        return load_from_disk(str(folder))
+    except IndexError:
+        import pyarrow as pa
+
+        state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+        files = [folder / f["filename"] for f in state.get("_data_files", [])]
+        if sum(pa.ipc.open_stream(pa.memory_map(str(f))).read_all().num_rows for f in files):
+            raise
+        info = json.loads((folder / "dataset_info.json").read_text(encoding="utf-8"))
+        features = Features.from_dict(info["features"])
+        return Dataset.from_dict({name: [] for name in features}, features=features)
+
+
+# Label columns of the host library: one of them reaches the loss, after the text columns.
+LABEL_COLUMNS = ("label", "labels", "score", "scores")
+
+
+def check_training_rows(
+    dataset: Dataset, query_column: str = "query", positive_column: str = "positive", source: str = "dataset"
+) -> Dataset:
+    """``dataset`` ready for the trainer, whose losses read the text columns by position: refused when empty;
+    ``query``, ``positive``, ``negative_1..n``, other columns, then the label column, reordered if they were not in
+    that order; a warning when the positive column is on average much shorter than the query column (swapped
+    columns: the student would learn to retrieve queries from passages).
+
+    Example:
+        >>> rows = Dataset.from_dict({"positive": ["Paris is the capital of France."], "query": ["capital of france"]})
+        >>> check_training_rows(rows).column_names
+        ['query', 'positive']
+    """
+    from md2pr_st.mining import negative_columns
+
+    if len(dataset) == 0:
+        raise ValueError(f"The training {source} has 0 rows: nothing to train on.")
+    names = dataset.column_names
+    if query_column not in names or positive_column not in names:
+        return dataset
+    negatives = negative_columns(names)
+    labels = [c for c in names if c in LABEL_COLUMNS]
+    others = [c for c in names if c not in {query_column, positive_column, *negatives, *labels}]
+    order = [query_column, positive_column, *negatives, *others, *labels]
+    if names != order:
+        logger.info("Reordering the training columns %s to %s (the loss reads them by position).", names, order)
+        dataset = dataset.select_columns(order)
+    warn_if_swapped(dataset, query_column, positive_column, f"training {source}")
+    return dataset
+
+
+def warn_if_swapped(dataset: Dataset, query_column: str, positive_column: str, source: str = "dataset") -> bool:
+    """Log a warning, and return True, when the positive passages are on average less than half as long as the
+    queries (in characters, over the first 1,000 rows): the two columns are probably swapped."""
+    sample = dataset.select_columns([query_column, positive_column])[:1000]
+    query_len = _mean_length(sample[query_column])
+    positive_len = _mean_length(sample[positive_column])
+    if not positive_len < 0.5 * query_len:  # NaN (no text to measure) is no evidence either
+        return False
+    logger.warning(
+        "The %r column is on average much shorter than the %r column (%.0f vs %.0f characters) in the %s: are the "
+        "columns swapped? %r is read as the query and %r as the passage.",
+        positive_column,
+        query_column,
+        positive_len,
+        query_len,
+        source,
+        query_column,
+        positive_column,
+    )
+    return True
+
+
+def _mean_length(texts: list) -> float:
+    """Mean length of the strings (a list-valued cell counts as its strings)."""
+    lengths = [len(t) for cell in texts for t in (cell if isinstance(cell, list) else [cell]) if isinstance(t, str)]
+    return sum(lengths) / len(lengths) if lengths else float("nan")

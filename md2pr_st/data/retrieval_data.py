@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import numbers
 from collections.abc import Iterable, Iterator
 from functools import cached_property
 
@@ -34,6 +35,24 @@ def corpus_fingerprint(corpus: Dataset, chunk_size: int = 8192) -> str:
             yield column + "s"
             for start in range(0, len(corpus), chunk_size):
                 yield from corpus[start : start + chunk_size][column]
+
+    return fingerprint(parts())
+
+
+def dataset_fingerprint(dataset: Dataset, batch_size: int = 1000) -> str:
+    """sha256 of a ``Dataset``'s column names and rows, in order, read batch by batch: a training set's identity,
+    whatever transforms or files it came from (``Dataset._fingerprint`` follows the transforms, not the rows).
+
+    Example:
+        >>> a = Dataset.from_dict({"query": ["q1", "q2"], "positive": ["p1", "p2"]})
+        >>> dataset_fingerprint(a) == dataset_fingerprint(a.select([0, 1])), dataset_fingerprint(a) == dataset_fingerprint(a.select([1, 0]))
+        (True, False)
+    """
+
+    def parts() -> Iterator[str]:
+        yield json.dumps(dataset.column_names)
+        for start in range(0, len(dataset), batch_size):
+            yield json.dumps(dataset[start : start + batch_size], sort_keys=True, default=str)
 
     return fingerprint(parts())
 
@@ -98,6 +117,14 @@ class RetrievalData:
         )
 
 
+# trec_eval keeps grades in a C int; TREC grades are small (-2..4), so anything beyond is a typo.
+MIN_GRADE, MAX_GRADE = -(2**31), 2**31 - 1
+
+
+def _is_grade(grade: object) -> bool:
+    return isinstance(grade, numbers.Integral) and not isinstance(grade, bool) and MIN_GRADE <= grade <= MAX_GRADE
+
+
 def validate_retrieval_data(corpus: Dataset, queries: Dataset, qrels: dict, name: str = "data") -> None:
     """Raise a :class:`ValueError` that says what is wrong with a corpus / queries / qrels triple."""
     for label, table in (("corpus", corpus), ("queries", queries)):
@@ -138,6 +165,13 @@ def validate_retrieval_data(corpus: Dataset, queries: Dataset, qrels: dict, name
         raise ValueError(
             f"{name}: the qrels name {len(extra)} queries that are not in the queries, e.g. {extra[:3]}. "
             "Pass the matching queries file or drop those qrels."
+        )
+    bad = [(q, d, g) for q, docs in qrels.items() for d, g in docs.items() if not _is_grade(g)]
+    if bad:
+        q, d, g = bad[0]
+        raise ValueError(
+            f"{name}: {len(bad)} qrels grades are not integers in {MIN_GRADE}..{MAX_GRADE}, e.g. query {q!r}, "
+            f"document {d!r}: {g!r}. Grades are small integers (0 = not relevant); fix those judgements."
         )
     doc_ids = set(corpus["id"])
     unknown_docs = sorted({d for docs in qrels.values() for d in docs} - doc_ids)

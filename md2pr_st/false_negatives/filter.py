@@ -167,6 +167,11 @@ class FalseNegativeFilter:
         needs["absolute"] = ("threshold", self.threshold)
         if rule in needs and needs[rule][1] is None:
             raise ValueError(f"rule={rule!r} needs {needs[rule][0]}=...; see FalseNegativeFilter's docstring.")
+        numbers = {"quantile": self.quantile, "min_margin": self.min_margin, "max_margin": self.max_margin}
+        numbers.update(margin=self.margin, relative_margin=self.relative_margin, threshold=self.threshold)
+        for name, value in numbers.items():
+            if value is not None and not math.isfinite(value):  # NaN compares false: it would flag nothing
+                raise ValueError(f"{name} must be a finite number, got {value}.")
         if not 0.0 <= self.quantile <= 1.0:
             raise ValueError(f"quantile must lie in [0, 1], got {self.quantile}.")
         if self.min_margin is not None and self.max_margin is not None and self.min_margin > self.max_margin:

@@ -25,7 +25,7 @@ from md2pr_st.data import corpus_fingerprint
 from md2pr_st.index.encoding import encode
 from md2pr_st.index.faiss_index import FaissIndex
 from md2pr_st.models import model_fingerprint
-from md2pr_st.utils import atomic_path, fingerprint, write_json
+from md2pr_st.utils import atomic_path, fingerprint, sha256_file, write_json
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -55,9 +55,9 @@ class CorpusEmbeddingCache:
 
     The cache folder is ``folder / key[:16]`` with ``key = sha256(format, model_fingerprint, corpus_fingerprint,
     chunk_size)``; it holds ``manifest.json`` and ``chunk_00000.npy``, ``chunk_00001.npy``, ... (float32, one row
-    per passage, in corpus order). Each chunk is written atomically, so a crash leaves finished chunks intact and
-    the next :meth:`compute` encodes only the missing ones. A chunk that cannot be read or has the wrong shape is
-    recomputed. Without a ``folder`` nothing is written and :meth:`iter_chunks` encodes on the fly.
+    per passage, in corpus order), each with its sha256 in ``chunk_00000.sha256``. Each chunk is written atomically,
+    so a crash leaves finished chunks intact and the next :meth:`compute` encodes only the missing ones. A chunk
+    that cannot be read, has the wrong shape or does not match its checksum is recomputed. Without a ``folder`` nothing is written and :meth:`iter_chunks` encodes on the fly.
 
     Args:
         model: the student (a ``SentenceTransformer``); passages are encoded with ``encode_document``.
@@ -133,9 +133,17 @@ class CorpusEmbeddingCache:
                 },
             )
 
+    def _checksum_path(self, chunk: int) -> Path:
+        return self._chunk_path(chunk).with_suffix(".sha256")
+
     def _load_chunk(self, chunk: int) -> np.ndarray | None:
         path = self._chunk_path(chunk)
         if not path.is_file():
+            return None
+        checksum = self._checksum_path(chunk)
+        expected = checksum.read_text(encoding="utf-8").strip() if checksum.is_file() else None
+        if expected != sha256_file(path):
+            logger.warning("Embedding chunk %s does not match its checksum (changed on disk); recomputing it.", path)
             return None
         try:
             array = np.load(path, mmap_mode="r")
@@ -155,33 +163,51 @@ class CorpusEmbeddingCache:
             return []
         return [i for i in range(self.num_chunks) if self._load_chunk(i) is not None]
 
-    def _encode_chunk(self, chunk: int) -> np.ndarray:
+    def _encode_chunk(self, chunk: int, bar: Any = None) -> np.ndarray:
+        """The chunk's embeddings, encoded a few batches at a time so that ``bar`` (counting passages) moves while a
+        chunk of thousands of passages is encoded."""
         start = chunk * self.chunk_size
         texts = self.corpus[start : start + self.chunk_size]["text"]
-        embeddings = encode(self.model, texts, "document", self.batch_size, show_progress_bar=False)
+        step = self.batch_size * 4
+        parts = []
+        for offset in range(0, len(texts), step):
+            piece = texts[offset : offset + step]
+            parts.append(encode(self.model, piece, "document", self.batch_size, show_progress_bar=False))
+            if bar is not None:
+                bar.update(len(piece))
         self.encoded_chunks += 1
-        return embeddings
+        return np.concatenate(parts, axis=0)
 
     def iter_chunks(self) -> Iterator[tuple[int, np.ndarray]]:
         """Yield ``(first_row, embeddings)`` per chunk in corpus order, encoding (and saving) missing chunks."""
         if self.path is not None:
             self.path.mkdir(parents=True, exist_ok=True)
             self._write_manifest()
+        # One bar over passages (not chunks): it moves every few batches, cached chunks jump it forward.
         bar = tqdm(
-            range(self.num_chunks),
-            desc="Encoding corpus (chunks)",
-            disable=self.show_progress_bar is False or (self.show_progress_bar is None and self.num_chunks < 2),
+            total=len(self.corpus), desc="Encoding corpus", unit="passage", disable=self.show_progress_bar is False
         )
-        for chunk in bar:
-            array = self._load_chunk(chunk) if self.path is not None else None
-            if array is None:
-                array = self._encode_chunk(chunk)
-                if self.path is not None:
-                    with atomic_path(self._chunk_path(chunk)) as tmp:
-                        with open(tmp, "wb") as handle:
-                            np.save(handle, array)
-            self.dim = int(array.shape[1])
-            yield chunk * self.chunk_size, array
+        with bar:
+            for chunk in range(self.num_chunks):
+                array = self._load_chunk(chunk) if self.path is not None else None
+                if array is None:
+                    array = self._encode_chunk(chunk, bar)
+                    if self.path is not None:
+                        self._save_chunk(chunk, array)
+                else:
+                    bar.update(self._rows(chunk))
+                self.dim = int(array.shape[1])
+                yield chunk * self.chunk_size, array
+
+    def _save_chunk(self, chunk: int, array: np.ndarray) -> None:
+        """The chunk, then its checksum: a chunk without a matching checksum (a crash between the two, a file changed
+        since) is recomputed, never trusted."""
+        with atomic_path(self._chunk_path(chunk)) as tmp:
+            with open(tmp, "wb") as handle:
+                np.save(handle, array)
+            digest = sha256_file(tmp)
+        with atomic_path(self._checksum_path(chunk)) as tmp:
+            tmp.write_text(digest + "\n", encoding="utf-8")
 
     def compute(self) -> np.ndarray:
         """All embeddings as one ``(len(corpus), dim)`` float32 array (computing missing chunks first)."""

@@ -179,10 +179,11 @@ class FaissIndex:
         ids = [[self.doc_ids[r] for r in row if r >= 0] for row in rows]
         return scores, ids
 
-    def save(self, folder: str | Path) -> Path:
-        """Write ``index.faiss``, ``doc_ids.json`` and a manifest with the fingerprints, atomically."""
+    def save(self, folder: str | Path, overwrite: bool = False) -> Path:
+        """Write ``index.faiss``, ``doc_ids.json`` and a manifest with the fingerprints and the factory, atomically;
+        a folder md2pr did not write is refused unless ``overwrite``."""
         folder = Path(folder)
-        with atomic_path(folder, is_dir=True) as tmp:
+        with atomic_path(folder, is_dir=True, overwrite=overwrite) as tmp:
             faiss.write_index(self.index, str(tmp / _INDEX_FILE))
             (tmp / _IDS_FILE).write_text(json.dumps(self.doc_ids), encoding="utf-8")
             write_json(
@@ -203,6 +204,7 @@ class FaissIndex:
         folder: str | Path,
         model: SentenceTransformer | str | None = None,
         corpus: Dataset | str | None = None,
+        factory: str | None = None,
     ) -> FaissIndex:
         """Load an index saved by :meth:`save`.
 
@@ -212,9 +214,11 @@ class FaissIndex:
                 fingerprint stored with the index.
             corpus: the corpus the ids refer to (a ``Dataset`` with ``id``/``text`` or its
                 :func:`corpus_fingerprint`); checked likewise.
+            factory: the ``faiss.index_factory`` string asked for; an index built with another one (an approximate
+                index where exact search was asked for, say) is refused.
 
         Raises:
-            IndexMismatchError: the index was built from another model or corpus.
+            IndexMismatchError: the index was built from another model, corpus or factory.
             ValueError: the folder is incomplete or its files disagree (a corrupt index).
         """
         folder = Path(folder)
@@ -234,6 +238,11 @@ class FaissIndex:
             )
         out = cls(index, doc_ids, manifest.get("model_fingerprint"), manifest.get("corpus_fingerprint"))
         out.factory = manifest.get("factory", "Flat")
+        if factory is not None and factory.replace(" ", "") != str(out.factory).replace(" ", ""):
+            raise IndexMismatchError(
+                f"The index in {folder} was built with the factory {out.factory!r}, not {factory!r}: its results "
+                f"would be {out.factory}'s. Rebuild it with {factory!r}, or ask for {out.factory!r}."
+            )
         if model is not None:
             expected = model if isinstance(model, str) else model_fingerprint(model)
             if expected != out.model_fingerprint:

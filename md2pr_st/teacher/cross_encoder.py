@@ -129,9 +129,11 @@ class Teacher(nn.Module):
             cross_encoder = model
             self.model_name = str(getattr(cross_encoder.model.config, "_name_or_path", "") or type(model).__name__)
         elif isinstance(model, (str, Path)):
-            from md2pr_st.models import resolve_model_name
+            from md2pr_st.models import check_cross_encoder, resolve_model_name
 
             name = resolve_model_name(model)
+            if num_labels is None:  # with num_labels the caller asks for a fresh head on purpose
+                check_cross_encoder(model)
             cross_encoder = CrossEncoder(name, device=device, num_labels=num_labels)
             self.model_name = str(model)
         else:

@@ -16,10 +16,12 @@ same candidate lists of a dev split (each query's judged pool).
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import shutil
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +30,7 @@ from datasets import Dataset
 
 from md2pr_st.data import RetrievalData
 from md2pr_st.evaluation import evaluate_run
-from md2pr_st.utils import atomic_path, last_complete_checkpoint, write_json
+from md2pr_st.utils import atomic_path, resume_checkpoint, training_arguments, write_json
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -112,6 +114,7 @@ def train_teacher(
     overwrite: bool = False,
     show_progress_bar: bool = True,
     callbacks: list | None = None,
+    training_args: Mapping[str, Any] | None = None,
 ) -> Path:
     """Train a ``CrossEncoder`` teacher with ``CrossEncoderTrainer`` and return the folder it was saved to.
 
@@ -121,6 +124,12 @@ def train_teacher(
     run that was interrupted resumes from the last one. When ``dev`` is given, :func:`reranking_gap` compares
     teacher and student on it and the result is saved in ``output_dir/md2pr_teacher.json`` (with the training
     settings).
+
+    Everything is keyed by a record of what the teacher is made of (a fingerprint of its training pairs, of the base
+    model's files, of the dev split and student of the report, and every setting): a teacher in ``output_dir`` is
+    reused only when its record is the same (else retrained, with a warning that names what changed), and
+    checkpoints are resumed only when theirs is (else refused, or with ``overwrite`` discarded). A second process
+    training into the same ``output_dir`` is refused.
 
     Args:
         train: the train split (a :class:`RetrievalData`), or a ready ``(query, passage, label)`` dataset.
@@ -135,7 +144,8 @@ def train_teacher(
         max_pairs: train on a random sample of at most this many pairs (to bound CPU time).
         save_steps: checkpoint interval, for resuming.
         device: ``cpu``, ``cuda``, ... (default: auto).
-        overwrite: retrain even if ``output_dir`` already holds a trained teacher.
+        overwrite: retrain even if ``output_dir`` holds a teacher of the same data and settings, discard checkpoints
+            of other data or settings (else refused), and replace a folder md2pr did not write.
         show_progress_bar: show the trainer's progress bar.
         callbacks: extra ``transformers.TrainerCallback`` objects for the trainer.
 
@@ -150,6 +160,94 @@ def train_teacher(
             >>> path = train_teacher(load_rag24("train"), "runs/teacher", dev=load_rag24("dev"))  # doctest: +SKIP
             >>> Teacher(path).score([("what is python", "Python is a language.")])  # doctest: +SKIP
     """
+    from md2pr_st.cli.validation import check_range
+    from md2pr_st.outputs import check_output, output_lock
+
+    output_dir = Path(output_dir)
+    settings = dict(max_length=max_length, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate)
+    settings.update(warmup_ratio=warmup_ratio, random_negatives=random_negatives, max_pairs=max_pairs, seed=seed)
+    for name, value in {**settings, "save_steps": save_steps}.items():
+        check_range(name, value)
+    # Any other option of the host's CrossEncoderTrainingArguments; part of the teacher's record.
+    settings["training_args"] = training_arguments({}, training_args)
+    check_output(output_dir, overwrite=overwrite)
+    pairs, train_name = _training_pairs(train, random_negatives, max_pairs, seed)
+    with output_lock(output_dir):
+        record = _teacher_record(pairs, base_model, settings)
+        if dev is not None:  # the report's gap is made from them too
+            record.update(_gap_record(dev, student))
+        if _same_teacher(output_dir, record) and not overwrite:
+            logger.info("%s already holds this teacher (same data and settings); reusing it.", output_dir)
+            return output_dir
+        return _train_teacher(
+            pairs,
+            train_name,
+            output_dir,
+            base_model,
+            dev,
+            student,
+            settings,
+            record,
+            save_steps,
+            device,
+            overwrite,
+            show_progress_bar,
+            callbacks,
+        )
+
+
+def _teacher_record(pairs: Dataset, base_model: Any, settings: dict[str, Any]) -> dict[str, Any]:
+    """What a trained teacher is made of: its training rows, its base model's files and every setting. Checkpoints
+    are resumed only when it is unchanged."""
+    from md2pr_st.data import dataset_fingerprint
+    from md2pr_st.models import source_fingerprint
+
+    return {"data": dataset_fingerprint(pairs), "base_model": source_fingerprint(base_model), **settings}
+
+
+def _gap_record(dev: RetrievalData, student: Any) -> dict[str, Any]:
+    """What the report's dev gap is made of: the dev split's contents and the student."""
+    from sentence_transformers import SentenceTransformer
+
+    from md2pr_st.models import model_fingerprint, source_fingerprint
+
+    if isinstance(student, SentenceTransformer):
+        return {"dev": dev.fingerprint, "student": model_fingerprint(student)}
+    return {"dev": dev.fingerprint, "student": source_fingerprint(student)}
+
+
+def _same_teacher(output_dir: Path, record: dict[str, Any]) -> bool:
+    """Whether ``output_dir`` holds a teacher made from ``record`` (and, when ``record`` has a dev split, whose
+    report's gap was measured on it); a teacher of other data or settings is reported (and then retrained)."""
+    try:
+        report = json.loads((output_dir / TEACHER_REPORT).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    saved = report.get("record") or {}
+    record = json.loads(json.dumps(record, sort_keys=True, default=str))
+    differs = sorted(k for k in record if saved.get(k) != record[k])
+    if not differs:
+        return True
+    logger.warning("%s holds a teacher trained with other %s: retraining it.", output_dir, ", ".join(differs))
+    return False
+
+
+def _train_teacher(
+    pairs: Dataset,
+    train_name: str,
+    output_dir: Path,
+    base_model: Any,
+    dev: RetrievalData | None,
+    student: Any,
+    settings: dict[str, Any],
+    record: dict[str, Any],
+    save_steps: int,
+    device: str | None,
+    overwrite: bool,
+    show_progress_bar: bool,
+    callbacks: list | None,
+) -> Path:
+    """:func:`train_teacher` after its checks, under the lock of ``output_dir``."""
     from sentence_transformers.cross_encoder import (
         CrossEncoder,
         CrossEncoderTrainer,
@@ -160,29 +258,26 @@ def train_teacher(
     from md2pr_st.hub.model_card import remove_dataset_texts
     from md2pr_st.models import DEFAULT_STUDENT_ID, resolve_model_name
 
-    output_dir = Path(output_dir)
-    if (output_dir / TEACHER_REPORT).is_file() and not overwrite:
-        logger.info("%s already holds a trained teacher; reusing it (overwrite=True retrains).", output_dir)
-        return output_dir
-    pairs, train_name = _training_pairs(train, random_negatives, max_pairs, seed)
+    max_length, epochs, batch_size = settings["max_length"], settings["epochs"], settings["batch_size"]
+    learning_rate, seed = settings["learning_rate"], settings["seed"]
     base_name = resolve_model_name(base_model)
     model = CrossEncoder(base_name, num_labels=1, max_length=max_length, device=device)
     checkpoints = output_dir.with_name(output_dir.name + ".checkpoints")
-    args = CrossEncoderTrainingArguments(
+    defaults = dict(
         output_dir=str(checkpoints),
         num_train_epochs=epochs,
         per_device_train_batch_size=batch_size,
         learning_rate=learning_rate,
-        warmup_steps=float(warmup_ratio),  # transformers 5: a float < 1 is a ratio
+        warmup_steps=float(settings["warmup_ratio"]),  # transformers 5: a float < 1 is a ratio
         seed=seed,
         save_strategy="steps",
         save_steps=save_steps,
         save_total_limit=1,
         logging_steps=max(1, save_steps // 2),
-        report_to=[],
         disable_tqdm=not show_progress_bar,
         dataloader_drop_last=False,
     )
+    args = CrossEncoderTrainingArguments(**training_arguments(defaults, settings["training_args"]))
     trainer = CrossEncoderTrainer(
         model=model,
         args=args,
@@ -191,7 +286,8 @@ def train_teacher(
         callbacks=callbacks,
     )
     remove_dataset_texts(model.model_card_data)  # the saved card must not quote the data (MS MARCO terms)
-    resume = last_complete_checkpoint(checkpoints)
+    training = {k: v for k, v in record.items() if k not in ("dev", "student")}
+    resume = resume_checkpoint(checkpoints, training, overwrite=overwrite, what="teacher training")
     if resume:
         logger.info("Resuming teacher training from %s", resume)
     start = time.perf_counter()
@@ -203,17 +299,18 @@ def train_teacher(
         "train": train_name,
         "train_pairs": len(pairs),
         **dict(max_length=max_length, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate),
-        **dict(random_negatives=random_negatives, seed=seed, train_seconds=round(seconds, 1)),
+        **dict(random_negatives=settings["random_negatives"], seed=seed, train_seconds=round(seconds, 1)),
         "resumed_from": resume.name if resume else None,
         "steps": trainer.state.global_step,
         "first_loss": losses[0] if losses else None,
         "last_loss": losses[-1] if losses else None,
+        "record": record,
     }
     if dev is not None:
         report["dev"] = reranking_gap(model, student, dev, show_progress_bar=show_progress_bar)
-    with atomic_path(output_dir, is_dir=True) as tmp:
+    with atomic_path(output_dir, is_dir=True, overwrite=overwrite) as tmp:
         model.save(str(tmp))
-        write_json(tmp / TEACHER_REPORT, report)
+        write_json(tmp / TEACHER_REPORT, json.loads(json.dumps(report, sort_keys=True, default=str)))
     shutil.rmtree(checkpoints, ignore_errors=True)
     return output_dir
 
