@@ -38,7 +38,7 @@ def fake_encode(monkeypatch):
     """Replace the student's encoder with the hand-made vectors above, counting calls per kind."""
     calls = {"query": 0, "document": 0}
 
-    def encode(model, texts, kind="document", batch_size=64, show_progress_bar=None):
+    def encode(model, texts, kind="document", batch_size=64, show_progress_bar=None, across_processes=None):
         calls[kind] += 1
         return np.stack([vec(t) for t in texts])
 

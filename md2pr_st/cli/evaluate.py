@@ -12,10 +12,12 @@ from md2pr_st.cli.arguments import DataArguments, EvalArguments
 
 def run_eval(data_args: DataArguments, args: EvalArguments) -> dict:
     """``md2pr eval``: the outputs are checked (and locked) before the data and the model are loaded."""
+    from md2pr_st import distributed
     from md2pr_st.outputs import check_output, output_lock
 
+    distributed.setup()  # under torchrun / accelerate launch: the encoding split across the processes
     outputs = [(args.output, "file", "--output"), (args.index_dir, "folder", "--index_dir")]
-    outputs = [(path, kind, option) for path, kind, option in outputs if path]
+    outputs = [(path, kind, option) for path, kind, option in outputs if path and distributed.is_main()]
     for path, kind, option in outputs:
         check_output(path, kind=kind, overwrite=args.overwrite, option=option)
     with contextlib.ExitStack() as stack:
@@ -27,6 +29,7 @@ def run_eval(data_args: DataArguments, args: EvalArguments) -> dict:
 def _evaluate(data_args: DataArguments, args: EvalArguments) -> dict:
     from sentence_transformers import SentenceTransformer
 
+    from md2pr_st import distributed
     from md2pr_st.evaluation import RetrievalEvaluator, format_table
     from md2pr_st.index import FaissIndex, IndexMismatchError
     from md2pr_st.models import DEFAULT_STUDENT_ID, resolve_model_name
@@ -40,7 +43,8 @@ def _evaluate(data_args: DataArguments, args: EvalArguments) -> dict:
         data, args.metrics, args.relevance_cut, args.index_factory, args.batch_size, show_progress_bar=True
     )
     index = None
-    if args.index_dir and Path(args.index_dir).is_dir() and any(Path(args.index_dir).iterdir()):
+    saved = args.index_dir and Path(args.index_dir).is_dir() and any(Path(args.index_dir).iterdir())
+    if distributed.broadcast(saved):  # every process takes the main one's view of the folder
         try:
             index = FaissIndex.load(args.index_dir, model=model, corpus=data.corpus, factory=args.index_factory)
             print(f"Reusing the index in {args.index_dir}", file=sys.stderr)
@@ -48,9 +52,11 @@ def _evaluate(data_args: DataArguments, args: EvalArguments) -> dict:
             print(f"Not reusing {args.index_dir}, rebuilding it: {exc}", file=sys.stderr)
     if index is None:
         index = FaissIndex.from_model(model, data.corpus, args.index_factory, args.batch_size, show_progress_bar=True)
-        if args.index_dir:
+        if args.index_dir and distributed.is_main():
             index.save(args.index_dir, overwrite=args.overwrite)
     result, _ = evaluator.evaluate(model, index=index)
+    if not distributed.is_main():
+        return result
     result = {
         **{m: result[m] for m in args.metrics},
         "n_queries": result["n_queries"],

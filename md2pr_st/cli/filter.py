@@ -12,11 +12,15 @@ from md2pr_st.utils import atomic_path
 def run_filter(args: FilterArguments) -> dict:
     """``md2pr filter``: one round of false-negative filtering; writes the dataset, JSON statistics and a PNG (the
     outputs checked and locked before any work)."""
+    from md2pr_st import distributed
     from md2pr_st.outputs import check_output, output_lock
 
     source = Path(args.input)
     if not source.is_dir():
         raise FileNotFoundError(f"--input {args.input} is not a `datasets` folder (the output of md2pr mine).")
+    distributed.setup()  # under torchrun / accelerate launch: the teacher's pairs split across the processes
+    if not distributed.is_main():  # the main process checks, locks and writes
+        return _filter(args, source)
     check_output(args.output, overwrite=args.overwrite, option="--output")
     if args.statistics:
         check_output(args.statistics, kind="file", overwrite=args.overwrite, option="--statistics")
@@ -25,6 +29,7 @@ def run_filter(args: FilterArguments) -> dict:
 
 
 def _filter(args: FilterArguments, source: Path) -> dict:
+    from md2pr_st import distributed
     from md2pr_st.data import load_rows
     from md2pr_st.false_negatives import FalseNegativeFilter
 
@@ -66,6 +71,8 @@ def _filter(args: FilterArguments, source: Path) -> dict:
             f"{last['candidates_scored']:,} candidates flagged, {last['dropped_rows']:,} rows dropped (rule "
             f"{args.rule}). Loosen the rule, use --action mask, or mine more candidates; nothing was written."
         )
+    if not distributed.is_main():
+        return last
     with atomic_path(args.output, is_dir=True, overwrite=args.overwrite) as tmp:
         filtered.save_to_disk(str(tmp))
         fn_filter.save_statistics(tmp / "md2pr_filter.json")

@@ -12,10 +12,14 @@ from md2pr_st.utils import atomic_path
 def run_mine(args: MineArguments) -> dict:
     """``md2pr mine``: mine hard negatives and save the n-tuples as a `datasets` folder (its output checked and
     locked before any work)."""
+    from md2pr_st import distributed
     from md2pr_st.outputs import check_output, check_writable, output_lock
 
-    check_output(args.output, overwrite=args.overwrite, option="--output")
+    distributed.setup()  # under torchrun / accelerate launch: the encoding split across the processes
     cache_dir = args.cache_dir or f"{args.output.rstrip('/')}.embeddings"
+    if not distributed.is_main():  # the main process checks, locks and writes
+        return _mine(args, cache_dir)
+    check_output(args.output, overwrite=args.overwrite, option="--output")
     check_writable(cache_dir, "--cache_dir")
     with output_lock(args.output, "--output"):
         return _mine(args, cache_dir)
@@ -24,6 +28,7 @@ def run_mine(args: MineArguments) -> dict:
 def _mine(args: MineArguments, cache_dir: str) -> dict:
     from sentence_transformers import SentenceTransformer
 
+    from md2pr_st import distributed
     from md2pr_st.data import load_corpus, load_retrieval_data, load_rows, training_pairs
     from md2pr_st.mining import mine_hard_negatives, save_mining_stats
     from md2pr_st.models import resolve_model_name
@@ -66,6 +71,8 @@ def _mine(args: MineArguments, cache_dir: str) -> dict:
             f"No query kept {args.num_negatives} candidates in ranks {args.range_min}..{args.range_max - 1} "
             f"({stats.dropped_queries} queries dropped): raise --range_max or lower --num_negatives."
         )
+    if not distributed.is_main():
+        return stats.to_dict()
     with atomic_path(args.output, is_dir=True, overwrite=args.overwrite) as tmp:
         mined.save_to_disk(str(tmp))
         save_mining_stats(stats, tmp / "md2pr_mining.json")

@@ -21,6 +21,7 @@ import numpy as np
 from datasets import Dataset
 from tqdm.auto import tqdm
 
+from md2pr_st import distributed
 from md2pr_st.data import corpus_fingerprint
 from md2pr_st.index.encoding import encode
 from md2pr_st.index.faiss_index import FaissIndex
@@ -165,39 +166,61 @@ class CorpusEmbeddingCache:
 
     def _encode_chunk(self, chunk: int, bar: Any = None) -> np.ndarray:
         """The chunk's embeddings, encoded a few batches at a time so that ``bar`` (counting passages) moves while a
-        chunk of thousands of passages is encoded."""
+        chunk of thousands of passages is encoded. Launched on several processes, each encodes its share of the
+        chunk and all get the whole chunk (:mod:`md2pr_st.distributed`)."""
         start = chunk * self.chunk_size
         texts = self.corpus[start : start + self.chunk_size]["text"]
+        lo, hi = distributed.shard_bounds(len(texts))
         step = self.batch_size * 4
         parts = []
-        for offset in range(0, len(texts), step):
-            piece = texts[offset : offset + step]
-            parts.append(encode(self.model, piece, "document", self.batch_size, show_progress_bar=False))
+        for offset in range(lo, hi, step):
+            piece = texts[offset : min(offset + step, hi)]
+            parts.append(encode(self.model, piece, "document", self.batch_size, False, across_processes=False))
             if bar is not None:
                 bar.update(len(piece))
+        if bar is not None and len(texts) > hi - lo:
+            bar.update(len(texts) - (hi - lo))  # the other processes' shares
         self.encoded_chunks += 1
-        return np.concatenate(parts, axis=0)
+        return np.concatenate(distributed.gather_shards([np.concatenate(parts)] if parts else []), axis=0)
 
     def iter_chunks(self) -> Iterator[tuple[int, np.ndarray]]:
-        """Yield ``(first_row, embeddings)`` per chunk in corpus order, encoding (and saving) missing chunks."""
+        """Yield ``(first_row, embeddings)`` per chunk in corpus order, encoding (and saving) missing chunks.
+
+        On several processes the main one decides which chunks are missing (so that all encode the same ones
+        together) and alone writes them."""
         if self.path is not None:
             self.path.mkdir(parents=True, exist_ok=True)
-            self._write_manifest()
+            if distributed.is_main():
+                self._write_manifest()
+        missing = None
+        if distributed.active():
+            missing = set(distributed.broadcast(self._missing_chunks() if distributed.is_main() else None))
         # One bar over passages (not chunks): it moves every few batches, cached chunks jump it forward.
         bar = tqdm(
-            total=len(self.corpus), desc="Encoding corpus", unit="passage", disable=self.show_progress_bar is False
+            total=len(self.corpus),
+            desc="Encoding corpus",
+            unit="passage",
+            disable=self.show_progress_bar is False or not distributed.is_main(),
         )
         with bar:
             for chunk in range(self.num_chunks):
-                array = self._load_chunk(chunk) if self.path is not None else None
+                array = None
+                if self.path is not None and (missing is None or chunk not in missing):
+                    array = self._load_chunk(chunk)
                 if array is None:
                     array = self._encode_chunk(chunk, bar)
-                    if self.path is not None:
+                    if self.path is not None and distributed.is_main():
                         self._save_chunk(chunk, array)
                 else:
                     bar.update(self._rows(chunk))
                 self.dim = int(array.shape[1])
                 yield chunk * self.chunk_size, array
+        distributed.barrier()  # the chunks are on disk for every process
+
+    def _missing_chunks(self) -> list[int]:
+        if self.path is None:
+            return list(range(self.num_chunks))
+        return [i for i in range(self.num_chunks) if self._load_chunk(i) is None]
 
     def _save_chunk(self, chunk: int, array: np.ndarray) -> None:
         """The chunk, then its checksum: a chunk without a matching checksum (a crash between the two, a file changed

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from md2pr_st import distributed
+
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
@@ -33,8 +35,13 @@ def encode(
     kind: Literal["query", "document"] = "document",
     batch_size: int = 64,
     show_progress_bar: bool | None = None,
+    across_processes: bool | None = None,
 ) -> np.ndarray:
     """Embed ``texts`` as queries or documents, ready for inner-product search.
+
+    Launched on several processes (``torchrun``, ``accelerate launch``; see :mod:`md2pr_st.distributed`), each
+    process encodes its contiguous share of ``texts`` and every process gets all the embeddings, in order
+    (``across_processes=False`` encodes everything here).
 
     Uses :meth:`SentenceTransformer.encode_query` / :meth:`~SentenceTransformer.encode_document`, so the
     model's ``query`` / ``document`` prompts and a ``Router``'s query / document towers are respected. Returns a
@@ -53,6 +60,19 @@ def encode(
     bad = [i for i, text in enumerate(texts) if not isinstance(text, str) or not text.strip()]
     if bad:
         raise ValueError(f"{len(bad)} {kind} texts are empty or not strings (positions {bad[:5]}).")
+    if across_processes is not False and distributed.active():
+        start, stop = distributed.shard_bounds(len(texts))
+        mine = [
+            encode(
+                model,
+                texts[start:stop],
+                kind,
+                batch_size,
+                show_progress_bar if distributed.is_main() else False,
+                False,
+            )
+        ]
+        return np.concatenate(distributed.gather_shards(mine if stop > start else []), axis=0)
     fn = model.encode_query if kind == "query" else model.encode_document
     embeddings = fn(
         list(texts),

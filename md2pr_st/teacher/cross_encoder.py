@@ -61,6 +61,9 @@ class TeacherOutput:
 
 
 class Teacher(nn.Module):
+    # score_candidates splits the pairs across launched processes (see md2pr_st.distributed)
+    shard_across_processes = True
+
     def __init__(
         self,
         model: str | Path | Any,

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from md2pr_st import distributed
 from md2pr_st.data import RetrievalData
 
 
@@ -37,7 +38,9 @@ def score_candidates(
     """Teacher scores ``t(q, d)`` of every query's candidates: one float64 array per query, in list order.
 
     All pairs go to the scorer in one call, so a :class:`~md2pr_st.teacher.Teacher` sorts them by length for the
-    least padding. A rectangular input (the same number of candidates per query) stacks with ``np.stack``.
+    least padding. Launched on several processes (:mod:`md2pr_st.distributed`), a scorer whose
+    ``shard_across_processes`` is true (a :class:`~md2pr_st.teacher.Teacher`) scores each process's share of the
+    pairs and every process gets all the scores. A rectangular input (the same number of candidates per query) stacks with ``np.stack``.
 
     Example:
         >>> class Length:  # a toy scorer: the passage length
@@ -50,7 +53,15 @@ def score_candidates(
     kwargs: dict[str, Any] = {"show_progress_bar": show_progress_bar}
     if batch_size is not None:
         kwargs["batch_size"] = batch_size
-    flat = np.asarray(scorer.score(pairs, **kwargs), dtype=np.float64) if pairs else np.zeros(0)
+    if getattr(scorer, "shard_across_processes", False) and distributed.active():
+        # Launched on several processes: each scores its contiguous share, all get every score in order.
+        start, stop = distributed.shard_bounds(len(pairs))
+        if not distributed.is_main():
+            kwargs["show_progress_bar"] = False
+        mine = np.asarray(scorer.score(pairs[start:stop], **kwargs), dtype=np.float64) if stop > start else []
+        flat = np.asarray(distributed.gather_shards(list(mine)), dtype=np.float64)
+    else:
+        flat = np.asarray(scorer.score(pairs, **kwargs), dtype=np.float64) if pairs else np.zeros(0)
     if flat.shape != (len(pairs),):
         raise ValueError(f"The scorer returned {flat.shape} scores for {len(pairs)} pairs; it must give one each.")
     bounds = np.cumsum([0, *(len(c) for c in candidates)])

@@ -1,0 +1,72 @@
+"""A round's stages on 2 processes (``torchrun``, gloo on CPU) give what 1 process gives: the same mined rows, the
+same teacher scores and false-negative decisions, the same metrics; only the main process writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from datasets import load_from_disk
+from test_pipeline import beir_with_splits
+
+from md2pr_st import distributed
+
+
+def md2pr(*args: str, processes: int, cwd) -> None:
+    """Run ``md2pr`` on ``processes`` processes; on several, check that each joined the group (so the stage split)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
+    command = [*launcher, "-m", "md2pr_st.cli", "-v"] if processes > 1 else [sys.executable, "-m", "md2pr_st.cli"]
+    proc = subprocess.run([*command, *args], capture_output=True, text=True, timeout=300, env=env, cwd=cwd)
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    for rank in range(processes if processes > 1 else 0):
+        assert f"Process {rank} of {processes} joined the gloo process group" in proc.stderr
+
+
+def test_shares_cover_every_item_once_in_order(monkeypatch):
+    for world in (1, 2, 3, 7):
+        bounds = []
+        for r in range(world):
+            monkeypatch.setattr(distributed, "rank", lambda r=r: r)
+            monkeypatch.setattr(distributed, "world_size", lambda w=world: w)
+            bounds.append(distributed.shard_bounds(10))
+        assert bounds[0][0] == 0 and bounds[-1][1] == 10
+        assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
+        assert max(b - a for a, b in bounds) - min(b - a for a, b in bounds) <= 1
+
+
+@pytest.mark.slow
+def test_mine_filter_and_eval_on_two_processes_match_one(tiny_model_path, tiny_cross_encoder_path, tmp_path):
+    data = str(beir_with_splits(tmp_path / "data"))
+    for n in (1, 2):
+        out = tmp_path / f"p{n}"
+        out.mkdir()
+        mine = ("mine", "--input", data, "--model", str(tiny_model_path), "--output", str(out / "mined"))
+        md2pr(*mine, "--num_negatives", "4", "--range_max", "12", "--chunk_size", "10", processes=n, cwd=out)
+        flt = ("filter", "--input", str(out / "mined"), "--teacher", str(tiny_cross_encoder_path))
+        md2pr(
+            *flt, "--output", str(out / "filtered"), "--max_length", "48", "--num_negatives", "2", processes=n, cwd=out
+        )
+        evaluate = ("eval", "--dataset", data, "--split", "test", "--model", str(tiny_model_path))
+        md2pr(*evaluate, "--output", str(out / "eval.json"), processes=n, cwd=out)
+
+    one, two = tmp_path / "p1", tmp_path / "p2"
+    # Only the main process wrote: the same files, no second copy.
+    assert sorted(p.name for p in one.iterdir()) == sorted(p.name for p in two.iterdir())
+    mined = [load_from_disk(str(p / "mined")) for p in (one, two)]
+    assert len(mined[0]) > 0 and mined[0].to_dict() == mined[1].to_dict()
+    filtered = [load_from_disk(str(p / "filtered")) for p in (one, two)]
+    assert filtered[0].column_names == filtered[1].column_names and len(filtered[0]) == len(filtered[1])
+    for column in filtered[0].column_names:
+        a, b = filtered[0][column], filtered[1][column]
+        if column == "scores":
+            np.testing.assert_allclose(np.array(a), np.array(b), rtol=1e-5, atol=1e-5)
+        else:
+            assert a == b, column
+    metrics = [json.loads((p / "eval.json").read_text()) for p in (one, two)]
+    for key in ("ndcg@10", "mrr@10", "recall@100", "n_queries", "corpus_size"):
+        assert metrics[0][key] == pytest.approx(metrics[1][key], abs=1e-9), key
