@@ -87,6 +87,8 @@ def report(out: Path) -> dict:
                 rows.append(row)
             regime_summary[qrels] = {"best_host": best_host, "rows": rows}
             lines += _table(regime, qrels, folds, best_host, rows)
+        regime_summary["dev"] = dev_table(part, seed0)
+        lines += _dev_lines(regime, regime_summary["dev"])
         summary["regimes"][regime] = regime_summary
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     chart(summary, out / "quality.png")
@@ -94,6 +96,50 @@ def report(out: Path) -> dict:
     (out / "report.md").write_text(text)
     print(text)
     return summary
+
+
+def dev_table(part: list[dict], seed: int, reference: str = "md2pr") -> dict:
+    """Per fold, each recipe's dev nDCG@10 (the fold's dev topics, where choices are made) and the paired bootstrap
+    CI of its difference to ``reference`` on the same topics."""
+    from md2pr_st.evaluation import paired_bootstrap
+
+    out: dict = {}
+    for fold in sorted({r["fold"] for r in part}):
+        runs = {r["recipe"]: r for r in part if r["fold"] == fold and r["seed"] == seed and "dev" in r}
+        if not runs:
+            continue
+        ref = runs.get(reference)
+        out[fold] = {
+            name: {
+                "ndcg@10": r["dev"]["ndcg@10"],
+                "topics": r["dev"]["n_queries"],
+                **(
+                    {
+                        "vs_" + reference: paired_bootstrap(
+                            r["dev"]["per_query"]["ndcg@10"], ref["dev"]["per_query"]["ndcg@10"]
+                        )
+                    }
+                    if ref is not None and name != reference
+                    else {}
+                ),
+            }  # fmt: skip
+            for name, r in runs.items()
+        }
+    return out
+
+
+def _dev_lines(regime: str, table: dict, reference: str = "md2pr") -> list[str]:
+    if not table:
+        return []
+    lines = [f"\n### Regime {regime}, dev topics (UMBRELA): where the choices are made\n"]
+    lines += ["| fold | recipe | dev nDCG@10 | topics | - " + reference + " [95% CI] |", "|---:|---|---:|---:|---:|"]
+    for fold, runs in table.items():
+        for name in _order([{"recipe": n} for n in runs]):
+            row = runs[name]
+            ci = row.get("vs_" + reference)
+            diff = f"{ci['mean_diff']:+.4f} [{ci['low']:+.4f}, {ci['high']:+.4f}]" if ci else ""
+            lines.append(f"| {fold} | {name} | {row['ndcg@10']:.4f} | {row['topics']} | {diff} |")
+    return lines
 
 
 def _order(part: list[dict]) -> list[str]:
@@ -121,13 +167,14 @@ def _seed_spread(part: list[dict], recipe: str, qrels: str, folds: list[int]) ->
 def _table(regime: str, qrels: str, folds: list[int], best_host: str | None, rows: list[dict]) -> list[str]:
     name = {"umbrela": "UMBRELA grades", "nist": "NIST assessors' grades"}[qrels]
     lines = [
-        f"\n## Regime {regime}, {name} ({rows[0]['topics'] if rows else 0} topics)\n",
-        "| recipe | " + " | ".join(METRICS) + " | " + " | ".join(f"fold {f}" for f in folds)
+        f"\n## Regime {regime}, {name} (the test topics of the folds each recipe finished; differences paired on "
+        "the topics both have)\n",
+        "| recipe | topics | " + " | ".join(METRICS) + " | " + " | ".join(f"fold {f}" for f in folds)
         + f" | nDCG@10 - {best_host} [95% CI] | nDCG@10 - base [95% CI] | seeds | s/run |",
-        "|---|" + "---:|" * (len(METRICS) + len(folds) + 4),
+        "|---|" + "---:|" * (len(METRICS) + len(folds) + 5),
     ]  # fmt: skip
     for row in rows:
-        cells = [f"{row[m]:.4f}" for m in METRICS]
+        cells = [str(row["topics"]), *(f"{row[m]:.4f}" for m in METRICS)]
         cells += [f"{row['folds'][f]:.4f}" if row["folds"][f] is not None else "" for f in folds]
         for key in ("vs_best_host", "vs_base"):
             ci = row.get(key)

@@ -130,3 +130,16 @@ def test_help_names_each_default_once(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "(default: None)" not in text and "(default: auto). (default" not in text
     assert "gradient_accumulation_steps" in text  # the host's trainer options are announced
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["pipeline", "--help"], ["teacher", "--help"]])
+def test_help_imports_no_heavy_library(argv):
+    """``--help`` stays fast by importing neither torch nor the host library, datasets or faiss (lazy imports)."""
+    code = (
+        "import sys\nfrom md2pr_st.cli import main\n"
+        f"try:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('torch', 'sentence_transformers', 'datasets', 'faiss') if m in sys.modules))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
