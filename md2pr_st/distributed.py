@@ -106,6 +106,13 @@ def broadcast(value: T) -> T:
     return box[0]
 
 
+def main_only(context: Any) -> Any:
+    """``context`` (e.g. an output lock) on the main process, a context that does nothing on the others."""
+    import contextlib
+
+    return context if is_main() else contextlib.nullcontext()
+
+
 def barrier() -> None:
     """Wait until every process gets here (a no-op when not distributed)."""
     if active():

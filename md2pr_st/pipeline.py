@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from datasets import Dataset, load_from_disk
 
+from md2pr_st import distributed
 from md2pr_st.cli.arguments import LossArguments, PipelineArguments
 from md2pr_st.data import RetrievalData
 from md2pr_st.evaluation import REPORT_METRICS, RetrievalEvaluator, evaluate_run, paired_bootstrap, teacher_rerank
@@ -132,9 +133,15 @@ def run_pipeline(
     if missing:
         raise ValueError(f"run_pipeline needs the splits train, dev and test; {missing} missing.")
     args = args or PipelineArguments()
-    run_dir = check_output(args.output_dir, overwrite=args.overwrite, option="output_dir")
-    with output_lock(run_dir, "output_dir"):
-        prepare_output_dir(run_dir, overwrite=args.overwrite)
+    distributed.setup()  # under torchrun / accelerate launch: every stage split across the processes
+    run_dir = Path(args.output_dir)
+    if distributed.is_main():  # the main process checks, locks and writes; the others wait where it writes
+        run_dir = check_output(args.output_dir, overwrite=args.overwrite, option="output_dir")
+    run_dir = Path(distributed.broadcast(str(run_dir)))
+    with distributed.main_only(output_lock(run_dir, "output_dir")):
+        if distributed.is_main():
+            prepare_output_dir(run_dir, overwrite=args.overwrite)
+        distributed.barrier()
         student_name = resolve_model_name(args.model)
         data_key = {split: data.fingerprint for split, data in splits.items()}
         run = _Run(splits, args, loss_args or LossArguments(), run_dir, student_name, data_key)
@@ -157,11 +164,13 @@ def _run_stages(run: _Run, command: str | None, start: float) -> dict[str, Any]:
     rerank = teacher_rerank(teacher, splits["test"], student_run, args.rerank_k, show_progress_bar=True)
     metrics = {"before": before, "after": after, "teacher_rerank": rerank}
     metrics["after_minus_before"] = significance(after, before)
-    with atomic_path(run_dir / "model", is_dir=True, overwrite=args.overwrite) as tmp:
-        final.save(str(tmp))
-    write_json(run_dir / "metrics.json", metrics)
-    run.timings["after"] = time.perf_counter() - t0
-    _report(run, metrics, rounds, history, before_dev, teacher_path, command, time.perf_counter() - start)
+    if distributed.is_main():
+        with atomic_path(run_dir / "model", is_dir=True, overwrite=args.overwrite) as tmp:
+            final.save(str(tmp))
+        write_json(run_dir / "metrics.json", metrics)
+        run.timings["after"] = time.perf_counter() - t0
+        _report(run, metrics, rounds, history, before_dev, teacher_path, command, time.perf_counter() - start)
+    distributed.barrier()
     return metrics
 
 
@@ -345,9 +354,10 @@ def _round(
             f"{stats.get('dropped_rows')} rows dropped. Loosen the rule (filter_quantile), use filter_action mask, or "
             "mine more candidates."
         )
-    save_dataset(filtered, round_dir / "filtered")
-    fn_filter.save_statistics(round_dir / "filter_stats.json")
-    fn_filter.plot(round_dir / "filter_gaps.png")
+    if distributed.is_main():
+        fn_filter.save_statistics(round_dir / "filter_stats.json")
+        fn_filter.plot(round_dir / "filter_gaps.png")
+    save_dataset(filtered, round_dir / "filtered")  # the main process writes, the others wait
     stats = fn_filter.statistics["rounds"][-1]
     mined_s = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -373,7 +383,8 @@ def _round(
     train_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     dev, _ = run.evaluate(run.load_student(str(path)), "dev")
-    write_json(round_dir / "dev.json", dev)
+    if distributed.is_main():
+        write_json(round_dir / "dev.json", dev)
     for entry in log_history:
         entry["round"] = r
     return {

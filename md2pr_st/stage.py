@@ -16,6 +16,7 @@ from typing import Any
 
 from datasets import Dataset
 
+from md2pr_st import distributed
 from md2pr_st.utils import atomic_path, fingerprint, write_json
 
 logger = logging.getLogger(__name__)
@@ -33,11 +34,15 @@ class Stage:
 
     @property
     def manifest(self) -> dict[str, Any] | None:
+        """The stage's ``stage.json`` (as the main process reads it, on every process of a launched run)."""
         path = self.folder / STAGE_FILE
-        try:
-            return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-        except json.JSONDecodeError:
-            return None
+        manifest = None
+        if distributed.is_main():
+            try:
+                manifest = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+            except json.JSONDecodeError:
+                manifest = None
+        return distributed.broadcast(manifest)
 
     @property
     def done(self) -> bool:
@@ -46,7 +51,13 @@ class Stage:
 
     def start(self, partial: Sequence[str | Path] = ()) -> None:
         """Begin (or resume) the stage: if the partial outputs on disk (``partial``: checkpoints, a half-trained
-        model) were started under other settings, delete them so they are not resumed; then record this key."""
+        model) were started under other settings, delete them so they are not resumed; then record this key. On the
+        main process of a launched run; the others wait for it."""
+        if distributed.is_main():
+            self._start(partial)
+        distributed.barrier()
+
+    def _start(self, partial: Sequence[str | Path]) -> None:
         pending = self.folder / "stage.pending.json"
         try:
             started = json.loads(pending.read_text(encoding="utf-8")).get("key") if pending.is_file() else None
@@ -61,14 +72,20 @@ class Stage:
         write_json(pending, {"key": self.key, "settings": self.settings})
 
     def finish(self, outputs: dict[str, Any] | None = None, seconds: float | None = None) -> dict[str, Any]:
+        """Record the stage as done (the main process writes; the others wait for it)."""
         manifest = {"key": self.key, "settings": self.settings, "outputs": outputs or {}, "seconds": seconds}
-        self.folder.mkdir(parents=True, exist_ok=True)
-        write_json(self.folder / STAGE_FILE, manifest)
+        if distributed.is_main():
+            self.folder.mkdir(parents=True, exist_ok=True)
+            write_json(self.folder / STAGE_FILE, manifest)
+        distributed.barrier()
         return manifest
 
 
 def save_dataset(dataset: Dataset, folder: str | Path) -> Path:
-    """``Dataset.save_to_disk`` into ``folder`` atomically."""
-    with atomic_path(folder, is_dir=True) as tmp:
-        dataset.save_to_disk(str(tmp))
+    """``Dataset.save_to_disk`` into ``folder`` atomically (by the main process of a launched run; the others wait
+    for it)."""
+    if distributed.is_main():
+        with atomic_path(folder, is_dir=True) as tmp:
+            dataset.save_to_disk(str(tmp))
+    distributed.barrier()
     return Path(folder)

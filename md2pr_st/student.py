@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from datasets import Dataset
 
+from md2pr_st import distributed
 from md2pr_st.cli.arguments import LossArguments
 from md2pr_st.utils import atomic_path, resume_checkpoint, training_arguments
 
@@ -87,8 +88,10 @@ def train_student(
     for name, value in {**settings, "false_negative_threshold": false_negative_threshold}.items():
         check_range(name, value)
     train_dataset = check_training_rows(train_dataset)
-    check_output(output_dir, overwrite=overwrite)
-    with output_lock(output_dir):
+    distributed.setup()  # launched on several processes, the trainer runs DDP and the main process writes
+    if distributed.is_main():  # under torchrun / accelerate launch the main process checks, locks and writes
+        check_output(output_dir, overwrite=overwrite)
+    with distributed.main_only(output_lock(output_dir)):
         return _train(
             model,
             train_dataset,
@@ -172,11 +175,23 @@ def _train(
         loss=loss_module.get_config_dict() if hasattr(loss_module, "get_config_dict") else repr(loss_module),
         teacher=getattr(teacher, "model_name", None) if teacher is not None else None,
     )
-    resume = resume_checkpoint(checkpoints, record, overwrite=overwrite, what="student training")
+    resume = None
+    if distributed.is_main():
+        resume = resume_checkpoint(checkpoints, record, overwrite=overwrite, what="student training")
+    resume = distributed.broadcast(resume)
     if resume:
         logger.info("Resuming student training from %s", resume)
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    with atomic_path(output_dir, is_dir=True, overwrite=overwrite) as tmp:
-        model.save(str(tmp))
-    shutil.rmtree(checkpoints, ignore_errors=True)
+    if trainer.state.global_step == 0:
+        raise ValueError(
+            f"Training ran 0 steps on {len(train_dataset)} rows at {batch_size} rows per device x "
+            f"{args.world_size} processes: the {args.batch_sampler} batch sampler formed no batch (no_duplicates "
+            "drops batches whose texts repeat, which small data with shared negatives makes likely). Lower the batch "
+            "size, or pass --batch_sampler batch_sampler. No model was saved."
+        )
+    if distributed.is_main():
+        with atomic_path(output_dir, is_dir=True, overwrite=overwrite) as tmp:
+            model.save(str(tmp))
+        shutil.rmtree(checkpoints, ignore_errors=True)
+    distributed.barrier()  # the model is on disk for every process
     return output_dir, list(trainer.state.log_history)

@@ -189,7 +189,14 @@ def training_arguments(defaults: dict[str, Any], overrides: Any = None) -> dict[
         >>> training_arguments({"learning_rate": 2e-5, "output_dir": "x"}, {"learning_rate": 1e-5, "bf16": True})
         {'learning_rate': 1e-05, 'output_dir': 'x', 'bf16': True}
     """
+    from md2pr_st import distributed
+
     overrides = dict(overrides or {})
+    if distributed.active() and "use_cpu" not in overrides:
+        import torch
+
+        if not torch.cuda.is_available():  # several processes train as one job on CPUs only with use_cpu
+            defaults = {**defaults, "use_cpu": True}
     managed = sorted(set(overrides) & set(MANAGED_TRAINING_ARGUMENTS))
     if managed:
         raise ValueError(

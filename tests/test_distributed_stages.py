@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -70,3 +71,40 @@ def test_mine_filter_and_eval_on_two_processes_match_one(tiny_model_path, tiny_c
     metrics = [json.loads((p / "eval.json").read_text()) for p in (one, two)]
     for key in ("ndcg@10", "mrr@10", "recall@100", "n_queries", "corpus_size"):
         assert metrics[0][key] == pytest.approx(metrics[1][key], abs=1e-9), key
+
+
+@pytest.mark.slow
+def test_the_pipeline_runs_unchanged_on_two_processes_and_resumes(tiny_model_path, tmp_path):
+    """``md2pr pipeline`` under torchrun: the evaluation before training equals one process's (the encoding is split,
+    nothing else changes), the run folder holds what a 1-process run writes, and a second launch redoes no stage."""
+    from tiny_models import build_tiny_bert
+
+    data = str(beir_with_splits(tmp_path / "data"))
+    base = str(build_tiny_bert(tmp_path / "teacher_base", seed=3))
+    settings = ("--dataset", data, "--model", str(tiny_model_path), "--teacher_base", base, "--rounds", "1")
+    settings += ("--teacher_max_length", "48", "--num_negatives", "2", "--mine_candidates", "3", "--range_max", "10")
+    settings += ("--batch_size", "2", "--rerank_k", "5", "--device", "cpu")
+    for n in (1, 2):
+        md2pr("pipeline", *settings, "--output_dir", str(tmp_path / f"run{n}"), processes=n, cwd=tmp_path)
+    one, two = (json.loads((tmp_path / f"run{n}" / "metrics.json").read_text()) for n in (1, 2))
+    for metric in ("ndcg@10", "mrr@10", "recall@100"):
+        assert one["before"][metric] == pytest.approx(two["before"][metric], abs=1e-9)
+        assert 0 <= two["after"][metric] <= 1
+
+    def files(n: int) -> list[str]:  # the embedding caches are named by the (trained) student's fingerprint
+        run = tmp_path / f"run{n}"
+        return sorted(
+            re.sub(r"embeddings/[0-9a-f]{16}", "embeddings/H", str(p.relative_to(run))) for p in run.rglob("*")
+        )
+
+    assert files(1) == files(2)
+    steps = json.loads((tmp_path / "run2" / "round_1" / "stage.json").read_text())["outputs"]["log_history"][-1]
+    assert steps["step"] > 0  # the student trained (DDP, 2 processes)
+    manifests = sorted((tmp_path / "run2").rglob("stage.json"))
+    written = [p.stat().st_mtime_ns for p in manifests]
+    md2pr("pipeline", *settings, "--output_dir", str(tmp_path / "run2"), processes=2, cwd=tmp_path)
+    assert [p.stat().st_mtime_ns for p in manifests] == written
+    again = json.loads((tmp_path / "run2" / "metrics.json").read_text())["after"]
+    assert {k: v for k, v in again.items() if k != "seconds"} == {
+        k: v for k, v in two["after"].items() if k != "seconds"
+    }

@@ -18,13 +18,18 @@ def run_pipeline_command(
     data_args: DataArguments, args: PipelineArguments, loss_args: LossArguments, trainer_args: dict | None = None
 ) -> dict[str, Any]:
     """Load the splits, run (or resume) the pipeline, print the before / after / teacher-rerank table on test."""
+    from md2pr_st import distributed
     from md2pr_st.evaluation import REPORT_METRICS, format_table
     from md2pr_st.outputs import check_output
     from md2pr_st.pipeline import run_pipeline
 
-    check_output(args.output_dir, overwrite=args.overwrite, option="--output_dir")  # before loading the data
+    distributed.setup()  # under torchrun / accelerate launch: every stage split across the processes
+    if distributed.is_main():
+        check_output(args.output_dir, overwrite=args.overwrite, option="--output_dir")  # before loading the data
     splits = data_args.load_splits()
     metrics = run_pipeline(splits, args, loss_args, command=command_line(), training_args=trainer_args)
+    if not distributed.is_main():
+        return metrics
     rows = {"before (student)": metrics["before"], "after (MD2PR)": metrics["after"]}
     rows[f"teacher rerank@{args.rerank_k}"] = metrics["teacher_rerank"]
     print(format_table(rows, REPORT_METRICS))

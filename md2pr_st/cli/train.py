@@ -11,6 +11,7 @@ from md2pr_st.cli.arguments import LossArguments, TrainArguments
 def run_train(args: TrainArguments, loss_args: LossArguments | None = None, trainer_args: dict | None = None) -> Path:
     """Train a student with MD2PRLoss on a filtered dataset folder (resumes from its last checkpoint);
     ``trainer_args``: other options of the host's SentenceTransformerTrainingArguments."""
+    from md2pr_st import distributed
     from md2pr_st.data import load_rows
     from md2pr_st.outputs import check_output
     from md2pr_st.student import train_student
@@ -21,7 +22,9 @@ def run_train(args: TrainArguments, loss_args: LossArguments | None = None, trai
     loss_args = loss_args or LossArguments()
     if loss_args.beta > 0 and args.teacher is None:
         raise ValueError("The word-level loss (beta > 0) needs an online teacher: pass --teacher, or --beta 0.")
-    check_output(args.output_dir, overwrite=args.overwrite, option="--output_dir")
+    distributed.setup()  # under torchrun / accelerate launch: DDP training, the main process checks and writes
+    if distributed.is_main():
+        check_output(args.output_dir, overwrite=args.overwrite, option="--output_dir")
     if len(dataset) == 0:
         raise ValueError(f"--input {folder} has 0 rows: nothing to train on.{_filter_counts(folder)}")
     teacher = Teacher(args.teacher, max_length=args.teacher_max_length, device=args.device) if args.teacher else None
@@ -55,7 +58,8 @@ def run_train(args: TrainArguments, loss_args: LossArguments | None = None, trai
         overwrite=args.overwrite,
         training_args=trainer_args,
     )
-    print(f"Saved the student to {path}")
+    if distributed.is_main():
+        print(f"Saved the student to {path}")
     return path
 
 

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from datasets import Dataset
 
+from md2pr_st import distributed
 from md2pr_st.data import RetrievalData
 from md2pr_st.evaluation import evaluate_run
 from md2pr_st.utils import atomic_path, resume_checkpoint, training_arguments, write_json
@@ -170,9 +171,11 @@ def train_teacher(
         check_range(name, value)
     # Any other option of the host's CrossEncoderTrainingArguments; part of the teacher's record.
     settings["training_args"] = training_arguments({}, training_args)
-    check_output(output_dir, overwrite=overwrite)
+    distributed.setup()  # launched on several processes, the trainer runs DDP and the main process writes
+    if distributed.is_main():  # under torchrun / accelerate launch the main process checks, locks and writes
+        check_output(output_dir, overwrite=overwrite)
     pairs, train_name = _training_pairs(train, random_negatives, max_pairs, seed)
-    with output_lock(output_dir):
+    with distributed.main_only(output_lock(output_dir)):
         record = _teacher_record(pairs, base_model, settings)
         if dev is not None:  # the report's gap is made from them too
             record.update(_gap_record(dev, student))
@@ -276,6 +279,8 @@ def _train_teacher(
         logging_steps=max(1, save_steps // 2),
         disable_tqdm=not show_progress_bar,
         dataloader_drop_last=False,
+        # One forward per step: under DDP, the default search for unused parameters marks the head's bias twice.
+        ddp_find_unused_parameters=False,
     )
     args = CrossEncoderTrainingArguments(**training_arguments(defaults, settings["training_args"]))
     trainer = CrossEncoderTrainer(
@@ -287,7 +292,10 @@ def _train_teacher(
     )
     remove_dataset_texts(model.model_card_data)  # the saved card must not quote the data (MS MARCO terms)
     training = {k: v for k, v in record.items() if k not in ("dev", "student")}
-    resume = resume_checkpoint(checkpoints, training, overwrite=overwrite, what="teacher training")
+    resume = None
+    if distributed.is_main():
+        resume = resume_checkpoint(checkpoints, training, overwrite=overwrite, what="teacher training")
+    resume = distributed.broadcast(resume)
     if resume:
         logger.info("Resuming teacher training from %s", resume)
     start = time.perf_counter()
@@ -308,10 +316,12 @@ def _train_teacher(
     }
     if dev is not None:
         report["dev"] = reranking_gap(model, student, dev, show_progress_bar=show_progress_bar)
-    with atomic_path(output_dir, is_dir=True, overwrite=overwrite) as tmp:
-        model.save(str(tmp))
-        write_json(tmp / TEACHER_REPORT, json.loads(json.dumps(report, sort_keys=True, default=str)))
-    shutil.rmtree(checkpoints, ignore_errors=True)
+    if distributed.is_main():
+        with atomic_path(output_dir, is_dir=True, overwrite=overwrite) as tmp:
+            model.save(str(tmp))
+            write_json(tmp / TEACHER_REPORT, json.loads(json.dumps(report, sort_keys=True, default=str)))
+        shutil.rmtree(checkpoints, ignore_errors=True)
+    distributed.barrier()  # the teacher is on disk for every process
     return output_dir
 
 
