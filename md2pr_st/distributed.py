@@ -3,9 +3,11 @@ processes that ``torchrun`` or ``accelerate launch`` started, on ``torch.distrib
 uses).
 
 Launched with ``WORLD_SIZE > 1`` in the environment, :func:`setup` joins the process group (``nccl`` with CUDA, else
-``gloo``) and pins each process to its ``LOCAL_RANK``'s GPU. Every process then runs the same stage: each encodes
-its share of every corpus chunk and scores its share of the teacher's pairs, the shares are gathered so that every
-process holds the whole result, and only the main process writes files. Python objects travel over a ``gloo``
+``gloo``) and pins each process to its ``LOCAL_RANK``'s GPU. Inside :func:`shared_work` (the ``md2pr`` commands and
+:func:`~md2pr_st.pipeline.run_pipeline` open it) every process runs the same stage: each encodes its share of every
+corpus chunk and scores its share of the teacher's pairs, the shares are gathered so that every process holds the
+whole result, and only the main process writes files. Outside it, encoding and scoring stay local to the process
+that calls them (a script that evaluates on rank 0 alone keeps working). Python objects travel over a ``gloo``
 group, so that no GPU memory holds them. Without a launcher nothing changes: one process does everything.
 
 Example:
@@ -19,9 +21,11 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, TypeVar
 
 import torch.distributed as dist
@@ -29,11 +33,28 @@ import torch.distributed as dist
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 _OBJECT_GROUP: Any = None
+_SHARED = contextvars.ContextVar("md2pr_shared_work", default=False)
 
 
 def active() -> bool:
     """True inside an initialised process group of more than one process."""
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+@contextlib.contextmanager
+def shared_work() -> Iterator[None]:
+    """Within the block, every launched process runs the same code, so encoding and teacher scoring are split
+    across them (collectives: each process must make the same calls)."""
+    token = _SHARED.set(True)
+    try:
+        yield
+    finally:
+        _SHARED.reset(token)
+
+
+def sharing() -> bool:
+    """True inside :func:`shared_work` on more than one process: encoding and scoring are split across them."""
+    return _SHARED.get() and active()
 
 
 def rank() -> int:
@@ -108,8 +129,6 @@ def broadcast(value: T) -> T:
 
 def main_only(context: Any) -> Any:
     """``context`` (e.g. an output lock) on the main process, a context that does nothing on the others."""
-    import contextlib
-
     return context if is_main() else contextlib.nullcontext()
 
 

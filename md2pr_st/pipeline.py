@@ -147,7 +147,8 @@ def run_pipeline(
         run = _Run(splits, args, loss_args or LossArguments(), run_dir, student_name, data_key)
         run.training_args = dict(training_args or {})
         run.student_key = source_fingerprint(student_name)
-        return _run_stages(run, command, start)
+        with distributed.shared_work():  # every process runs every stage; encoding and scoring are split
+            return _run_stages(run, command, start)
 
 
 def _run_stages(run: _Run, command: str | None, start: float) -> dict[str, Any]:

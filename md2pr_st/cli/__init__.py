@@ -287,11 +287,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(name: str, parsed: Sequence[object], verbose: bool) -> int:
+    from md2pr_st import distributed
     from md2pr_st.outputs import UsageError
 
     try:
         check_environment([p for p in parsed if not isinstance(p, dict)])
-        driver(name)(*parsed)
+        with distributed.shared_work():  # launched on N processes, each command splits its encoding and scoring
+            driver(name)(*parsed)
     except KeyboardInterrupt:
         print(f"md2pr {name}: interrupted; run the same command again to resume.", file=sys.stderr)
         return 130

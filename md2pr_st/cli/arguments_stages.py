@@ -50,7 +50,10 @@ class MineArguments(Options):
     chunk_size: int = dataclasses.field(default=4096, metadata={"help": "Passages per cached chunk."})
     batch_size: int = dataclasses.field(default=64, metadata={"help": "Encoding batch size."})
     max_seq_length: int | None = dataclasses.field(default=None, metadata={"help": "Student max tokens."})
-    factory: str = dataclasses.field(default="Flat", metadata={"help": "faiss.index_factory string."})
+    factory: str = dataclasses.field(
+        default="auto",
+        metadata={"help": "faiss.index_factory string; auto: Flat below 1M passages, HNSW32 from there."},
+    )
     with_ids: bool = dataclasses.field(default=False, metadata={"help": "Add id columns (for analysis only)."})
     data_cache_dir: str | None = dataclasses.field(default=None, metadata={"help": "RAG24 data cache folder."})
     device: str | None = dataclasses.field(default=None, metadata={"help": "cpu, cuda, ... (default: auto)."})

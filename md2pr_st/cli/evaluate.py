@@ -65,7 +65,7 @@ def _evaluate(data_args: DataArguments, args: EvalArguments) -> dict:
         "relevance_cut": args.relevance_cut,
         "model": args.model or f"{DEFAULT_STUDENT_ID} (embedded)",
         "dataset": data.name,
-        "index_factory": args.index_factory,
+        "index_factory": index.factory,
         "seconds": round(time.perf_counter() - start, 1),
     }
     print(format_table({Path(str(args.model or DEFAULT_STUDENT_ID)).name: result}, args.metrics))

@@ -10,14 +10,17 @@ from __future__ import annotations
 from md2pr_st.index.embedding_cache import CorpusEmbeddingCache, check_corpus, load_manifest
 from md2pr_st.index.encoding import encode
 from md2pr_st.index.faiss_index import (
+    AUTO_HNSW_MIN_SIZE,
     DEFAULT_HNSW_EF_CONSTRUCTION,
     DEFAULT_HNSW_EF_SEARCH,
     FaissIndex,
     IndexMismatchError,
+    resolve_factory,
     retrieve,
 )
 
 __all__ = [
+    "AUTO_HNSW_MIN_SIZE",
     "DEFAULT_HNSW_EF_CONSTRUCTION",
     "DEFAULT_HNSW_EF_SEARCH",
     "CorpusEmbeddingCache",
@@ -26,5 +29,6 @@ __all__ = [
     "check_corpus",
     "encode",
     "load_manifest",
+    "resolve_factory",
     "retrieve",
 ]

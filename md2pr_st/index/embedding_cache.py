@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from md2pr_st import distributed
 from md2pr_st.data import corpus_fingerprint
 from md2pr_st.index.encoding import encode
-from md2pr_st.index.faiss_index import FaissIndex
+from md2pr_st.index.faiss_index import DEFAULT_HNSW_EF_CONSTRUCTION, FaissIndex, resolve_factory
 from md2pr_st.models import model_fingerprint
 from md2pr_st.utils import atomic_path, fingerprint, sha256_file, write_json
 
@@ -170,7 +170,7 @@ class CorpusEmbeddingCache:
         chunk and all get the whole chunk (:mod:`md2pr_st.distributed`)."""
         start = chunk * self.chunk_size
         texts = self.corpus[start : start + self.chunk_size]["text"]
-        lo, hi = distributed.shard_bounds(len(texts))
+        lo, hi = distributed.shard_bounds(len(texts)) if distributed.sharing() else (0, len(texts))
         step = self.batch_size * 4
         parts = []
         for offset in range(lo, hi, step):
@@ -181,7 +181,8 @@ class CorpusEmbeddingCache:
         if bar is not None and len(texts) > hi - lo:
             bar.update(len(texts) - (hi - lo))  # the other processes' shares
         self.encoded_chunks += 1
-        return np.concatenate(distributed.gather_shards([np.concatenate(parts)] if parts else []), axis=0)
+        mine = [np.concatenate(parts)] if parts else []
+        return np.concatenate(distributed.gather_shards(mine) if distributed.sharing() else mine, axis=0)
 
     def iter_chunks(self) -> Iterator[tuple[int, np.ndarray]]:
         """Yield ``(first_row, embeddings)`` per chunk in corpus order, encoding (and saving) missing chunks.
@@ -190,17 +191,17 @@ class CorpusEmbeddingCache:
         together) and alone writes them."""
         if self.path is not None:
             self.path.mkdir(parents=True, exist_ok=True)
-            if distributed.is_main():
+            if not distributed.sharing() or distributed.is_main():
                 self._write_manifest()
         missing = None
-        if distributed.active():
+        if distributed.sharing():
             missing = set(distributed.broadcast(self._missing_chunks() if distributed.is_main() else None))
         # One bar over passages (not chunks): it moves every few batches, cached chunks jump it forward.
         bar = tqdm(
             total=len(self.corpus),
             desc="Encoding corpus",
             unit="passage",
-            disable=self.show_progress_bar is False or not distributed.is_main(),
+            disable=self.show_progress_bar is False or (distributed.sharing() and not distributed.is_main()),
         )
         with bar:
             for chunk in range(self.num_chunks):
@@ -209,13 +210,14 @@ class CorpusEmbeddingCache:
                     array = self._load_chunk(chunk)
                 if array is None:
                     array = self._encode_chunk(chunk, bar)
-                    if self.path is not None and distributed.is_main():
+                    if self.path is not None and (not distributed.sharing() or distributed.is_main()):
                         self._save_chunk(chunk, array)
                 else:
                     bar.update(self._rows(chunk))
                 self.dim = int(array.shape[1])
                 yield chunk * self.chunk_size, array
-        distributed.barrier()  # the chunks are on disk for every process
+        if distributed.sharing():
+            distributed.barrier()  # the chunks are on disk for every process
 
     def _missing_chunks(self) -> list[int]:
         if self.path is None:
@@ -237,13 +239,14 @@ class CorpusEmbeddingCache:
         return np.concatenate([np.asarray(array) for _, array in self.iter_chunks()], axis=0)
 
     def build_index(
-        self, factory: str = "Flat", train_size: int = 100_000, seed: int = 0, **search_params: Any
+        self, factory: str = "auto", train_size: int = 100_000, seed: int = 0, **search_params: Any
     ) -> FaissIndex:
         """A :class:`~md2pr_st.index.FaissIndex` over the corpus, filled chunk by chunk.
 
         Indexes that need training (IVF, PQ, ...) are trained on the first ``train_size`` rows' worth of chunks
         (sampled with ``seed`` when more are read).
         """
+        factory = resolve_factory(factory, len(self.corpus))
         index: faiss.Index | None = None
         pending: list[np.ndarray] = []
         for _, array in self.iter_chunks():
@@ -252,6 +255,8 @@ class CorpusEmbeddingCache:
                 raise ValueError("Some corpus embeddings are NaN or infinite; check the model and the passages.")
             if index is None:
                 index = faiss.index_factory(array.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
+                if hasattr(index, "hnsw"):
+                    index.hnsw.efConstruction = DEFAULT_HNSW_EF_CONSTRUCTION
             if not index.is_trained:
                 pending.append(array)
                 if sum(len(a) for a in pending) < train_size:

@@ -39,9 +39,8 @@ def encode(
 ) -> np.ndarray:
     """Embed ``texts`` as queries or documents, ready for inner-product search.
 
-    Launched on several processes (``torchrun``, ``accelerate launch``; see :mod:`md2pr_st.distributed`), each
-    process encodes its contiguous share of ``texts`` and every process gets all the embeddings, in order
-    (``across_processes=False`` encodes everything here).
+    On several launched processes inside :func:`md2pr_st.distributed.shared_work` (or with ``across_processes=True``),
+    each process encodes its contiguous share of ``texts`` and every process gets all the embeddings, in order.
 
     Uses :meth:`SentenceTransformer.encode_query` / :meth:`~SentenceTransformer.encode_document`, so the
     model's ``query`` / ``document`` prompts and a ``Router``'s query / document towers are respected. Returns a
@@ -60,7 +59,7 @@ def encode(
     bad = [i for i, text in enumerate(texts) if not isinstance(text, str) or not text.strip()]
     if bad:
         raise ValueError(f"{len(bad)} {kind} texts are empty or not strings (positions {bad[:5]}).")
-    if across_processes is not False and distributed.active():
+    if across_processes if across_processes is not None else distributed.sharing():
         start, stop = distributed.shard_bounds(len(texts))
         mine = [
             encode(

@@ -35,6 +35,23 @@ _MANIFEST_FILE = "md2pr_index.json"
 # data (benchmarks/retrieval.py; FAISS's own efConstruction of 40 plateaus below 0.99 on clustered 384-d vectors).
 DEFAULT_HNSW_EF_CONSTRUCTION = 100
 DEFAULT_HNSW_EF_SEARCH = 128
+# factory="auto": exact search below this many passages, HNSW32 from it on (benchmarks/scale.py: at 1M passages
+# HNSW32 keeps recall@10 >= 0.99 of exact search and searches far faster; below, exact search is fast enough and
+# an HNSW graph costs more to build than it saves).
+AUTO_HNSW_MIN_SIZE = 1_000_000
+
+
+def resolve_factory(factory: str, size: int) -> str:
+    """The ``faiss.index_factory`` string for a corpus of ``size`` passages: ``factory`` itself, or for ``"auto"``
+    exact search (``"Flat"``) below :data:`AUTO_HNSW_MIN_SIZE` passages and ``"HNSW32"`` from it on.
+
+    Example:
+        >>> resolve_factory("auto", 6_000), resolve_factory("auto", 8_800_000), resolve_factory("IVF4096,PQ48", 10)
+        ('Flat', 'HNSW32', 'IVF4096,PQ48')
+    """
+    if factory == "auto":
+        return "HNSW32" if size >= AUTO_HNSW_MIN_SIZE else "Flat"
+    return factory
 
 
 class IndexMismatchError(ValueError):
@@ -91,7 +108,7 @@ class FaissIndex:
         cls,
         embeddings: np.ndarray,
         doc_ids: Sequence[str],
-        factory: str = "Flat",
+        factory: str = "auto",
         *,
         model_fingerprint: str | None = None,
         corpus_fingerprint: str | None = None,
@@ -103,7 +120,8 @@ class FaissIndex:
     ) -> FaissIndex:
         """Index ``embeddings`` (one row per id) with any ``faiss.index_factory`` string.
 
-        ``"Flat"`` (default) is exact search. ``"HNSW32"``, ``"IVF4096,PQ48"`` etc. are approximate:
+        ``"Flat"`` is exact search; ``"auto"`` (default) is ``"Flat"`` up to :data:`AUTO_HNSW_MIN_SIZE` passages and
+        ``"HNSW32"`` from there (:func:`resolve_factory`). ``"HNSW32"``, ``"IVF4096,PQ48"`` etc. are approximate:
         ``ef_construction`` (HNSW graph quality), ``ef_search`` (HNSW) and ``nprobe`` (IVF) set their breadth, and
         indexes that need training are trained on at most ``train_size`` rows sampled with ``seed``.
         """
@@ -116,6 +134,7 @@ class FaissIndex:
             raise ValueError("Document ids must be unique to map search results back to documents.")
         if not np.isfinite(embeddings).all():
             raise ValueError("Some embeddings are NaN or infinite; check the model and the input texts.")
+        factory = resolve_factory(factory, len(embeddings))
         index = faiss.index_factory(embeddings.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
         hnsw = _find(index, "hnsw")
         if hnsw is not None:
@@ -145,7 +164,7 @@ class FaissIndex:
         cls,
         model: SentenceTransformer,
         corpus: Dataset,
-        factory: str = "Flat",
+        factory: str = "auto",
         batch_size: int = 64,
         show_progress_bar: bool | None = None,
         embeddings: np.ndarray | None = None,
@@ -238,6 +257,8 @@ class FaissIndex:
             )
         out = cls(index, doc_ids, manifest.get("model_fingerprint"), manifest.get("corpus_fingerprint"))
         out.factory = manifest.get("factory", "Flat")
+        if factory is not None:
+            factory = resolve_factory(factory, len(doc_ids))
         if factory is not None and factory.replace(" ", "") != str(out.factory).replace(" ", ""):
             raise IndexMismatchError(
                 f"The index in {folder} was built with the factory {out.factory!r}, not {factory!r}: its results "

@@ -38,7 +38,7 @@ def score_candidates(
     """Teacher scores ``t(q, d)`` of every query's candidates: one float64 array per query, in list order.
 
     All pairs go to the scorer in one call, so a :class:`~md2pr_st.teacher.Teacher` sorts them by length for the
-    least padding. Launched on several processes (:mod:`md2pr_st.distributed`), a scorer whose
+    least padding. On several launched processes inside :func:`md2pr_st.distributed.shared_work`, a scorer whose
     ``shard_across_processes`` is true (a :class:`~md2pr_st.teacher.Teacher`) scores each process's share of the
     pairs and every process gets all the scores. A rectangular input (the same number of candidates per query) stacks with ``np.stack``.
 
@@ -53,7 +53,7 @@ def score_candidates(
     kwargs: dict[str, Any] = {"show_progress_bar": show_progress_bar}
     if batch_size is not None:
         kwargs["batch_size"] = batch_size
-    if getattr(scorer, "shard_across_processes", False) and distributed.active():
+    if getattr(scorer, "shard_across_processes", False) and distributed.sharing():
         # Launched on several processes: each scores its contiguous share, all get every score in order.
         start, stop = distributed.shard_bounds(len(pairs))
         if not distributed.is_main():
