@@ -256,8 +256,11 @@ def main(argv=None):
             f"{m['ratio_w']:>11.3f} {m['cos_cs']:>8.3f} {m['cos_cw']:>8.3f} {m['cos_sw']:>8.3f} | "
             f"{m['H_teacher']:>9.3f} {m['H_student']:>9.3f} {m['H_uniform']:>9.3f}"
         )
-    inside = [0.2 <= m["ratio_s"] <= 5 and 0.2 <= m["ratio_w"] <= 5 for m in medians]
-    print(f"each part within 0.2x-5x of L_c: {sum(inside)} of {len(configs)} settings")
+    inside = [
+        (c.alpha == 0 or 0.2 <= m["ratio_s"] <= 5) and (c.beta == 0 or 0.2 <= m["ratio_w"] <= 5)
+        for c, m in zip(configs, medians)
+    ]
+    print(f"each part switched on (weight > 0) within 0.2x-5x of L_c: {sum(inside)} of {len(configs)} settings")
     if args.output:
         record = {"args": vars(args), "configs": [dataclasses.asdict(c) for c in configs], "medians": medians,
                   "batches": per_config, "seconds": round(time.perf_counter() - start, 1)}  # fmt: skip

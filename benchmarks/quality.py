@@ -17,7 +17,8 @@ Recipes:
   off-the-shelf all-MiniLM-L6-v2 as its guide; it takes one hard negative per row, the best-ranked)
 - ``md2pr``: MD2PR with the library defaults (LossArguments(), the default false-negative rule, flagged candidates
   masked out of L_c and kept for L_s); ablations ``md2pr_no_word`` (beta 0), ``md2pr_beta_0.1`` (a tenth of the
-  word level), ``md2pr_no_sentence`` (alpha 0), ``md2pr_no_filter``
+  word level), ``md2pr_no_sentence`` (alpha 0), ``md2pr_no_word_no_filter`` and ``md2pr_no_word_no_sentence`` (the
+  other ablations without the word level), ``md2pr_no_filter``
   (no false-negative filter), ``md2pr_fixed`` (a fixed threshold: flagged when t(q, d) >= t(q, d+)),
   ``md2pr_quantile`` (the quantile rule p = 0.1, the former default), ``md2pr_2_rounds`` (re-mined with the round-1
   student), ``md2pr_umbrela`` (UMBRELA grades as the sentence level's teacher scores, no word level)
@@ -56,6 +57,8 @@ MD2PR = {
     "md2pr_no_word": {"beta": 0.0},
     "md2pr_beta_0.1": {"beta": 0.1},
     "md2pr_no_sentence": {"alpha": 0.0},
+    "md2pr_no_word_no_filter": {"beta": 0.0, "rule": None},
+    "md2pr_no_word_no_sentence": {"beta": 0.0, "alpha": 0.0},
     "md2pr_no_filter": {"rule": None},
     "md2pr_fixed": {"rule": "margin"},
     "md2pr_quantile": {"rule": "dynamic"},

@@ -81,11 +81,14 @@ def changed(model, reference_path):
 def test_three_trainer_steps_per_loss(kind, student, teacher, tiny_model_path, tmp_path):
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     if kind == "md2pr_online":
-        loss, data = MD2PRLoss(student, teacher=teacher, false_negative_margin=0.5), dataset()
+        loss, data = MD2PRLoss(student, teacher=teacher, beta=1.0, false_negative_margin=0.5), dataset()
     elif kind == "md2pr_offline":
-        loss, data = MD2PRLoss(student, teacher=teacher, false_negative_margin=0.2), dataset(with_scores=True)
+        loss, data = (
+            MD2PRLoss(student, teacher=teacher, beta=1.0, false_negative_margin=0.2),
+            dataset(with_scores=True),
+        )
     elif kind == "cached_md2pr":
-        loss, data = CachedMD2PRLoss(student, teacher=teacher, mini_batch_size=2), dataset()
+        loss, data = CachedMD2PRLoss(student, teacher=teacher, beta=1.0, mini_batch_size=2), dataset()
     elif kind == "sentence_level":
         loss, data = SentenceLevelDistillationLoss(student, teacher=teacher), dataset()
     else:
@@ -108,7 +111,7 @@ def test_three_trainer_steps_per_loss(kind, student, teacher, tiny_model_path, t
 
 
 def test_trained_model_is_a_plain_sentence_transformers_folder(student, teacher, tmp_path):
-    loss = MD2PRLoss(student, teacher=teacher)
+    loss = MD2PRLoss(student, teacher=teacher, beta=1.0)
     train(student, loss, dataset(), tmp_path, batch_sampler=BatchSamplers.NO_DUPLICATES)
     out = tmp_path / "saved"
     student.save(str(out))
@@ -135,7 +138,7 @@ def test_trained_model_is_a_plain_sentence_transformers_folder(student, teacher,
 
 
 def test_training_with_prompts(student, teacher, tmp_path):
-    loss = MD2PRLoss(student, teacher=teacher)
+    loss = MD2PRLoss(student, teacher=teacher, beta=1.0)
     seen = []
     original = teacher.score_and_attend
 
@@ -180,7 +183,7 @@ def test_a_cased_teacher_reads_the_original_texts_of_an_uncased_student(student,
 
     cased.score_and_attend = record
     student.max_seq_length = 8  # the student cuts the long passage; the teacher must not
-    loss = MD2PRLoss(student, teacher=cased, alpha=0.0, false_negative_margin=None)
+    loss = MD2PRLoss(student, teacher=cased, beta=1.0, alpha=0.0, false_negative_margin=None)
     train(student, loss, rows, tmp_path)
     written = {(q, d) for row in rows for q, d in ((row["query"], row["positive"]), (row["query"], row["negative_1"]))}
     assert seen and set(seen) <= written  # case, punctuation and the whole passage, as written
@@ -201,7 +204,7 @@ def test_training_with_a_router_of_separate_towers(teacher, tmp_path):
     model = SentenceTransformer(modules=[router, Normalize()], device="cpu")
     query_before = towers[0][0].auto_model.embeddings.word_embeddings.weight.clone()
     doc_before = towers[1][0].auto_model.embeddings.word_embeddings.weight.clone()
-    loss = MD2PRLoss(model, teacher=teacher)
+    loss = MD2PRLoss(model, teacher=teacher, beta=1.0)
     train(
         model,
         loss,

@@ -166,8 +166,8 @@ def test_md2pr_parts_weights_and_masked_fraction(tiny_model):
 
 def test_md2pr_input_checks(tiny_model, teacher):
     with pytest.raises(ValueError, match="needs an online teacher"):
-        MD2PRLoss(tiny_model)
-    loss_fn = MD2PRLoss(tiny_model, beta=0.0)
+        MD2PRLoss(tiny_model, beta=1.0)
+    loss_fn = MD2PRLoss(tiny_model)  # the word level is off by default: no teacher needed
     with pytest.raises(ValueError, match="at least 2 input columns"):
         loss_fn(batch_features(tiny_model, QUERIES), None)
     with pytest.raises(ValueError, match="needs hard negatives"):
@@ -359,14 +359,14 @@ def test_gradients_reach_the_student_and_never_the_teacher(tiny_model, teacher):
 
 def test_config_and_citation(tiny_model, teacher):
     for loss_fn in (
-        MD2PRLoss(tiny_model, teacher=teacher),
+        MD2PRLoss(tiny_model, teacher=teacher, beta=1.0),
         SentenceLevelDistillationLoss(tiny_model, teacher=teacher),
         WordLevelDistillationLoss(tiny_model, teacher),
     ):
         config = loss_fn.get_config_dict()
         assert config["teacher"] == teacher.model_name
         assert "2312.16821" in loss_fn.citation and loss_fn.citation.strip().startswith("@misc{")
-    config = MD2PRLoss(tiny_model, teacher=teacher, false_negative_margin=0.3).get_config_dict()
+    config = MD2PRLoss(tiny_model, teacher=teacher, beta=1.0, false_negative_margin=0.3).get_config_dict()
     assert config["false_negative_margin"] == 0.3 and config["teacher_layers"] == [1]
 
 
@@ -404,8 +404,8 @@ def test_md2pr_online_scores_equal_offline_labels(tiny_model, teacher):
     gaps = (labels[:, 0] - labels[:, 1]).sort().values
     margin = float(gaps[0] + gaps[1]) / 2  # flags exactly the row with the smallest gap, far from the boundary
     tiny_model.eval()
-    offline_fn = MD2PRLoss(tiny_model, teacher=teacher, false_negative_margin=margin)
-    online_fn = MD2PRLoss(tiny_model, teacher=teacher, false_negative_margin=margin)
+    offline_fn = MD2PRLoss(tiny_model, teacher=teacher, beta=1.0, false_negative_margin=margin)
+    online_fn = MD2PRLoss(tiny_model, teacher=teacher, beta=1.0, false_negative_margin=margin)
     offline = offline_fn(batch_features(tiny_model, QUERIES, POSITIVES, NEGATIVES), labels)
     online = online_fn(batch_features(tiny_model, QUERIES, POSITIVES, NEGATIVES), None)
     tiny_model.train()
@@ -435,7 +435,7 @@ def test_minilm_student_and_teacher_backbone(minilm_path):
     reference = attention[rows][:, cols]
     torch.testing.assert_close(blocks[0].weights, reference / reference.sum(1, keepdim=True), rtol=1e-4, atol=1e-6)
 
-    loss_fn = MD2PRLoss(student, teacher=teacher)
+    loss_fn = MD2PRLoss(student, teacher=teacher, beta=1.0)
     parts = loss_fn(batch_features(student, QUERIES, POSITIVES, NEGATIVES), None)
     assert loss_fn.last_aligned_fraction == 1.0
     total = torch.stack(list(parts.values())).sum()

@@ -225,7 +225,8 @@ def test_teacher_and_train_stage_commands(tiny_model_path, tmp_path, capsys):
 
     assert main(["train", "--input", str(tmp_path / "nowhere")]) == 1
     assert "not a `datasets` folder" in capsys.readouterr().err
-    assert main(["train", "--input", str(tmp_path / "filtered"), "--model", str(tiny_model_path)]) == 1
+    word_level = ["train", "--input", str(tmp_path / "filtered"), "--model", str(tiny_model_path), "--beta", "1"]
+    assert main(word_level) == 1
     assert "needs an online teacher" in capsys.readouterr().err
 
 

@@ -135,7 +135,14 @@ class LossArguments(Options):
     shared by ``md2pr train`` and ``md2pr pipeline``."""
 
     alpha: float = dataclasses.field(default=1.0, metadata={"help": "Weight of the sentence-level loss."})
-    beta: float = dataclasses.field(default=1.0, metadata={"help": "Weight of the word-level loss."})
+    beta: float = dataclasses.field(
+        default=0.0,
+        metadata={
+            "help": "Weight of the word-level loss (needs a cross-encoder teacher). 0 by default: on RAG24 every "
+            "weight tried lowered dev nDCG@10 (BENCHMARKS.md); try e.g. 0.1 with a teacher far stronger than the "
+            "student."
+        },
+    )
     scale: float = dataclasses.field(default=20.0, metadata={"help": "1 / tau of the contrastive loss."})
     student_temperature: float = dataclasses.field(default=0.05, metadata={"help": "T_s of the sentence level."})
     teacher_temperature: float = dataclasses.field(default=1.0, metadata={"help": "T_t of the sentence level."})
@@ -298,16 +305,7 @@ class DemoArguments(PipelineArguments):
 
 @dataclasses.dataclass
 class DemoLossArguments(LossArguments):
-    """The demo's loss weights: the library's, without the word level (see ``beta``)."""
-
-    beta: float = dataclasses.field(
-        default=0.0,
-        metadata={
-            "help": "Weight of the word-level loss. 0 in the demo: the cross-encoder trainable here in minutes is "
-            "weaker than the student, and its attention cost test nDCG@10 (BENCHMARKS.md); give a real "
-            "cross-encoder with --teacher and set beta > 0."
-        },
-    )
+    """The demo's loss weights: the library's (no word level: see ``LossArguments.beta``)."""
 
 
 @dataclasses.dataclass

@@ -111,7 +111,7 @@ class MD2PRLoss(nn.Module):
         model: Any,
         teacher: Teacher | Any | str | Path | None = None,
         alpha: float = 1.0,
-        beta: float = 1.0,
+        beta: float = 0.0,
         scale: float = 20.0,
         similarity_fct: Callable[[Tensor, Tensor], Tensor] | None = None,
         student_temperature: float = 0.05,
@@ -158,7 +158,10 @@ class MD2PRLoss(nn.Module):
                 heads there), a ``CrossEncoder`` or a Hub id / local folder. Needed when ``beta > 0`` or when the
                 dataset has no label column.
             alpha: Weight of L_s (0 switches it off).
-            beta: Weight of L_w (0 switches it off, and the teacher's attention is not computed).
+            beta: Weight of L_w (0, the default, switches it off, and the teacher's attention is not computed).
+                Off by default because on RAG24 every weight tried lowered dev nDCG@10 (1: -0.148, 0.1: -0.009,
+                paired over 37 dev topics; BENCHMARKS.md): turn it on (e.g. 0.1) with a teacher far stronger than
+                the student, and check the balance with ``benchmarks/loss_balance.py``.
             scale: 1 / tau of the contrastive softmax (20 = temperature 0.05, as MultipleNegativesRankingLoss).
             similarity_fct: Student similarity of two embedding matrices, (B, dim) x (M, dim) -> (B, M). Default
                 cosine (``sentence_transformers.util.cos_sim``).
