@@ -15,8 +15,9 @@ Recipes:
 - host: ``mnrl`` (MultipleNegativesRankingLoss on the mined negatives), ``margin_mse`` (MarginMSELoss on the
   teacher's margins), ``distill_kl`` (DistillKLDivLoss on the teacher's scores), ``gist`` (GISTEmbedLoss with the
   off-the-shelf all-MiniLM-L6-v2 as its guide; it takes one hard negative per row, the best-ranked)
-- ``md2pr``: MD2PR with the library defaults (LossArguments(), the default false-negative rule, flagged candidates
-  masked out of L_c and kept for L_s); ablations ``md2pr_no_word`` (beta 0), ``md2pr_beta_0.1`` (a tenth of the
+- ``md2pr``: MD2PR with both levels (beta 1, the rest LossArguments() defaults, the default false-negative rule,
+  flagged candidates masked out of L_c and kept for L_s); ablations ``md2pr_no_word`` (beta 0, the library's
+  default since this benchmark), ``md2pr_beta_0.1`` (a tenth of the
   word level), ``md2pr_no_sentence`` (alpha 0), ``md2pr_no_word_no_filter`` and ``md2pr_no_word_no_sentence`` (the
   other ablations without the word level), ``md2pr_no_filter``
   (no false-negative filter), ``md2pr_fixed`` (a fixed threshold: flagged when t(q, d) >= t(q, d+)),
@@ -53,16 +54,16 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 METRICS = ("ndcg@10", "mrr@10", "recall@100", "judged@10")
 HOST = ("mnrl", "margin_mse", "distill_kl", "gist")
 MD2PR = {
-    "md2pr": {},
+    "md2pr": {"beta": 1.0},  # both levels, the others at the library defaults
     "md2pr_no_word": {"beta": 0.0},
     "md2pr_beta_0.1": {"beta": 0.1},
-    "md2pr_no_sentence": {"alpha": 0.0},
+    "md2pr_no_sentence": {"alpha": 0.0, "beta": 1.0},
     "md2pr_no_word_no_filter": {"beta": 0.0, "rule": None},
     "md2pr_no_word_no_sentence": {"beta": 0.0, "alpha": 0.0},
-    "md2pr_no_filter": {"rule": None},
-    "md2pr_fixed": {"rule": "margin"},
-    "md2pr_quantile": {"rule": "dynamic"},
-    "md2pr_2_rounds": {"rounds": 2},
+    "md2pr_no_filter": {"rule": None, "beta": 1.0},
+    "md2pr_fixed": {"rule": "margin", "beta": 1.0},
+    "md2pr_quantile": {"rule": "dynamic", "beta": 1.0},
+    "md2pr_2_rounds": {"rounds": 2, "beta": 1.0},
     "md2pr_umbrela": {"scores": "qrels", "beta": 0.0},
 }
 RECIPES = ("base", "teacher_rerank", *HOST, *MD2PR)
