@@ -26,7 +26,7 @@ def main(student_path: str, teacher_path: str, kind: str, rows_path: str, out_pa
     model.eval()  # no dropout: every process computes what the single-process reference computes
     loss_class = CachedMD2PRLoss if kind == "cached" else MD2PRLoss
     extra = {"mini_batch_size": 1} if kind == "cached" else {}
-    loss = loss_class(model, teacher=Teacher(teacher_path), gather_across_devices=True, **extra)
+    loss = loss_class(model, teacher=Teacher(teacher_path), beta=1.0, gather_across_devices=True, **extra)
     # What the host's trainer does under torchrun / accelerate launch: a SentenceTransformer is not a transformers
     # PreTrainedModel, so it is wrapped with find_unused_parameters=True. That setting also matters for correctness:
     # the losses run the model twice per step (the query column, then the candidate columns), and plain DDP

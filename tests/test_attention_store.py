@@ -86,8 +86,8 @@ def test_all_tokens_in_float32_reproduce_the_online_loss_and_gradients(tiny_mode
     columns = (QUERIES, POSITIVES, NEGATIVES)
     AttentionRecorder(teacher, tmp_path / "store", top_k=None, weights_dtype="float32").score(pairs_of(*columns))
     offline = OfflineTeacher(tmp_path / "store")
-    online_fn = MD2PRLoss(tiny_model, teacher=teacher, false_negative_margin=0.1)
-    offline_fn = MD2PRLoss(tiny_model, teacher=offline, false_negative_margin=0.1)
+    online_fn = MD2PRLoss(tiny_model, teacher=teacher, beta=1.0, false_negative_margin=0.1)
+    offline_fn = MD2PRLoss(tiny_model, teacher=offline, beta=1.0, false_negative_margin=0.1)
     assert offline_fn.teacher is offline  # passed through as it is, not wrapped
     online, online_grads = run_loss(tiny_model, online_fn, columns)
     recorded, recorded_grads = run_loss(tiny_model, offline_fn, columns)
@@ -136,7 +136,7 @@ def test_top_k_storage_is_smaller_and_close(tiny_model, teacher, tmp_path):
         torch.testing.assert_close(
             got.weights.gather(1, top4.indices), top4.values / top4.values.sum(1, keepdim=True), rtol=2e-3, atol=1e-4
         )
-    kwargs = {"false_negative_margin": 0.1}
+    kwargs = {"false_negative_margin": 0.1, "beta": 1.0}
     reference = run_loss(tiny_model, MD2PRLoss(tiny_model, teacher=teacher, **kwargs), columns)[0]
     fp16 = run_loss(tiny_model, MD2PRLoss(tiny_model, teacher=full, **kwargs), columns)[0]
     approximate = run_loss(tiny_model, MD2PRLoss(tiny_model, teacher=top, **kwargs), columns)[0]
@@ -207,7 +207,7 @@ def test_training_on_the_filter_s_rows_finds_every_pair_in_the_store(tiny_model_
 
     offline.score_and_attend = record
     student = SentenceTransformer(str(tiny_model_path), device="cpu")
-    loss = MD2PRLoss(student, teacher=offline, false_negative_margin=filtered.margin_)
+    loss = MD2PRLoss(student, teacher=offline, beta=1.0, false_negative_margin=filtered.margin_)
     args = SentenceTransformerTrainingArguments(
         str(tmp_path / "out"),
         per_device_train_batch_size=3,
@@ -236,7 +236,7 @@ def test_a_missing_pair_is_a_clear_error(tiny_model, teacher, tmp_path):
     ) as info:
         offline.score([(QUERIES[0], POSITIVES[0]), ("tea or coffee", "a snake")])
     assert info.value.pairs == [("tea or coffee", "a snake")]
-    loss_fn = MD2PRLoss(tiny_model, teacher=offline)  # the negatives were never scored
+    loss_fn = MD2PRLoss(tiny_model, teacher=offline, beta=1.0)  # the negatives were never scored
     with pytest.raises(MissingPairsError, match=r"3 of 6 \(query, passage\) pairs"):
         loss_fn(features(tiny_model, QUERIES, POSITIVES, NEGATIVES), None)
 

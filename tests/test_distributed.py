@@ -95,7 +95,7 @@ def test_two_processes_give_the_loss_and_gradients_of_one(tiny_model_path, tiny_
     whole = {column: [values[i] for i in order] for column, values in ROWS.items()}
     loss_class = CachedMD2PRLoss if kind == "cached" else MD2PRLoss
     extra = {"mini_batch_size": 1} if kind == "cached" else {}
-    loss = loss_class(model, teacher=Teacher(str(tiny_cross_encoder_path)), **extra)
+    loss = loss_class(model, teacher=Teacher(str(tiny_cross_encoder_path)), beta=1.0, **extra)
     parts = loss([model.preprocess(whole[c]) for c in ("query", "positive", "negative_1")], None)
     sum(parts.values()).backward()
     names = [str(n) for n in distributed["names"]]

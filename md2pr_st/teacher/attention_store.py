@@ -64,7 +64,7 @@ class AttentionRecorder:
         :class:`AttentionStoreError`.
 
         ``FalseNegativeFilter`` takes any scorer, so wrapping its teacher records the attention of every pair the
-        round scores, in the pass that already scores them: ``MD2PRLoss(model, teacher=OfflineTeacher(path))``
+        round scores, in the pass that already scores them: ``MD2PRLoss(model, teacher=OfflineTeacher(path), beta=0.1)``
         then trains on those rows with no teacher forward.
 
         Args:
