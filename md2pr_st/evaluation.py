@@ -156,7 +156,7 @@ class RetrievalEvaluator(SentenceEvaluator):
         data: a :class:`~md2pr_st.data.RetrievalData` (corpus, queries, qrels).
         metrics: metric names; the first is the primary metric (used by ``load_best_model_at_end``).
         relevance_cut: lowest grade counted relevant by the binary metrics (default 2).
-        factory: ``faiss.index_factory`` string; ``"Flat"`` is exact search, ``"auto"`` exact up to 1M passages.
+        factory: ``faiss.index_factory`` string; ``"Flat"`` is exact search, ``"auto"`` exact below 1M passages.
         batch_size: encoding batch size.
         name: prefix of the logged metrics (``{name}_ndcg@10``).
         show_progress_bar: show encoding progress (default: shown, as for every long step of md2pr-st).
@@ -184,7 +184,7 @@ class RetrievalEvaluator(SentenceEvaluator):
         data: RetrievalData,
         metrics: Sequence[str] = DEFAULT_METRICS,
         relevance_cut: int = DEFAULT_RELEVANCE_CUT,
-        factory: str = "auto",
+        factory: str = "Flat",
         batch_size: int = 64,
         name: str = "",
         show_progress_bar: bool | None = True,

@@ -98,7 +98,7 @@ def mine_hard_negatives(
     chunk_size: int = 4096,
     batch_size: int = 64,
     query_batch_size: int = 1024,
-    factory: str = "auto",
+    factory: str = "Flat",
     with_ids: bool = False,
     return_stats: bool = False,
     show_progress_bar: bool | None = None,
@@ -129,7 +129,7 @@ def mine_hard_negatives(
         chunk_size: passages per encoded (and cached) chunk.
         batch_size: encoding batch size.
         query_batch_size: queries per FAISS search call.
-        factory: ``faiss.index_factory`` string (``"Flat"`` is exact; ``"auto"`` exact up to 1M passages, then
+        factory: ``faiss.index_factory`` string (``"Flat"`` is exact; ``"auto"`` exact below 1M passages, then
             ``"HNSW32"``: :func:`~md2pr_st.index.resolve_factory`).
         with_ids: also output ``query_id`` (when the input has it), ``positive_id`` and ``negative_ids`` columns, for
             analysis; drop them before training (the trainer treats every column as an input).

@@ -149,19 +149,20 @@ def test_hnsw_defaults_and_search_params_are_applied():
     assert faiss.extract_index_ivf(ivf.index).nprobe == 3
 
 
-def test_auto_factory_is_exact_below_the_size_and_hnsw_from_it(tiny_model, tmp_path, monkeypatch):
+def test_auto_factory_is_exact_below_the_size_and_hnsw_from_it_on_request(tiny_model, tmp_path, monkeypatch):
     from md2pr_st.index import CorpusEmbeddingCache, faiss_index
 
     rng = np.random.default_rng(0)
     vectors = rng.normal(size=(50, 8)).astype("float32")
     ids = [f"d{i}" for i in range(50)]
-    assert FaissIndex.build(vectors, ids).factory == "Flat"
+    assert FaissIndex.build(vectors, ids).factory == "Flat"  # the default: exact
+    assert FaissIndex.build(vectors, ids, "auto").factory == "Flat"  # below the size
     monkeypatch.setattr(faiss_index, "AUTO_HNSW_MIN_SIZE", 50)
-    hnsw = FaissIndex.build(vectors, ids)
+    hnsw = FaissIndex.build(vectors, ids, "auto")
     assert hnsw.factory == "HNSW32" and hnsw.index.hnsw.efConstruction == faiss_index.DEFAULT_HNSW_EF_CONSTRUCTION
     corpus = Dataset.from_dict({"id": ids, "text": [f"passage number {i}" for i in range(50)]})
     cached = CorpusEmbeddingCache(tiny_model, corpus, tmp_path / "cache", chunk_size=20, show_progress_bar=False)
-    index = cached.build_index()  # "auto"
+    index = cached.build_index("auto")
     assert index.factory == "HNSW32" and "HNSW" in type(index.index).__name__
     index.save(tmp_path / "index")
     assert FaissIndex.load(tmp_path / "index", factory="auto").factory == "HNSW32"

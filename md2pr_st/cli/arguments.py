@@ -84,7 +84,7 @@ class EvalArguments(Options):
         default=2, metadata={"help": "Lowest grade counted relevant by MRR, recall, MAP (nDCG uses grades)."}
     )
     index_factory: str = dataclasses.field(
-        default="auto",
+        default="Flat",
         metadata={
             "help": "faiss.index_factory string: Flat (exact), HNSW32, IVF4096,PQ48, ...; auto: Flat below 1M "
             "passages, HNSW32 from there."

@@ -51,7 +51,7 @@ class MineArguments(Options):
     batch_size: int = dataclasses.field(default=64, metadata={"help": "Encoding batch size."})
     max_seq_length: int | None = dataclasses.field(default=None, metadata={"help": "Student max tokens."})
     factory: str = dataclasses.field(
-        default="auto",
+        default="Flat",
         metadata={"help": "faiss.index_factory string; auto: Flat below 1M passages, HNSW32 from there."},
     )
     with_ids: bool = dataclasses.field(default=False, metadata={"help": "Add id columns (for analysis only)."})

@@ -239,7 +239,7 @@ class CorpusEmbeddingCache:
         return np.concatenate([np.asarray(array) for _, array in self.iter_chunks()], axis=0)
 
     def build_index(
-        self, factory: str = "auto", train_size: int = 100_000, seed: int = 0, **search_params: Any
+        self, factory: str = "Flat", train_size: int = 100_000, seed: int = 0, **search_params: Any
     ) -> FaissIndex:
         """A :class:`~md2pr_st.index.FaissIndex` over the corpus, filled chunk by chunk.
 
