@@ -196,8 +196,11 @@ def chart(summary: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    regimes = list(summary["regimes"])
-    fig, axes = plt.subplots(1, len(regimes), figsize=(6.5 * len(regimes), 4.2), squeeze=False)
+    # A regime with only the reference rows run says nothing in a chart (its table says what ran).
+    regimes = [r for r in summary["regimes"] if len(summary["regimes"][r]["umbrela"]["rows"]) > 2]
+    if not regimes:
+        return
+    fig, axes = plt.subplots(1, len(regimes), figsize=(8 * len(regimes), 4.8), squeeze=False)
     for ax, regime in zip(axes[0], regimes):
         rows = summary["regimes"][regime]["umbrela"]["rows"]
         names = [r["recipe"] for r in rows]
@@ -213,10 +216,10 @@ def chart(summary: dict, path: Path) -> None:
         base = next((r["ndcg@10"] for r in rows if r["recipe"] == "base"), None)
         if base is not None:
             ax.axvline(base, color="black", linestyle=":", linewidth=1)
-        lo = min(values) - 0.03
-        ax.set_xlim(lo, max(values) + 0.02)
-        ax.set_xlabel("nDCG@10, all test topics (whiskers: 95% CI of the difference to base)")
-        ax.set_title(f"Regime {regime}: grey reference, blue host recipes, red MD2PR")
+        lo = min(v - d for v, d in zip(values, low)) - 0.02
+        ax.set_xlim(lo, max(v + d for v, d in zip(values, high)) + 0.02)
+        ax.set_xlabel("nDCG@10 on the test topics (whiskers: 95% CI of the paired difference to base)")
+        ax.set_title(f"Regime {regime}: grey references, blue host recipes, red MD2PR", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
