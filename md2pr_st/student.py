@@ -175,23 +175,24 @@ def _train(
         loss=loss_module.get_config_dict() if hasattr(loss_module, "get_config_dict") else repr(loss_module),
         teacher=getattr(teacher, "model_name", None) if teacher is not None else None,
     )
-    resume = None
-    if distributed.is_main():
-        resume = resume_checkpoint(checkpoints, record, overwrite=overwrite, what="student training")
-    resume = distributed.broadcast(resume)
-    if resume:
-        logger.info("Resuming student training from %s", resume)
+    resume = resume_checkpoint(checkpoints, record, overwrite=overwrite, what="student training")
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    if trainer.state.global_step == 0:
-        raise ValueError(
-            f"Training ran 0 steps on {len(train_dataset)} rows at {batch_size} rows per device x "
-            f"{args.world_size} processes: the {args.batch_sampler} batch sampler formed no batch (no_duplicates "
-            "drops batches whose texts repeat, which small data with shared negatives makes likely). Lower the batch "
-            "size, or pass --batch_sampler batch_sampler. No model was saved."
-        )
+    _check_steps(trainer, len(train_dataset))
     if distributed.is_main():
         with atomic_path(output_dir, is_dir=True, overwrite=overwrite) as tmp:
             model.save(str(tmp))
         shutil.rmtree(checkpoints, ignore_errors=True)
     distributed.barrier()  # the model is on disk for every process
     return output_dir, list(trainer.state.log_history)
+
+
+def _check_steps(trainer: Any, rows: int) -> None:
+    """A training that ran no step is an error, not an untrained model saved as trained."""
+    if trainer.state.global_step == 0:
+        args = trainer.args
+        raise ValueError(
+            f"Training ran 0 steps on {rows} rows at {args.per_device_train_batch_size} rows per device x "
+            f"{args.world_size} processes: the {args.batch_sampler} batch sampler formed no batch (no_duplicates "
+            "drops batches whose texts repeat, which small data with shared negatives makes likely). Lower the batch "
+            "size, or pass --batch_sampler batch_sampler. No model was saved."
+        )

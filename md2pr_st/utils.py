@@ -149,6 +149,16 @@ def resume_checkpoint(
         ...
         md2pr_st.outputs.OutputExistsError: ... holds checkpoints of an interrupted training run made with other data...
     """
+    from md2pr_st import distributed
+
+    last = _resume_checkpoint(checkpoints, record, overwrite, what) if distributed.is_main() else None
+    last = distributed.broadcast(last)  # the main process decides (and writes) for every launched process
+    if last is not None:
+        logger.info("Resuming %s from %s", what, last)
+    return last
+
+
+def _resume_checkpoint(checkpoints: str | Path, record: dict[str, Any], overwrite: bool, what: str) -> Path | None:
     from md2pr_st.outputs import OutputExistsError, prepare_output_dir
 
     checkpoints = Path(checkpoints)

@@ -259,7 +259,7 @@ def _train_teacher(
     from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss
 
     from md2pr_st.hub.model_card import remove_dataset_texts
-    from md2pr_st.models import DEFAULT_STUDENT_ID, resolve_model_name
+    from md2pr_st.models import resolve_model_name
 
     max_length, epochs, batch_size = settings["max_length"], settings["epochs"], settings["batch_size"]
     learning_rate, seed = settings["learning_rate"], settings["seed"]
@@ -292,28 +292,11 @@ def _train_teacher(
     )
     remove_dataset_texts(model.model_card_data)  # the saved card must not quote the data (MS MARCO terms)
     training = {k: v for k, v in record.items() if k not in ("dev", "student")}
-    resume = None
-    if distributed.is_main():
-        resume = resume_checkpoint(checkpoints, training, overwrite=overwrite, what="teacher training")
-    resume = distributed.broadcast(resume)
-    if resume:
-        logger.info("Resuming teacher training from %s", resume)
+    resume = resume_checkpoint(checkpoints, training, overwrite=overwrite, what="teacher training")
     start = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    seconds = time.perf_counter() - start
-    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-    report: dict[str, Any] = {
-        "base_model": str(base_model or f"{DEFAULT_STUDENT_ID} (embedded)"),
-        "train": train_name,
-        "train_pairs": len(pairs),
-        **dict(max_length=max_length, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate),
-        **dict(random_negatives=settings["random_negatives"], seed=seed, train_seconds=round(seconds, 1)),
-        "resumed_from": resume.name if resume else None,
-        "steps": trainer.state.global_step,
-        "first_loss": losses[0] if losses else None,
-        "last_loss": losses[-1] if losses else None,
-        "record": record,
-    }
+    report = _training_report(trainer, base_model, train_name, len(pairs), settings, record, resume)
+    report["train_seconds"] = round(time.perf_counter() - start, 1)
     if dev is not None:
         report["dev"] = reranking_gap(model, student, dev, show_progress_bar=show_progress_bar)
     if distributed.is_main():
@@ -323,6 +306,27 @@ def _train_teacher(
         shutil.rmtree(checkpoints, ignore_errors=True)
     distributed.barrier()  # the teacher is on disk for every process
     return output_dir
+
+
+def _training_report(
+    trainer: Any, base_model: Any, train_name: str, rows: int, settings: dict, record: dict, resume: Path | None
+) -> dict[str, Any]:
+    """What ``md2pr_teacher.json`` says of the training: data, settings, steps, first and last loss, the record."""
+    from md2pr_st.models import DEFAULT_STUDENT_ID
+
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    keys = ("max_length", "epochs", "batch_size", "learning_rate", "random_negatives", "seed")
+    return {
+        "base_model": str(base_model or f"{DEFAULT_STUDENT_ID} (embedded)"),
+        "train": train_name,
+        "train_pairs": rows,
+        **{key: settings[key] for key in keys},
+        "resumed_from": resume.name if resume else None,
+        "steps": trainer.state.global_step,
+        "first_loss": losses[0] if losses else None,
+        "last_loss": losses[-1] if losses else None,
+        "record": record,
+    }
 
 
 def _training_pairs(
