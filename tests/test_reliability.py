@@ -253,3 +253,18 @@ def test_the_filter_refuses_non_finite_settings_from_python_too(option):
     rule = {"margin": "margin", "threshold": "absolute"}.get(option, "dynamic")
     with pytest.raises(ValueError, match=f"{option} must be a finite number, got nan"):
         FalseNegativeFilter(rule=rule, **{"margin": 1.0, "threshold": 1.0, option: float("nan")})
+
+
+def test_a_training_that_ran_no_step_saves_nothing(tiny_model_path, tmp_path, monkeypatch):
+    """When the trainer runs no step (a batch sampler that forms no batch), train_student raises and writes no model."""
+    from datasets import Dataset
+    from sentence_transformers.sentence_transformer.trainer import SentenceTransformerTrainer
+
+    from md2pr_st.cli.arguments import LossArguments
+    from md2pr_st.student import train_student
+
+    monkeypatch.setattr(SentenceTransformerTrainer, "train", lambda self, **kwargs: None)  # as if no batch formed
+    rows = Dataset.from_dict({"query": ["a cat", "a dog"], "positive": ["cat", "dog"], "negative_1": ["sea", "tea"]})
+    with pytest.raises(ValueError, match=r"Training ran 0 steps on 2 rows at 2 rows per device x 1 processes"):
+        train_student(str(tiny_model_path), rows, tmp_path / "student", LossArguments(), batch_size=2, device="cpu")
+    assert not (tmp_path / "student" / "model.safetensors").exists()
