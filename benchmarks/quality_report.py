@@ -204,6 +204,7 @@ def chart(summary: dict, path: Path) -> None:
     for ax, regime in zip(axes[0], regimes):
         rows = summary["regimes"][regime]["umbrela"]["rows"]
         names = [r["recipe"] for r in rows]
+        labels = [f"{r['recipe']} ({r['topics']} topics)" for r in rows]
         values = [r["ndcg@10"] for r in rows]
         low = [r["vs_base"]["mean_diff"] - r["vs_base"]["low"] if "vs_base" in r else 0 for r in rows]
         high = [r["vs_base"]["high"] - r["vs_base"]["mean_diff"] if "vs_base" in r else 0 for r in rows]
@@ -211,14 +212,14 @@ def chart(summary: dict, path: Path) -> None:
             "#999999" if n in ("base", "teacher_rerank") else "#4c72b0" if n in HOST else "#c44e52" for n in names
         ]
         ax.barh(range(len(rows)), values, xerr=[low, high], color=colors, capsize=3)
-        ax.set_yticks(range(len(rows)), names)
+        ax.set_yticks(range(len(rows)), labels)
         ax.invert_yaxis()
         base = next((r["ndcg@10"] for r in rows if r["recipe"] == "base"), None)
         if base is not None:
             ax.axvline(base, color="black", linestyle=":", linewidth=1)
         lo = min(v - d for v, d in zip(values, low)) - 0.02
         ax.set_xlim(lo, max(v + d for v, d in zip(values, high)) + 0.02)
-        ax.set_xlabel("nDCG@10 on the test topics (whiskers: 95% CI of the paired difference to base)")
+        ax.set_xlabel("nDCG@10, test topics; whiskers: 95% CI of the paired difference to base", fontsize=9)
         ax.set_title(f"Regime {regime}: grey references, blue host recipes, red MD2PR", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
