@@ -16,22 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from datasets import Dataset
+from test_reliability import cli
 
-from md2pr_st.cli import main
 from md2pr_st.outputs import OUTPUT_MARKER, OutputExistsError, OutputLockedError, output_lock
 from md2pr_st.utils import atomic_path, write_json
 from test_data import CORPUS, QUERIES, write_beir
-
-
-def cli(argv, capsys):
-    """``(exit code, stderr)`` of ``md2pr ARGV``; never a traceback."""
-    try:
-        code = main(argv)
-    except SystemExit as exc:
-        code = exc.code
-    err = capsys.readouterr().err
-    assert "Traceback" not in err, err
-    return code, err
 
 
 def user_folder(path: Path) -> Path:

@@ -128,11 +128,12 @@ def _parse(name: str, argv: Sequence[str]):
     if argv and argv[0].endswith(CONFIG_SUFFIXES) and not argv[0].startswith("-"):
         config = argv[0]
         data = _read_config(parser, Path(config))
+        own = data
         if name in TRAINER_ARGUMENTS:  # the host's keys are checked by the host's parser below
-            own = {field.name for cls in classes for field in dataclasses.fields(cls)}
-            data_own = {key: value for key, value in data.items() if key in own}
+            fields = {field.name for cls in classes for field in dataclasses.fields(cls)}
+            own = {key: value for key, value in data.items() if key in fields}
         try:  # the file's own types first: as flags, a YAML string "no" would read as a boolean
-            parsed = parser.parse_dict(data_own if name in TRAINER_ARGUMENTS else data)
+            parsed = parser.parse_dict(own)
         except (ValueError, TypeError) as exc:  # unknown keys, wrong types, out-of-range values
             parser.error(f"{config}: {exc}")
         if len(argv) == 1 and name not in TRAINER_ARGUMENTS:
@@ -292,6 +293,7 @@ def _run(name: str, parsed: Sequence[object], verbose: bool) -> int:
 
     try:
         check_environment([p for p in parsed if not isinstance(p, dict)])
+        distributed.setup()  # under torchrun / accelerate launch: join the launcher's process group
         with distributed.shared_work():  # launched on N processes, each command splits its encoding and scoring
             driver(name)(*parsed)
     except KeyboardInterrupt:

@@ -15,7 +15,6 @@ def run_eval(data_args: DataArguments, args: EvalArguments) -> dict:
     from md2pr_st import distributed
     from md2pr_st.outputs import check_output, output_lock
 
-    distributed.setup()  # under torchrun / accelerate launch: the encoding split across the processes
     outputs = [(args.output, "file", "--output"), (args.index_dir, "folder", "--index_dir")]
     outputs = [(path, kind, option) for path, kind, option in outputs if path and distributed.is_main()]
     for path, kind, option in outputs:

@@ -18,7 +18,6 @@ def run_filter(args: FilterArguments) -> dict:
     source = Path(args.input)
     if not source.is_dir():
         raise FileNotFoundError(f"--input {args.input} is not a `datasets` folder (the output of md2pr mine).")
-    distributed.setup()  # under torchrun / accelerate launch: the teacher's pairs split across the processes
     if not distributed.is_main():  # the main process checks, locks and writes
         return _filter(args, source)
     check_output(args.output, overwrite=args.overwrite, option="--output")

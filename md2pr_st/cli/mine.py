@@ -15,7 +15,6 @@ def run_mine(args: MineArguments) -> dict:
     from md2pr_st import distributed
     from md2pr_st.outputs import check_output, check_writable, output_lock
 
-    distributed.setup()  # under torchrun / accelerate launch: the encoding split across the processes
     cache_dir = args.cache_dir or f"{args.output.rstrip('/')}.embeddings"
     if not distributed.is_main():  # the main process checks, locks and writes
         return _mine(args, cache_dir)

@@ -23,7 +23,6 @@ def run_pipeline_command(
     from md2pr_st.outputs import check_output
     from md2pr_st.pipeline import run_pipeline
 
-    distributed.setup()  # under torchrun / accelerate launch: every stage split across the processes
     if distributed.is_main():
         check_output(args.output_dir, overwrite=args.overwrite, option="--output_dir")  # before loading the data
     splits = data_args.load_splits()

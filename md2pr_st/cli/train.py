@@ -22,7 +22,6 @@ def run_train(args: TrainArguments, loss_args: LossArguments | None = None, trai
     loss_args = loss_args or LossArguments()
     if loss_args.beta > 0 and args.teacher is None:
         raise ValueError("The word-level loss (beta > 0) needs an online teacher: pass --teacher, or --beta 0.")
-    distributed.setup()  # under torchrun / accelerate launch: DDP training, the main process checks and writes
     if distributed.is_main():
         check_output(args.output_dir, overwrite=args.overwrite, option="--output_dir")
     if len(dataset) == 0:

@@ -189,9 +189,10 @@ class CorpusEmbeddingCache:
 
         On several processes the main one decides which chunks are missing (so that all encode the same ones
         together) and alone writes them."""
+        writes = self.path is not None and (distributed.is_main() or not distributed.sharing())
         if self.path is not None:
             self.path.mkdir(parents=True, exist_ok=True)
-            if not distributed.sharing() or distributed.is_main():
+            if writes:
                 self._write_manifest()
         missing = None
         if distributed.sharing():
@@ -210,7 +211,7 @@ class CorpusEmbeddingCache:
                     array = self._load_chunk(chunk)
                 if array is None:
                     array = self._encode_chunk(chunk, bar)
-                    if self.path is not None and (not distributed.sharing() or distributed.is_main()):
+                    if writes:
                         self._save_chunk(chunk, array)
                 else:
                     bar.update(self._rows(chunk))
