@@ -23,7 +23,8 @@ Recipes:
   (no false-negative filter); against the defaults (``md2pr_no_word``, one change each): ``md2pr_fixed`` (a fixed
   threshold: flagged when t(q, d) >= t(q, d+)), ``md2pr_quantile`` (the quantile rule p = 0.1, the former default),
   ``md2pr_2_rounds`` (re-mined with the round-1 student), ``md2pr_umbrela`` (UMBRELA grades as the sentence level's
-  teacher scores)
+  teacher scores); ``md2pr_offline`` is ``md2pr`` trained on recorded attention targets (each query token's top 16
+  passage tokens, fp16; :class:`md2pr_st.AttentionRecorder`) with no teacher forward during training
 
 One folder per (regime, fold, recipe, seed) holds ``result.json`` once finished; a rerun skips finished runs and
 redoes unfinished ones (student training itself resumes from its last checkpoint). Shared work is cached per fold
@@ -62,6 +63,8 @@ MD2PR = {
     "md2pr_no_word_no_filter": {"beta": 0.0, "rule": None},
     "md2pr_no_word_no_sentence": {"beta": 0.0, "alpha": 0.0},
     "md2pr_no_filter": {"rule": None, "beta": 1.0},
+    # md2pr with the word level's targets recorded once (top 16 per query token, fp16) instead of an online teacher
+    "md2pr_offline": {"beta": 1.0, "offline": True},
     # The threshold and round ablations change one thing of the defaults (md2pr_no_word), which won the grid.
     "md2pr_fixed": {"rule": "margin", "beta": 0.0},
     "md2pr_quantile": {"rule": "dynamic", "beta": 0.0},
@@ -236,6 +239,18 @@ def md2pr_rows(candidates, settings: dict, budget: Budget, teacher):
     return filtered, fn_filter.statistics["rounds"][-1]
 
 
+def record_targets(rows, teacher, path: Path):
+    """Record the teacher's attention on every (query, document) pair of ``rows`` (what the filter pass of a round
+    does with an :class:`~md2pr_st.AttentionRecorder`); returns the :class:`~md2pr_st.OfflineTeacher` reading them."""
+    from md2pr_st.mining import negative_columns
+    from md2pr_st.teacher import AttentionRecorder, OfflineTeacher
+
+    columns = ["positive", *negative_columns(rows.column_names)]
+    pairs = [(row["query"], row[c]) for row in rows for c in columns]
+    AttentionRecorder(teacher, path, top_k=16).score(pairs, show_progress_bar=True)
+    return OfflineTeacher(path)
+
+
 def train_recipe(run_dir: Path, recipe: str, regime_student: str, candidates, splits, teacher_path, budget, seed):
     """Train one recipe; returns (model path, info)."""
     from md2pr_st.cli.arguments import LossArguments
@@ -263,6 +278,8 @@ def train_recipe(run_dir: Path, recipe: str, regime_student: str, candidates, sp
             scorer = Teacher(teacher_path, max_length=budget.teacher_max_length)
             candidates = candidates_for(run_dir / f"candidates_round_{r}", splits, current, scorer, budget, run_dir)
         rows, stats = md2pr_rows(candidates, settings, budget, teacher)
+        if settings.get("offline"):
+            teacher = record_targets(rows, teacher, run_dir / f"attention_round_{r}")
         mask = (
             {"false_negative_margin": stats.get("margin"), "false_negative_threshold": stats.get("threshold")}
             if stats

@@ -284,3 +284,17 @@ def test_train_student_passes_the_host_s_training_arguments(tiny_model_path, tmp
     assert [entry["step"] for entry in log if "loss" in entry] == [1]  # 6 rows of batch 2 would be 3 steps
     with pytest.raises(ValueError, match="output_dir.*set by md2pr"):
         train_student(tiny_model_path, dataset(), tmp_path / "t", no_distillation, training_args={"output_dir": "x"})
+
+
+@pytest.mark.parametrize("kind", ["list", "tuple", "column"])
+def test_preprocess_keeps_the_texts_of_any_sequence(student, teacher, kind):
+    """A datasets Column (``dataset["query"]``, not a list since datasets 4) is what users hand to
+    ``model.preprocess`` in their own loops; the teacher must still read the texts as written."""
+    from md2pr_st.losses._shared import ORIGINAL_TEXTS
+
+    MD2PRLoss(student, teacher=teacher, beta=1.0)
+    rows = Dataset.from_dict({"query": ["What is Python?", "Why a Cat?"]})
+    inputs = {"list": list(rows["query"]), "tuple": tuple(rows["query"]), "column": rows["query"]}[kind]
+    features = student.preprocess(inputs)
+    assert features[ORIGINAL_TEXTS] == ["What is Python?", "Why a Cat?"]
+    assert all(type(text) is str for text in features[ORIGINAL_TEXTS])

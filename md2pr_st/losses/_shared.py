@@ -164,8 +164,11 @@ def keep_original_texts(model: nn.Module) -> None:
 
     def preprocess_keeping_texts(inputs: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
         features = preprocess(inputs, *args, **kwargs)
-        if isinstance(inputs, (list, tuple)) and all(isinstance(text, str) for text in inputs):
-            features[ORIGINAL_TEXTS] = list(inputs)
+        # Any sequence of texts: a list, a tuple, a datasets Column (`dataset["query"]`).
+        if not isinstance(inputs, (str, bytes, dict)) and hasattr(inputs, "__len__") and hasattr(inputs, "__iter__"):
+            texts = list(inputs)
+            if all(isinstance(text, str) for text in texts):
+                features[ORIGINAL_TEXTS] = [str(text) for text in texts]
         return features
 
     preprocess_keeping_texts._md2pr_keeps_texts = True  # type: ignore[attr-defined]
