@@ -87,6 +87,8 @@ def report(out: Path) -> dict:
                 rows.append(row)
             regime_summary[qrels] = {"best_host": best_host, "rows": rows}
             lines += _table(regime, qrels, folds, best_host, rows)
+        regime_summary["ablations"] = ablation_table(part)
+        lines += _ablation_lines(regime, regime_summary["ablations"])
         regime_summary["dev"] = dev_table(part, seed0)
         lines += _dev_lines(regime, regime_summary["dev"])
         summary["regimes"][regime] = regime_summary
@@ -99,6 +101,78 @@ def report(out: Path) -> dict:
 
 
 DEFAULT = "md2pr_no_word"  # the library's defaults (beta 0 since this benchmark)
+
+# (question, recipe with it, recipe without it): each pair differs in one setting
+ABLATIONS = (
+    ("MD2PR's defaults vs the host's MNRL", DEFAULT, "mnrl"),
+    ("the sentence level L_s", DEFAULT, "md2pr_no_word_no_sentence"),
+    ("masking the flagged candidates out of L_c", DEFAULT, "md2pr_no_word_no_filter"),
+    ("masking, with the word level on (beta 1)", "md2pr", "md2pr_no_filter"),
+    ("the word level, beta 1", "md2pr", DEFAULT),
+    ("the word level, beta 0.1", "md2pr_beta_0.1", DEFAULT),
+    ("the adaptive rule vs a fixed threshold (t(q,d) >= t(q,d+))", DEFAULT, "md2pr_fixed"),
+    ("the adaptive rule vs the quantile rule (p = 0.1)", DEFAULT, "md2pr_quantile"),
+    ("a second round (re-mined with the round-1 student)", "md2pr_2_rounds", DEFAULT),
+    ("UMBRELA grades instead of the cross-encoder as teacher", "md2pr_umbrela", DEFAULT),
+    ("recorded top-16 attention targets vs the online teacher (beta 1)", "md2pr_offline", "md2pr"),
+)
+
+
+def seed_mean(part: list[dict], recipe: str, qrels: str, metric: str = "ndcg@10") -> tuple[dict[str, float], int]:
+    """{topic: mean over the seeds run on its fold} of one recipe, and the largest number of seeds of a fold."""
+    values: dict[str, list[float]] = defaultdict(list)
+    seeds: dict[int, set] = defaultdict(set)
+    for r in part:
+        if r["recipe"] == recipe and qrels in r:
+            seeds[r["fold"]].add(r["seed"])
+            for topic, value in r[qrels]["per_query"][metric].items():
+                values[topic].append(value)
+    return {t: statistics.mean(v) for t, v in values.items()}, max((len(s) for s in seeds.values()), default=0)
+
+
+def ablation_table(part: list[dict]) -> list[dict]:
+    """Each ablation's paired bootstrap CI of nDCG@10 (with minus without) on the test topics both recipes ran,
+    per-topic values averaged over the seeds run (UMBRELA grades, and the NIST topics among them)."""
+    from md2pr_st.evaluation import paired_bootstrap
+
+    rows = []
+    for question, with_it, without in ABLATIONS:
+        row: dict = {"question": question, "with": with_it, "without": without}
+        for qrels in ("umbrela", "nist"):
+            a, seeds_a = seed_mean(part, with_it, qrels)
+            b, seeds_b = seed_mean(part, without, qrels)
+            if set(a) & set(b):
+                row[qrels] = paired_bootstrap(a, b)
+                row["seeds"] = [seeds_a, seeds_b]
+        if "umbrela" in row:
+            row["folds"] = sorted(
+                {r["fold"] for r in part if r["recipe"] == with_it}
+                & {r["fold"] for r in part if r["recipe"] == without}
+            )
+            rows.append(row)
+    return rows
+
+
+def _ablation_lines(regime: str, rows: list[dict]) -> list[str]:
+    if not rows:
+        return []
+    lines = [
+        f"\n### Regime {regime}: what each part is worth (nDCG@10, with minus without, paired on the test topics both "
+        "ran; per-topic values averaged over the seeds run)\n",
+        "| what | with | without | folds | seeds (most on a fold) | topics | UMBRELA [95% CI] | NIST topics | NIST [95% CI] |",
+        "|---|---|---|---|---|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        cells = []
+        for qrels in ("umbrela", "nist"):
+            ci = row.get(qrels)
+            text = f"{ci['mean_diff']:+.4f} [{ci['low']:+.4f}, {ci['high']:+.4f}]" if ci else ""
+            cells += [text] if qrels == "umbrela" else [str(ci["n"]) if ci else "", text]
+        folds = ",".join(str(f) for f in row["folds"])
+        seeds = "/".join(str(s) for s in row["seeds"])
+        lines.append(f"| {row['question']} | {row['with']} | {row['without']} | {folds} | {seeds} | "
+                     f"{row['umbrela']['n']} | " + " | ".join(cells) + " |")  # fmt: skip
+    return lines
 
 
 def dev_table(part: list[dict], seed: int, reference: str = DEFAULT) -> dict:
