@@ -249,11 +249,5 @@ class OfflineTeacher:
         return self.score_and_attend(pairs, batch_size).attention
 
     def get_config_dict(self) -> dict[str, Any]:
-        return {
-            "model": self.model_name,
-            "layers": list(self.layers),
-            "heads": "mean of all" if self.heads is None else list(self.heads),
-            "max_length": self.max_length,
-            "attention_store": str(self.path),
-            "top_k": self.top_k,
-        }
+        # The recorded teacher's settings, as Teacher reports them (this class has the same attributes)
+        return {**Teacher.get_config_dict(self), "attention_store": str(self.path), "top_k": self.top_k}  # type: ignore[arg-type]
