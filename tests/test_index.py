@@ -168,3 +168,22 @@ def test_auto_factory_is_exact_below_the_size_and_hnsw_from_it_on_request(tiny_m
     assert FaissIndex.load(tmp_path / "index", factory="auto").factory == "HNSW32"
     with pytest.raises(faiss_index.IndexMismatchError):
         FaissIndex.load(tmp_path / "index", factory="Flat")
+
+
+def test_the_cache_fills_an_exact_index_in_place_with_the_same_results(tiny_model, tmp_path):
+    """build_index("Flat") writes the chunks straight into the index's storage (one copy of the vectors): the
+    result must be the index that adding the whole array gives, with a last chunk shorter than the others."""
+    from md2pr_st.index import CorpusEmbeddingCache
+
+    ids = [f"d{i}" for i in range(47)]
+    corpus = Dataset.from_dict({"id": ids, "text": [f"passage {i} about topic {i % 5}" for i in range(47)]})
+    cached = CorpusEmbeddingCache(tiny_model, corpus, tmp_path / "cache", chunk_size=10, show_progress_bar=False)
+    in_place = cached.build_index("Flat")
+    reference = FaissIndex.build(cached.compute(), ids, "Flat")
+    assert len(in_place) == 47 and in_place.factory == "Flat"
+    queries = random_unit(6, cached.compute().shape[1], seed=3)
+    (scores, found), (ref_scores, ref_found) = in_place.search(queries, 47), reference.search(queries, 47)
+    assert found == ref_found
+    np.testing.assert_allclose(scores, ref_scores, rtol=1e-6)
+    in_place.save(tmp_path / "index")  # and it saves and loads like any index
+    assert FaissIndex.load(tmp_path / "index").search(queries, 5)[1] == [row[:5] for row in ref_found]
