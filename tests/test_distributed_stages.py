@@ -17,10 +17,15 @@ from test_pipeline import beir_with_splits
 from md2pr_st import distributed
 
 
-def md2pr(*args: str, processes: int, cwd) -> None:
-    """Run ``md2pr`` on ``processes`` processes; on several, check that each joined the group (so the stage split)."""
+def md2pr(*args: str, processes: int, cwd, accelerate: bool = False) -> None:
+    """Run ``md2pr`` on ``processes`` processes (``torchrun``, or ``accelerate launch``); on several, check that each
+    joined the group (so the stage split)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
+    if accelerate:
+        launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu"]
+        launcher += ["--num_processes", str(processes), "--num_machines", "1", "--mixed_precision", "no"]
+        launcher += ["--dynamo_backend", "no", "--main_process_port", "0"]
     command = [*launcher, "-m", "md2pr_st.cli", "-v"] if processes > 1 else [sys.executable, "-m", "md2pr_st.cli"]
     proc = subprocess.run([*command, *args], capture_output=True, text=True, timeout=300, env=env, cwd=cwd)
     assert proc.returncode == 0, proc.stderr[-6000:]
@@ -108,3 +113,15 @@ def test_the_pipeline_runs_unchanged_on_two_processes_and_resumes(tiny_model_pat
     assert {k: v for k, v in again.items() if k != "seconds"} == {
         k: v for k, v in two["after"].items() if k != "seconds"
     }
+
+
+@pytest.mark.slow
+def test_eval_under_accelerate_launch_matches_one_process(tiny_model_path, tmp_path):
+    """The commands run unchanged under ``accelerate launch`` (the host's launcher), not only under torchrun."""
+    data = str(beir_with_splits(tmp_path / "data"))
+    evaluate = ("eval", "--dataset", data, "--split", "test", "--model", str(tiny_model_path))
+    md2pr(*evaluate, "--output", str(tmp_path / "one.json"), processes=1, cwd=tmp_path)
+    md2pr(*evaluate, "--output", str(tmp_path / "two.json"), processes=2, cwd=tmp_path, accelerate=True)
+    one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
+    for key in ("ndcg@10", "mrr@10", "recall@100", "n_queries", "corpus_size"):
+        assert one[key] == pytest.approx(two[key], abs=1e-9), key
