@@ -32,6 +32,7 @@ redoes unfinished ones (student training itself resumes from its last checkpoint
 
     HF_HUB_OFFLINE=1 python benchmarks/quality.py --output runs/quality --regimes B,A --folds 0,1,2
     HF_HUB_OFFLINE=1 python benchmarks/quality.py --output runs/quality --recipes md2pr,mnrl --seeds 14,15
+    HF_HUB_OFFLINE=1 python benchmarks/quality.py --output runs/quality --teacher-gaps  # the teachers' dev lead
     HF_HUB_OFFLINE=1 python benchmarks/quality.py --output runs/quality --report      # tables, CIs, chart
 
 The report (``--report``) pools the folds' per-topic values (all 301 topics with UMBRELA grades; the 86 NIST topics
@@ -127,6 +128,23 @@ def teacher_for(out: Path, fold: int, splits, budget: Budget) -> Path:
         splits["train"], path, dev=splits["dev"], max_length=budget.teacher_max_length,
         learning_rate=budget.teacher_learning_rate, epochs=budget.teacher_epochs, seed=13, overwrite=True,
     )  # fmt: skip
+
+
+def teacher_gap(out: Path, regime: str, fold: int, splits, budget: Budget) -> dict:
+    """How far the fold's teacher leads the regime's starting student on the fold's dev topics: both rerank each
+    dev query's judged pool (:func:`md2pr_st.teacher.reranking_gap`). Kept in ``<regime>/fold<f>/teacher_gap.json``."""
+    from md2pr_st.teacher import reranking_gap
+
+    path = out / regime / f"fold{fold}" / "teacher_gap.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    teacher = teacher_for(out, fold, splits, budget)
+    gap = reranking_gap(teacher, student_for(out, regime), splits["dev"], show_progress_bar=True)
+    gap.update(regime=regime, fold=fold)
+    write_json(path, gap)
+    print(f"   {regime} fold {fold}: teacher {gap['teacher']:.4f} vs student {gap['student']:.4f} on dev pools "
+          f"(gap {gap['gap']:+.4f})", file=sys.stderr, flush=True)  # fmt: skip
+    return gap
 
 
 def student_for(out: Path, regime: str) -> str:
@@ -367,6 +385,10 @@ def run_grid(args, budget: Budget) -> None:
     nist_all = load_rag24("all", qrels="nist")
     for fold in args.folds:
         splits = all_folds[fold]
+        if args.teacher_gaps:
+            for regime in args.regimes:
+                teacher_gap(out, regime, fold, splits, budget)
+            continue
         test_ids = set(splits["test"].queries["id"]) & set(nist_all.queries["id"])
         nist = nist_all.subset(test_ids, f"rag24-nist-cv{args.k}.{fold}-test") if test_ids else None
         teacher_path = None
@@ -404,6 +426,8 @@ def main(argv=None) -> None:
     parser.add_argument("--recipes", default=",".join(RECIPES))
     parser.add_argument("--seeds", default="13")
     parser.add_argument("--report", action="store_true", help="only aggregate the finished runs")
+    parser.add_argument("--teacher-gaps", action="store_true", help="only measure each fold's teacher against each "
+                        "regime's student on dev pools")  # fmt: skip
     for field in dataclasses.fields(Budget):
         parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default), default=field.default)
     args = parser.parse_args(argv)

@@ -87,6 +87,8 @@ def report(out: Path) -> dict:
                 rows.append(row)
             regime_summary[qrels] = {"best_host": best_host, "rows": rows}
             lines += _table(regime, qrels, folds, best_host, rows)
+        regime_summary["teacher_gaps"] = teacher_gaps(out, regime)
+        lines += _gap_lines(regime, regime_summary["teacher_gaps"])
         regime_summary["ablations"] = ablation_table(part)
         lines += _ablation_lines(regime, regime_summary["ablations"])
         regime_summary["dev"] = dev_table(part, seed0)
@@ -116,6 +118,26 @@ ABLATIONS = (
     ("UMBRELA grades instead of the cross-encoder as teacher", "md2pr_umbrela", DEFAULT),
     ("recorded top-16 attention targets vs the online teacher (beta 1)", "md2pr_offline", "md2pr"),
 )
+
+
+def teacher_gaps(out: Path, regime: str) -> list[dict]:
+    """The folds' ``teacher_gap.json`` (``quality.py --teacher-gaps``): teacher vs starting student on dev pools."""
+    return [json.loads(p.read_text()) for p in sorted((out / regime).glob("fold*/teacher_gap.json"))]
+
+
+def _gap_lines(regime: str, gaps: list[dict]) -> list[str]:
+    if not gaps:
+        return []
+    lines = [
+        f"\n### Regime {regime}: the teacher's lead on dev (each fold's dev topics; both rerank every query's judged "
+        "pool)\n",
+        "| fold | dev topics | teacher nDCG@10 | student nDCG@10 | teacher - student |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {g['fold']} | {g['n_queries']} | {g['teacher']:.4f} | {g['student']:.4f} | {g['gap']:+.4f} |" for g in gaps
+    ]
+    return lines
 
 
 def seed_mean(part: list[dict], recipe: str, qrels: str, metric: str = "ndcg@10") -> tuple[dict[str, float], int]:
