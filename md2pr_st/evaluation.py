@@ -156,7 +156,9 @@ class RetrievalEvaluator(SentenceEvaluator):
         data: a :class:`~md2pr_st.data.RetrievalData` (corpus, queries, qrels).
         metrics: metric names; the first is the primary metric (used by ``load_best_model_at_end``).
         relevance_cut: lowest grade counted relevant by the binary metrics (default 2).
-        factory: ``faiss.index_factory`` string; ``"Flat"`` is exact search, ``"auto"`` exact below 1M passages.
+        factory: ``faiss.index_factory`` string; ``"Flat"`` is exact search; ``"auto"`` (default) is exact below
+            1M passages and HNSW32 from there, tuned on the evaluated queries (:meth:`FaissIndex.calibrate`: recall@k
+            of exact search >= 0.99, or exact search).
         batch_size: encoding batch size.
         name: prefix of the logged metrics (``{name}_ndcg@10``).
         show_progress_bar: show encoding progress (default: shown, as for every long step of md2pr-st).
@@ -184,7 +186,7 @@ class RetrievalEvaluator(SentenceEvaluator):
         data: RetrievalData,
         metrics: Sequence[str] = DEFAULT_METRICS,
         relevance_cut: int = DEFAULT_RELEVANCE_CUT,
-        factory: str = "Flat",
+        factory: str = "auto",
         batch_size: int = 64,
         name: str = "",
         show_progress_bar: bool | None = True,
@@ -232,10 +234,13 @@ class RetrievalEvaluator(SentenceEvaluator):
             )
         query_ids = self.data.queries["id"]
         query_embeddings = encode(model, self.data.queries["text"], "query", self.batch_size, self.show_progress_bar)
+        calibration = index.calibrate(query_embeddings, self.depth) if self.factory == "auto" else None
         scores, doc_ids = index.search(query_embeddings, self.depth)
         run = run_from_search(query_ids, scores, doc_ids)
         result = evaluate_run(run, self.data.qrels, self.metrics, self.relevance_cut)
         result["corpus_size"] = len(self.data.corpus)
+        if calibration is not None:
+            result["index_calibration"] = calibration
         result["seconds"] = round(time.perf_counter() - start, 2)
         self.last_result = result
         return result, run

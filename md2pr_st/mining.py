@@ -71,8 +71,9 @@ class MiningStats:
     corpus_size: int = 0
     chunks_encoded: int = 0
     chunks_reused: int = 0
+    index_calibration: dict | None = None  # what FaissIndex.calibrate measured (an approximate index only)
 
-    def to_dict(self) -> dict[str, int]:
+    def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
@@ -98,7 +99,7 @@ def mine_hard_negatives(
     chunk_size: int = 4096,
     batch_size: int = 64,
     query_batch_size: int = 1024,
-    factory: str = "Flat",
+    factory: str = "auto",
     with_ids: bool = False,
     return_stats: bool = False,
     show_progress_bar: bool | None = None,
@@ -129,8 +130,9 @@ def mine_hard_negatives(
         chunk_size: passages per encoded (and cached) chunk.
         batch_size: encoding batch size.
         query_batch_size: queries per FAISS search call.
-        factory: ``faiss.index_factory`` string (``"Flat"`` is exact; ``"auto"`` exact below 1M passages, then
-            ``"HNSW32"``: :func:`~md2pr_st.index.resolve_factory`).
+        factory: ``faiss.index_factory`` string (``"Flat"`` is exact); ``"auto"`` (default) is exact below 1M
+            passages, then ``"HNSW32"`` (:func:`~md2pr_st.index.resolve_factory`) tuned on these queries to recall@k
+            >= 0.99 of exact search, or exact search where it cannot (:meth:`FaissIndex.calibrate`).
         with_ids: also output ``query_id`` (when the input has it), ``positive_id`` and ``negative_ids`` columns, for
             analysis; drop them before training (the trainer treats every column as an input).
         return_stats: also return a :class:`MiningStats`.
@@ -188,9 +190,11 @@ def mine_hard_negatives(
     stats.chunks_encoded, stats.chunks_reused = cache.encoded_chunks, reused
     query_embeddings = encode(model, [q.text for q in queries], "query", batch_size, show_progress_bar)
     k = min(range_max + max(len(rows) for rows in excluded), len(corpus))
+    if factory == "auto":  # an approximate index (1M passages and more) tuned on these queries, or exact search
+        stats.index_calibration = index.calibrate(query_embeddings, min(k, 100))
     chosen: list[list[int] | None] = []
     for start in tqdm(range(0, len(queries), query_batch_size), desc="Searching", disable=show_progress_bar is False):
-        _, found = index.index.search(query_embeddings[start : start + query_batch_size], k)
+        _, found = index.search_rows(query_embeddings[start : start + query_batch_size], k)
         for offset, rows in enumerate(found):
             q = start + offset
             ranking = [int(r) for r in rows if r >= 0 and int(r) not in excluded[q]][range_min:range_max]

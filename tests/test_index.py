@@ -187,3 +187,69 @@ def test_the_cache_fills_an_exact_index_in_place_with_the_same_results(tiny_mode
     np.testing.assert_allclose(scores, ref_scores, rtol=1e-6)
     in_place.save(tmp_path / "index")  # and it saves and loads like any index
     assert FaissIndex.load(tmp_path / "index").search(queries, 5)[1] == [row[:5] for row in ref_found]
+
+
+def clustered(n, d, seed=0, noise=0.1):
+    rng = np.random.default_rng(seed)
+    centers = random_unit(20, d, seed + 1)
+    x = centers[rng.integers(0, 20, n)] + noise * rng.standard_normal((n, d)).astype("float32")
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_calibrate_raises_ef_search_until_the_graph_matches_exact_search():
+    docs = clustered(3000, 32)
+    queries = clustered(300, 32, seed=5)
+    ids = [str(i) for i in range(3000)]
+    index = FaissIndex.build(docs, ids, "HNSW8", ef_search=1, ef_construction=16)
+    sims = queries @ docs.T
+    exact = np.argsort(-sims, axis=1)[:, :10]
+
+    def recall():
+        _, found = index.search_rows(queries, 10)
+        return np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, exact)])
+
+    before = recall()
+    result = index.calibrate(queries, k=10, max_queries=100)
+    assert before < 0.99 and result["ef_search"] > 1 and not result["exact"]
+    assert result["queries"] == 100 and result["recall"] >= 0.99
+    assert recall() >= 0.98  # on all 300 queries, measured independently (numpy), not only the 100 it tuned on
+    assert FaissIndex.build(docs, ids).calibrate(queries) is None  # exact search: nothing to tune
+
+
+def test_calibrate_falls_back_to_exact_search_when_the_graph_cannot_reach_the_target(caplog):
+    docs, queries = random_unit(2000, 64, 0), random_unit(50, 64, 1)  # no neighbourhood structure: HNSW's worst case
+    ids = [str(i) for i in range(2000)]
+    index = FaissIndex.build(docs, ids, "HNSW4", ef_search=1, ef_construction=8)
+    with caplog.at_level("WARNING", logger="md2pr_st.index.faiss_index"):
+        result = index.calibrate(queries, k=10, max_ef_search=2)
+    assert result["exact"] and result["recall"] < 0.99 and "searching exactly" in caplog.text
+    scores, found = index.search(queries, 10)
+    exact_scores, exact_found = FaissIndex.build(docs, ids).search(queries, 10)
+    assert found == exact_found
+    np.testing.assert_allclose(scores, exact_scores, rtol=1e-5)
+
+
+def test_auto_mining_and_evaluation_tune_the_graph_on_their_queries(tiny_model, monkeypatch):
+    from md2pr_st.data import RetrievalData
+    from md2pr_st.evaluation import RetrievalEvaluator
+    from md2pr_st.index import faiss_index
+    from md2pr_st.mining import mine_hard_negatives
+
+    texts = [f"passage {i} about topic {i % 7} and thing {i % 11}" for i in range(120)]
+    corpus = Dataset.from_dict({"id": [f"d{i}" for i in range(120)], "text": texts})
+    pairs = Dataset.from_dict({"query": [f"topic {i} thing {i}" for i in range(7)], "positive": texts[:7]})
+    exact = mine_hard_negatives(pairs, corpus, tiny_model, num_negatives=3, range_max=10, factory="Flat")
+    _, flat_stats = mine_hard_negatives(pairs, corpus, tiny_model, num_negatives=3, range_max=10, return_stats=True)
+    assert flat_stats.index_calibration is None  # auto below the size is exact search: nothing to tune
+    monkeypatch.setattr(faiss_index, "AUTO_HNSW_MIN_SIZE", 100)
+    mined, stats = mine_hard_negatives(pairs, corpus, tiny_model, num_negatives=3, range_max=10, return_stats=True)
+    assert stats.index_calibration["recall"] >= 0.99 or stats.index_calibration["exact"]
+    assert mined.to_dict() == exact.to_dict() or stats.index_calibration["recall"] < 1.0
+
+    queries = Dataset.from_dict({"id": [f"q{i}" for i in range(7)], "text": pairs["query"]})
+    data = RetrievalData(corpus, queries, {f"q{i}": {f"d{i}": 3} for i in range(7)})
+    flat = RetrievalEvaluator(data, ["ndcg@10"], factory="Flat", show_progress_bar=False).evaluate(tiny_model)[0]
+    auto = RetrievalEvaluator(data, ["ndcg@10"], show_progress_bar=False).evaluate(tiny_model)[0]
+    assert "index_calibration" not in flat and auto["index_calibration"]["k"] == 10
+    assert auto["index_calibration"]["recall"] >= 0.99 or auto["index_calibration"]["exact"]
+    assert auto["ndcg@10"] == pytest.approx(flat["ndcg@10"], abs=0.05)

@@ -35,10 +35,15 @@ _MANIFEST_FILE = "md2pr_index.json"
 # data (benchmarks/retrieval.py; FAISS's own efConstruction of 40 plateaus below 0.99 on clustered 384-d vectors).
 DEFAULT_HNSW_EF_CONSTRUCTION = 100
 DEFAULT_HNSW_EF_SEARCH = 128
-# factory="auto" (opt-in): exact search below this many passages, HNSW32 from it on. Not the default: HNSW's recall
-# depends on the data's neighbourhood structure (RAG24 0.999, clustered 200k 1.0, but 0.29 on the nearly isotropic
-# synthetic 1M corpus of benchmarks/scale.py), so exact search stays the default.
+# factory="auto" (the default of mining and evaluation): exact search below this many passages, HNSW32 from it on,
+# tuned on the run's own queries by FaissIndex.calibrate. HNSW's recall depends on the data's neighbourhood structure
+# (clustered 1M x 384: 0.992 at 85x the speed of exact search; RAG24 0.999; but 0.29 on the nearly isotropic
+# synthetic 1M corpus of benchmarks/scale.py), hence the calibration and its fallback to exact search.
 AUTO_HNSW_MIN_SIZE = 1_000_000
+# What calibrate aims for: recall@k of the exact top k, on up to this many of the run's queries.
+CALIBRATION_TARGET = 0.99
+CALIBRATION_QUERIES = 200
+CALIBRATION_MAX_EF_SEARCH = 1024
 
 
 def resolve_factory(factory: str, size: int) -> str:
@@ -88,6 +93,7 @@ class FaissIndex:
         if index.ntotal != len(doc_ids):
             raise ValueError(f"The index holds {index.ntotal} vectors but {len(doc_ids)} document ids were given.")
         self.index = index
+        self.exact_fallback: faiss.Index | None = None  # set by calibrate when the graph cannot reach its target
         self.doc_ids = list(doc_ids)
         self.model_fingerprint = model_fingerprint
         self.corpus_fingerprint = corpus_fingerprint
@@ -193,10 +199,69 @@ class FaissIndex:
             raise ValueError(
                 f"Query embeddings have shape {query_embeddings.shape}; this index expects (n, {self.dim})."
             )
-        k = min(k, len(self))
-        scores, rows = self.index.search(query_embeddings, k)
+        scores, rows = self.search_rows(query_embeddings, k)
         ids = [[self.doc_ids[r] for r in row if r >= 0] for row in rows]
         return scores, ids
+
+    def search_rows(self, query_embeddings: np.ndarray, k: int = 100) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`search` with corpus row numbers instead of ids (``-1`` where fewer than ``k`` were found)."""
+        query_embeddings = np.ascontiguousarray(query_embeddings, dtype=np.float32)
+        return (self.exact_fallback or self.index).search(query_embeddings, min(k, len(self)))
+
+    def calibrate(
+        self,
+        query_embeddings: np.ndarray,
+        k: int = 10,
+        target: float = CALIBRATION_TARGET,
+        max_ef_search: int = CALIBRATION_MAX_EF_SEARCH,
+        max_queries: int = CALIBRATION_QUERIES,
+    ) -> dict | None:
+        """Tune an HNSW index on the run's own queries, so that approximate search is as good as exact search.
+
+        On up to ``max_queries`` of the queries (evenly spaced), recall@k = mean over queries of
+        ``|HNSW top k ∩ exact top k| / k``, the exact top k searched in the vectors the graph itself stores (no
+        second copy). ``efSearch`` doubles until the recall reaches ``target`` or ``max_ef_search``; if it is still
+        below ``target`` there, :meth:`search` answers by exact search from then on (and a warning says so).
+        Indexes that are not a plain HNSW graph (``Flat``, IVF, a transform in front) are left as they are.
+
+        Returns:
+            ``{"ef_search", "recall", "k", "queries", "exact"}``, or None for an index that has nothing to tune.
+
+        Example:
+            >>> import numpy as np
+            >>> vectors = np.random.default_rng(0).normal(size=(500, 16)).astype("float32")
+            >>> index = FaissIndex.build(vectors, [str(i) for i in range(500)], "HNSW8", ef_search=1)
+            >>> result = index.calibrate(vectors[:50], k=10)
+            >>> result["recall"] >= 0.99 or result["exact"]
+            True
+        """
+        graph = faiss.downcast_index(self.index)
+        if not hasattr(graph, "hnsw") or getattr(graph, "storage", None) is None:
+            return None
+        queries = np.ascontiguousarray(query_embeddings, dtype=np.float32)
+        if len(queries) > max_queries:
+            queries = queries[np.linspace(0, len(queries) - 1, max_queries).round().astype(int)]
+        k = min(k, len(self))
+        storage = faiss.downcast_index(graph.storage)
+        _, exact = storage.search(queries, k)
+        while True:
+            _, found = graph.search(queries, k)
+            recall = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(exact, found)]))
+            if recall >= target or graph.hnsw.efSearch >= max_ef_search:
+                break
+            graph.hnsw.efSearch = min(2 * graph.hnsw.efSearch, max_ef_search)
+        self.exact_fallback = storage if recall < target else None
+        if self.exact_fallback is not None:
+            logger.warning(
+                "HNSW reaches recall@%d %.3f on %d of these queries at efSearch %d, below %.2f: searching exactly "
+                "instead (slower, as good as exact). Pass factory='Flat' to skip building the graph.",
+                k, recall, len(queries), graph.hnsw.efSearch, target,
+            )  # fmt: skip
+        else:
+            logger.info("HNSW tuned on %d queries: efSearch %d, recall@%d %.3f.", len(queries), graph.hnsw.efSearch,
+                        k, recall)  # fmt: skip
+        return {"ef_search": int(graph.hnsw.efSearch), "recall": round(recall, 4), "k": k, "queries": len(queries),
+                "exact": self.exact_fallback is not None}  # fmt: skip
 
     def save(self, folder: str | Path, overwrite: bool = False) -> Path:
         """Write ``index.faiss``, ``doc_ids.json`` and a manifest with the fingerprints and the factory, atomically;
