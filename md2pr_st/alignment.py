@@ -175,7 +175,8 @@ def decode_student_texts(
         )
     ids = input_ids.tolist()
     mask = attention_mask.tolist() if attention_mask is not None else [[1] * len(row) for row in ids]
-    special = set(tokenizer.all_special_ids)
+    # [UNK] stands for characters of the text (an emoji, a symbol outside the vocabulary): content, not markup.
+    special = set(tokenizer.all_special_ids) - {tokenizer.unk_token_id}
     skip = int(prompt_length or 0)
     positions = []
     for row, row_mask in zip(ids, mask):

@@ -156,3 +156,16 @@ def test_decode_student_texts_with_left_padding_and_prompt(word_tokenizer):
     rows = decode_student_texts(word_tokenizer, batch["input_ids"], batch["attention_mask"], prompt_length)
     assert [r.text for r in rows] == ["python snake", "tea"]
     assert rows[1].positions == [4]  # one left pad, [CLS] query :, then "tea"
+
+
+def test_a_character_outside_the_vocabulary_keeps_the_original_text(word_tokenizer):
+    """A symbol the student's vocabulary lacks becomes [UNK]: it is part of the text, so the row's ids are still a
+    prefix of the original's tokenization and the teacher reads the original (an offline teacher looks pairs up by
+    their exact texts: a decoded, lower-cased text is not in its store)."""
+    originals = ["Paris \u25b6 France!", "Python is a snake."]
+    batch = word_tokenizer(originals, padding=True, truncation=True, max_length=5, return_tensors="pt")
+    assert word_tokenizer.unk_token_id in batch["input_ids"][0].tolist()
+    rows = decode_student_texts(word_tokenizer, batch["input_ids"], batch["attention_mask"], originals=originals)
+    assert [r.text for r in rows] == originals
+    unk = batch["input_ids"][0].tolist().index(word_tokenizer.unk_token_id)
+    assert unk in rows[0].positions and rows[0].offsets[rows[0].positions.index(unk)] == (6, 7)
