@@ -108,6 +108,7 @@ DEFAULT = "md2pr_no_word"  # the library's defaults (beta 0 since this benchmark
 ABLATIONS = (
     ("MD2PR's defaults vs the host's MNRL", DEFAULT, "mnrl"),
     ("the sentence level L_s", DEFAULT, "md2pr_no_word_no_sentence"),
+    ("MD2PR's L_c alone (flagged candidates masked) vs the host's MNRL", "md2pr_no_word_no_sentence", "mnrl"),
     ("masking the flagged candidates out of L_c", DEFAULT, "md2pr_no_word_no_filter"),
     ("masking, with the word level on (beta 1)", "md2pr", "md2pr_no_filter"),
     ("the word level, beta 1", "md2pr", DEFAULT),
