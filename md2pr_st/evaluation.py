@@ -148,7 +148,7 @@ class RetrievalEvaluator(SentenceEvaluator):
     """Dense retrieval evaluation with a FAISS index and trec_eval metrics, usable as ``evaluator=``.
 
     At each call the model encodes the corpus (as documents) and the queries (as queries, so prompts and
-    ``Router`` towers apply), a FAISS index (exact inner product by default) retrieves the top-k, and
+    ``Router`` towers apply), a FAISS index (exact inner product below 1M passages by default) retrieves the top-k, and
     :func:`evaluate_run` scores the run against graded qrels: nDCG@k with graded gains; MRR@k, Recall@k,
     MAP@k with ``grade >= relevance_cut`` as relevant.
 
