@@ -24,7 +24,8 @@ Recipes:
   threshold: flagged when t(q, d) >= t(q, d+)), ``md2pr_quantile`` (the quantile rule p = 0.1, the former default),
   ``md2pr_2_rounds`` (re-mined with the round-1 student), ``md2pr_umbrela`` (UMBRELA grades as the sentence level's
   teacher scores); ``md2pr_offline`` is ``md2pr`` trained on recorded attention targets (each query token's top 16
-  passage tokens, fp16; :class:`md2pr_st.AttentionRecorder`) with no teacher forward during training
+  passage tokens, fp16; :class:`md2pr_st.AttentionRecorder`) with no teacher forward during training, and
+  ``md2pr_offline_all`` the same with every passage token kept
 
 One folder per (regime, fold, recipe, seed) holds ``result.json`` once finished; a rerun skips finished runs and
 redoes unfinished ones (student training itself resumes from its last checkpoint). Shared work is cached per fold
@@ -65,7 +66,8 @@ MD2PR = {
     "md2pr_no_word_no_sentence": {"beta": 0.0, "alpha": 0.0},
     "md2pr_no_filter": {"rule": None, "beta": 1.0},
     # md2pr with the word level's targets recorded once (top 16 per query token, fp16) instead of an online teacher
-    "md2pr_offline": {"beta": 1.0, "offline": True},
+    "md2pr_offline": {"beta": 1.0, "offline": 16},
+    "md2pr_offline_all": {"beta": 1.0, "offline": "all"},  # every passage token kept: the online targets in fp16
     # The threshold and round ablations change one thing of the defaults (md2pr_no_word), which won the grid.
     "md2pr_fixed": {"rule": "margin", "beta": 0.0},
     "md2pr_quantile": {"rule": "dynamic", "beta": 0.0},
@@ -257,7 +259,7 @@ def md2pr_rows(candidates, settings: dict, budget: Budget, teacher):
     return filtered, fn_filter.statistics["rounds"][-1]
 
 
-def record_targets(rows, teacher, path: Path):
+def record_targets(rows, teacher, path: Path, top_k: int | None = 16):
     """Record the teacher's attention on every (query, document) pair of ``rows`` (what the filter pass of a round
     does with an :class:`~md2pr_st.AttentionRecorder`); returns the :class:`~md2pr_st.OfflineTeacher` reading them."""
     from md2pr_st.mining import negative_columns
@@ -265,7 +267,7 @@ def record_targets(rows, teacher, path: Path):
 
     columns = ["positive", *negative_columns(rows.column_names)]
     pairs = [(row["query"], row[c]) for row in rows for c in columns]
-    AttentionRecorder(teacher, path, top_k=16).score(pairs, show_progress_bar=True)
+    AttentionRecorder(teacher, path, top_k=top_k).score(pairs, show_progress_bar=True)
     return OfflineTeacher(path)
 
 
@@ -297,7 +299,8 @@ def train_recipe(run_dir: Path, recipe: str, regime_student: str, candidates, sp
             candidates = candidates_for(run_dir / f"candidates_round_{r}", splits, current, scorer, budget, run_dir)
         rows, stats = md2pr_rows(candidates, settings, budget, teacher)
         if settings.get("offline"):
-            teacher = record_targets(rows, teacher, run_dir / f"attention_round_{r}")
+            top_k = None if settings["offline"] == "all" else settings["offline"]
+            teacher = record_targets(rows, teacher, run_dir / f"attention_round_{r}", top_k)
         mask = (
             {"false_negative_margin": stats.get("margin"), "false_negative_threshold": stats.get("threshold")}
             if stats

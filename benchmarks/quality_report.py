@@ -118,6 +118,7 @@ ABLATIONS = (
     ("a second round (re-mined with the round-1 student)", "md2pr_2_rounds", DEFAULT),
     ("UMBRELA grades instead of the cross-encoder as teacher", "md2pr_umbrela", DEFAULT),
     ("recorded top-16 attention targets vs the online teacher (beta 1)", "md2pr_offline", "md2pr"),
+    ("recorded targets, every passage token (fp16) vs the online teacher (beta 1)", "md2pr_offline_all", "md2pr"),
 )
 
 
