@@ -190,6 +190,9 @@ def decode_student_texts(
             if student is not None:
                 result[i] = StudentText(text, positions[i], content[i], student)
     todo = [i for i, r in enumerate(result) if r is None]
+    for i in todo:  # decoding drops [UNK]: those rows align without it, as their decoded text has no trace of it
+        keep = [j for j, t in enumerate(content[i]) if t != tokenizer.unk_token_id]
+        positions[i], content[i] = [positions[i][j] for j in keep], [content[i][j] for j in keep]
     if todo:
         texts = tokenizer.batch_decode(
             [content[i] for i in todo], skip_special_tokens=True, clean_up_tokenization_spaces=False

@@ -217,12 +217,15 @@ class RetrievalEvaluator(SentenceEvaluator):
         model: SentenceTransformer,
         corpus_embeddings: np.ndarray | None = None,
         index: FaissIndex | None = None,
+        calibrate: bool | None = None,
     ) -> tuple[dict, Run]:
         """Retrieve and score; returns ``(result, run)``. Reuses ``index`` or ``corpus_embeddings`` if given, else the
-        evaluator's own index when it was built with this very model."""
+        evaluator's own index when it was built with this very model. With ``factory="auto"`` an index built here is
+        tuned on the evaluated queries (:meth:`FaissIndex.calibrate`); one passed in only when ``calibrate``."""
         start = time.perf_counter()
         if index is None and self.index is not None and self.index.model_fingerprint == model_fingerprint(model):
             index = self.index
+        calibrate = (index is None) if calibrate is None else calibrate
         if index is None:
             index = FaissIndex.from_model(
                 model,
@@ -234,7 +237,8 @@ class RetrievalEvaluator(SentenceEvaluator):
             )
         query_ids = self.data.queries["id"]
         query_embeddings = encode(model, self.data.queries["text"], "query", self.batch_size, self.show_progress_bar)
-        calibration = index.calibrate(query_embeddings, self.depth) if self.factory == "auto" else None
+        # an index built here with "auto" is tuned on these queries; one passed in is searched as it was set up
+        calibration = index.calibrate(query_embeddings, self.depth) if calibrate and self.factory == "auto" else None
         scores, doc_ids = index.search(query_embeddings, self.depth)
         run = run_from_search(query_ids, scores, doc_ids)
         result = evaluate_run(run, self.data.qrels, self.metrics, self.relevance_cut)

@@ -191,7 +191,7 @@ def mine_hard_negatives(
     query_embeddings = encode(model, [q.text for q in queries], "query", batch_size, show_progress_bar)
     k = min(range_max + max(len(rows) for rows in excluded), len(corpus))
     if factory == "auto":  # an approximate index (1M passages and more) tuned on these queries, or exact search
-        stats.index_calibration = index.calibrate(query_embeddings, min(k, 100))
+        stats.index_calibration = index.calibrate(query_embeddings, k)
     chosen: list[list[int] | None] = []
     for start in tqdm(range(0, len(queries), query_batch_size), desc="Searching", disable=show_progress_bar is False):
         _, found = index.search_rows(query_embeddings[start : start + query_batch_size], k)

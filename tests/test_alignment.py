@@ -169,3 +169,11 @@ def test_a_character_outside_the_vocabulary_keeps_the_original_text(word_tokeniz
     assert [r.text for r in rows] == originals
     unk = batch["input_ids"][0].tolist().index(word_tokenizer.unk_token_id)
     assert unk in rows[0].positions and rows[0].offsets[rows[0].positions.index(unk)] == (6, 7)
+
+
+def test_a_decoded_row_with_unk_still_aligns(word_tokenizer):
+    """Without its original text, a row's [UNK] cannot be decoded back: it is left out, and the rest still aligns."""
+    batch = word_tokenizer(["Paris \u25b6 France!"], return_tensors="pt")
+    row = decode_student_texts(word_tokenizer, batch["input_ids"], batch["attention_mask"])[0]
+    assert word_tokenizer.unk_token_id not in row.ids and row.offsets is not None
+    assert len(row.offsets) == len(row.ids) == len(row.positions)

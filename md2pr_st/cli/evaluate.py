@@ -53,7 +53,7 @@ def _evaluate(data_args: DataArguments, args: EvalArguments) -> dict:
         index = FaissIndex.from_model(model, data.corpus, args.index_factory, args.batch_size, show_progress_bar=True)
         if args.index_dir and distributed.is_main():
             index.save(args.index_dir, overwrite=args.overwrite)
-    result, _ = evaluator.evaluate(model, index=index)
+    result, _ = evaluator.evaluate(model, index=index, calibrate=True)  # built or loaded here for this run
     if not distributed.is_main():
         return result
     result = {
@@ -65,6 +65,7 @@ def _evaluate(data_args: DataArguments, args: EvalArguments) -> dict:
         "model": args.model or f"{DEFAULT_STUDENT_ID} (embedded)",
         "dataset": data.name,
         "index_factory": index.factory,
+        **({"index_calibration": result["index_calibration"]} if "index_calibration" in result else {}),
         "seconds": round(time.perf_counter() - start, 1),
     }
     print(format_table({Path(str(args.model or DEFAULT_STUDENT_ID)).name: result}, args.metrics))

@@ -24,7 +24,12 @@ from tqdm.auto import tqdm
 from md2pr_st import distributed
 from md2pr_st.data import corpus_fingerprint
 from md2pr_st.index.encoding import encode
-from md2pr_st.index.faiss_index import DEFAULT_HNSW_EF_CONSTRUCTION, FaissIndex, resolve_factory
+from md2pr_st.index.faiss_index import (
+    DEFAULT_HNSW_EF_CONSTRUCTION,
+    DEFAULT_HNSW_EF_SEARCH,
+    FaissIndex,
+    resolve_factory,
+)
 from md2pr_st.models import model_fingerprint
 from md2pr_st.utils import atomic_path, fingerprint, sha256_file, write_json
 
@@ -257,7 +262,7 @@ class CorpusEmbeddingCache:
             if not np.isfinite(array).all():
                 raise ValueError("Some corpus embeddings are NaN or infinite; check the model and the passages.")
             if index is None and factory == "Flat":
-                index, storage = flat_index_storage(len(self.corpus), array.shape[1])
+                index, storage = _flat_index_storage(len(self.corpus), array.shape[1])
             if storage is not None:
                 storage[first : first + len(array)] = array
                 filled += len(array)
@@ -290,17 +295,19 @@ class CorpusEmbeddingCache:
             index.add(sample)
         assert index is not None
         out = FaissIndex(index, self.corpus["id"], self.model_fingerprint, self.corpus_fingerprint, factory)
+        search_params.setdefault("ef_search", DEFAULT_HNSW_EF_SEARCH)  # as FaissIndex.build (faiss's own is 16)
         out.set_search_params(**search_params)
         return out
 
 
-def flat_index_storage(size: int, dim: int) -> tuple[faiss.Index, np.ndarray]:
+def _flat_index_storage(size: int, dim: int) -> tuple[faiss.Index, np.ndarray]:
     """An exact inner-product index with room for ``size`` vectors, and a ``(size, dim)`` float32 view of its
     storage to write them into (then set ``index.ntotal = size``).
 
     Adding chunk by chunk grows faiss's buffer by reallocation, which holds the old and the new buffer at once (a
     measured peak of 1.6x the vectors at 1M x 128); writing into storage sized once keeps one copy. An exact index
-    stores each vector's float32 bytes as its code, so the view is the index's own data.
+    stores each vector's float32 bytes as its code, so the view is the index's own data: it lives only as long as
+    the index and only until anything is added to it (which may move the storage), hence private.
     """
     index = faiss.IndexFlatIP(dim)
     index.codes.resize(size * index.code_size)

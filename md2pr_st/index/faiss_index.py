@@ -235,8 +235,10 @@ class FaissIndex:
             >>> result["recall"] >= 0.99 or result["exact"]
             True
         """
+        from md2pr_st import distributed
+
         graph = faiss.downcast_index(self.index)
-        if not hasattr(graph, "hnsw") or getattr(graph, "storage", None) is None:
+        if not hasattr(graph, "hnsw") or getattr(graph, "storage", None) is None or len(query_embeddings) == 0:
             return None
         queries = np.ascontiguousarray(query_embeddings, dtype=np.float32)
         if len(queries) > max_queries:
@@ -244,12 +246,16 @@ class FaissIndex:
         k = min(k, len(self))
         storage = faiss.downcast_index(graph.storage)
         _, exact = storage.search(queries, k)
+        graph.hnsw.efSearch = max(graph.hnsw.efSearch, k)  # fewer candidates than k cannot hold the top k
+        max_ef_search = max(max_ef_search, k)
         while True:
             _, found = graph.search(queries, k)
             recall = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(exact, found)]))
             if recall >= target or graph.hnsw.efSearch >= max_ef_search:
                 break
             graph.hnsw.efSearch = min(2 * graph.hnsw.efSearch, max_ef_search)
+        if distributed.sharing():  # each process built its own graph: all follow the main process's decision
+            graph.hnsw.efSearch, recall = distributed.broadcast((int(graph.hnsw.efSearch), recall))
         self.exact_fallback = storage if recall < target else None
         if self.exact_fallback is not None:
             logger.warning(
