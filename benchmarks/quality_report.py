@@ -190,7 +190,7 @@ def _ablation_lines(regime: str, rows: list[dict]) -> list[str]:
         cells = []
         for qrels in ("umbrela", "nist"):
             ci = row.get(qrels)
-            text = f"{ci['mean_diff']:+.4f} [{ci['low']:+.4f}, {ci['high']:+.4f}]" if ci else ""
+            text = _ci_text(ci)
             cells += [text] if qrels == "umbrela" else [str(ci["n"]) if ci else "", text]
         folds = ",".join(str(f) for f in row["folds"])
         seeds = "/".join(str(s) for s in row["seeds"])
@@ -238,9 +238,14 @@ def _dev_lines(regime: str, table: dict, reference: str = DEFAULT) -> list[str]:
         for name in _order([{"recipe": n} for n in runs]):
             row = runs[name]
             ci = row.get("vs_" + reference)
-            diff = f"{ci['mean_diff']:+.4f} [{ci['low']:+.4f}, {ci['high']:+.4f}]" if ci else ""
+            diff = _ci_text(ci)
             lines.append(f"| {fold} | {name} | {row['ndcg@10']:.4f} | {row['topics']} | {diff} |")
     return lines
+
+
+def _ci_text(ci: dict | None) -> str:
+    """``+0.0115 [+0.0072, +0.0160]``: a paired bootstrap result's mean difference and 95 % interval."""
+    return f"{ci['mean_diff']:+.4f} [{ci['low']:+.4f}, {ci['high']:+.4f}]" if ci else ""
 
 
 def _order(part: list[dict]) -> list[str]:
@@ -279,7 +284,7 @@ def _table(regime: str, qrels: str, folds: list[int], best_host: str | None, row
         cells += [f"{row['folds'][f]:.4f}" if row["folds"][f] is not None else "" for f in folds]
         for key in ("vs_best_host", "vs_base"):
             ci = row.get(key)
-            cells.append(f"{ci['mean_diff']:+.4f} [{ci['low']:+.4f}, {ci['high']:+.4f}]" if ci else "")
+            cells.append(_ci_text(ci))
         spread = row.get("seeds")
         cells.append(f"{spread['min']:.4f}-{spread['max']:.4f} ({len(spread['per_seed'])})" if spread else "")
         cells.append(f"{row['seconds']:.0f}")

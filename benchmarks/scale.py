@@ -39,14 +39,19 @@ VOCAB = 20_000
 TOPICS = 1_000
 
 
+def status_mb(field: str) -> float | None:
+    """A memory line of ``/proc/self/status`` (``VmHWM``, ``RssAnon``, ...) in MB; None where it is missing."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 1024
+    return None
+
+
 def peak_rss_mb() -> float:
     """The process's peak resident set size (VmHWM), in MB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
     import resource
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return status_mb("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 class AnonymousPeak:
@@ -60,10 +65,7 @@ class AnonymousPeak:
 
     @staticmethod
     def now_mb() -> float:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1]) / 1024
-        return 0.0
+        return status_mb("RssAnon") or 0.0
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -169,7 +171,7 @@ def ann_vs_exact(n: int, out: Path, queries: int, ef_values=(16, 64, 128, 256, 5
     """HNSW32 against exact search on the size-n corpus's cached embeddings, for each ``efSearch``: recall@10 of the
     exact top 10, epsilon-recall@10 (ann-benchmarks' measure: a returned passage counts when its distance is within
     (1 + 0.01) x the exact 10th neighbour's, so that near-ties do not count as misses) and the speed-up (medians of
-    3 interleaved repeats)."""
+    3 repeats)."""
     import numpy as np
     from datasets import load_from_disk
 
