@@ -199,6 +199,7 @@ def _teacher_stage(run: _Run) -> tuple[str, str]:
          "student": run.student_key, "epochs": args.teacher_epochs,
          "learning_rate": args.teacher_learning_rate, "max_length": args.teacher_max_length,
          "max_pairs": args.teacher_max_pairs, "random_negatives": args.teacher_random_negatives,
+         **({"loss": args.teacher_loss, "list_size": args.teacher_list_size} if args.teacher_loss != "bce" else {}),
          "seed": args.seed, "data": run.data_key["train"], "dev": run.data_key["dev"]},
     )  # fmt: skip
     if args.teacher:
@@ -220,6 +221,8 @@ def _teacher_stage(run: _Run) -> tuple[str, str]:
         learning_rate=args.teacher_learning_rate,
         random_negatives=args.teacher_random_negatives,
         max_pairs=args.teacher_max_pairs,
+        loss=args.teacher_loss,
+        list_size=args.teacher_list_size,
         seed=args.seed,
         device=args.device,
         overwrite=True,  # the stage is not done under these settings: a teacher on disk is another one

@@ -113,3 +113,81 @@ def test_reranking_gap_with_a_perfect_and_an_inverted_teacher(tiny_cross_encoder
     # d3 (2): (1 + 2 / log2(3)) / (2 + 1 / log2(3)) = 0.8597. Mean 0.7453.
     assert inverted["teacher"] == pytest.approx(0.7453, abs=1e-4)
     assert teacher_training.TEACHER_REPORT == "md2pr_teacher.json"
+
+
+def test_training_lists_group_each_query_and_leave_out_lists_with_nothing_to_order():
+    from md2pr_st.teacher.objectives import teacher_training_lists
+
+    pairs = Dataset.from_dict(
+        {
+            "query": ["q1"] * 5 + ["q2"] * 2 + ["q3"] * 3,
+            "passage": ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"],
+            "label": [1.0, 0.0, 0.0, 1 / 3, 0.0, 0.0, 0.0, 1.0, 0.0, 2 / 3],
+        }
+    )
+    lists = teacher_training_lists(pairs, list_size=2, seed=3)
+    assert all(1 < len(docs) <= 2 for docs in lists["docs"])
+    assert all(len(set(labels)) == 2 for labels in lists["labels"])  # q2's two 0-labels are left out
+    assert "q2" not in list(lists["query"])
+    seen = [(q, d, y) for q, docs, ys in zip(lists["query"], lists["docs"], lists["labels"]) for d, y in zip(docs, ys)]
+    assert len(seen) == len(set(seen))  # a pair is in one list at most
+    label_of = dict(zip(pairs["passage"], pairs["label"]))
+    assert all(label_of[d] == y for _, d, y in seen)  # labels follow their passages through the shuffle
+    whole = teacher_training_lists(pairs, list_size=8, seed=3)  # one list per query with different labels
+    assert sorted(whole["query"]) == ["q1", "q3"] and sorted(len(d) for d in whole["docs"]) == [3, 5]
+    with pytest.raises(ValueError, match="nothing to learn"):
+        teacher_training_lists(pairs.select(range(5, 7)))
+
+
+def test_teacher_loss_names_are_checked_before_any_work(tmp_path):
+    from md2pr_st.cli.arguments import PipelineArguments
+
+    with pytest.raises(ValueError, match="Unknown teacher loss 'hinge'; choose one of bce, ranknet, lambda"):
+        train_teacher(toy_data(), tmp_path / "t", loss="hinge")
+    with pytest.raises(ValueError, match="list_size must be >= 2"):
+        train_teacher(toy_data(), tmp_path / "t", loss="lambda", list_size=1)
+    with pytest.raises(ValueError, match="Unknown teacher loss"):
+        PipelineArguments(teacher_loss="lambdamart")
+    assert not (tmp_path / "t").exists()
+
+
+@pytest.mark.parametrize("loss", ["ranknet", "listmle"])
+def test_a_ranking_loss_teacher_learns_the_order_of_each_list(loss, tiny_cross_encoder_path, tmp_path):
+    from sentence_transformers.cross_encoder import CrossEncoder
+
+    from md2pr_st.evaluation import evaluate_run
+
+    data = toy_data()
+    kwargs = dict(base_model=tiny_cross_encoder_path, max_length=32, random_negatives=1, show_progress_bar=False)
+    path = train_teacher(data, tmp_path / loss, loss=loss, list_size=4, epochs=100, batch_size=2,
+                         learning_rate=3e-3, warmup_ratio=0.0, save_steps=20, **kwargs)  # fmt: skip
+    report = json.loads((path / TEACHER_REPORT).read_text())
+    assert (report["loss"], report["list_size"]) == (loss, 4)
+    assert report["steps"] == 100  # 2 lists (one per query: 3 passages each) per step
+    assert report["last_loss"] < report["first_loss"]
+
+    def ndcg(model) -> float:
+        pairs = teacher_training_pairs(data, random_negatives=1, seed=0)
+        scores = model.predict(list(zip(pairs["query"], pairs["passage"])))
+        run, qrels = {}, {}
+        for q, p, y, s in zip(pairs["query"], pairs["passage"], pairs["label"], scores):
+            run.setdefault(q, {})[p] = float(s)
+            qrels.setdefault(q, {})[p] = round(3 * y)
+        return evaluate_run(run, qrels, ["ndcg@10"])["ndcg@10"]
+
+    assert ndcg(CrossEncoder(str(path))) == pytest.approx(1.0)  # the training lists in their judged order
+    assert ndcg(CrossEncoder(str(tiny_cross_encoder_path))) < 0.99
+    bce = train_teacher(data, tmp_path / loss, **kwargs, overwrite=True)  # another loss: retrained, not reused
+    assert json.loads((bce / TEACHER_REPORT).read_text())["loss"] == "bce"
+
+
+def test_a_teacher_saved_before_the_loss_setting_existed_is_reused(tiny_cross_encoder_path, tmp_path):
+    kwargs = dict(base_model=tiny_cross_encoder_path, max_length=32, batch_size=4, show_progress_bar=False)
+    path = train_teacher(toy_data(), tmp_path / "t", **kwargs)
+    report = json.loads((path / TEACHER_REPORT).read_text())
+    for key in ("loss", "list_size"):
+        del report["record"][key]
+    (path / TEACHER_REPORT).write_text(json.dumps(report))
+    mtime = (path / TEACHER_REPORT).stat().st_mtime
+    assert train_teacher(toy_data(), tmp_path / "t", **kwargs) == path
+    assert (path / TEACHER_REPORT).stat().st_mtime == mtime

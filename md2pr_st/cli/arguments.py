@@ -118,6 +118,14 @@ class TeacherArguments(Options):
     )
     random_negatives: int = dataclasses.field(default=2, metadata={"help": "Label-0 corpus passages per query."})
     max_pairs: int | None = dataclasses.field(default=None, metadata={"help": "Train on at most this many pairs."})
+    loss: str = dataclasses.field(
+        default="bce",
+        metadata={
+            "help": "The host's cross-encoder loss: bce (pointwise), ranknet (pairwise), lambda, listnet, listmle "
+            "(listwise; then batch_size counts lists of list_size passages)."
+        },
+    )
+    list_size: int = dataclasses.field(default=8, metadata={"help": "Passages per list of a ranking loss."})
     seed: int = dataclasses.field(default=13, metadata={"help": "Seed."})
     overwrite: bool = dataclasses.field(
         default=False,
@@ -181,6 +189,12 @@ class PipelineArguments(Options):
     )
     teacher_random_negatives: int = dataclasses.field(
         default=2, metadata={"help": "Label-0 corpus passages per query in teacher training."}
+    )
+    teacher_loss: str = dataclasses.field(
+        default="bce", metadata={"help": "Teacher training loss: bce, ranknet, lambda, listnet, listmle."}
+    )
+    teacher_list_size: int = dataclasses.field(
+        default=8, metadata={"help": "Passages per list of a ranking teacher loss (teacher batches count lists)."}
     )
     rounds: int = dataclasses.field(default=2, metadata={"help": "Rounds of mine -> filter -> train -> evaluate."})
     num_negatives: int = dataclasses.field(default=4, metadata={"help": "Hard negatives per training row."})
@@ -265,6 +279,9 @@ class PipelineArguments(Options):
         from md2pr_st.data import positives_per_query
 
         positives_per_query(self.positives)  # fails now, not after the teacher has trained
+        from md2pr_st.teacher.objectives import check_teacher_loss
+
+        check_teacher_loss(self.teacher_loss, self.teacher_list_size)
         if self.sampling not in ("top", "random"):
             raise ValueError(f"sampling must be 'top' or 'random', got {self.sampling!r}.")
 

@@ -29,6 +29,8 @@ def run_teacher(data_args: DataArguments, args: TeacherArguments, trainer_args: 
         learning_rate=args.learning_rate,
         random_negatives=args.random_negatives,
         max_pairs=args.max_pairs,
+        loss=args.loss,
+        list_size=args.list_size,
         seed=args.seed,
         device=args.device,
         overwrite=args.overwrite,

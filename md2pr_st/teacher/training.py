@@ -2,7 +2,8 @@
 
 No pretrained cross-encoder ships on machines without Hub access, so MD2PR's teacher is trained here: a
 sentence-transformers ``CrossEncoder`` (``num_labels=1``, by default on the embedded all-MiniLM-L6-v2
-backbone) fitted with ``CrossEncoderTrainer`` and ``BinaryCrossEntropyLoss`` on graded relevance judgements.
+backbone) fitted with ``CrossEncoderTrainer`` and ``BinaryCrossEntropyLoss`` on graded relevance judgements (or
+one of the host's pairwise / listwise losses: :mod:`md2pr_st.teacher.objectives`).
 
 Training pairs: every judged ``(query, passage)`` of the split with the soft label ``grade / max_grade`` (grades
 0..3 -> 0, 1/3, 2/3, 1), plus ``random_negatives`` passages per query drawn from the corpus outside the query's
@@ -42,6 +43,8 @@ logger = logging.getLogger(__name__)
 __all__ = ["teacher_training_pairs", "train_teacher", "reranking_gap"]
 
 TEACHER_REPORT = "md2pr_teacher.json"
+# Settings added after teachers were saved without them: a saved record lacking one had this value.
+RECORD_DEFAULTS = {"loss": "bce", "list_size": None}
 
 
 def teacher_training_pairs(
@@ -110,6 +113,8 @@ def train_teacher(
     random_negatives: int = 2,
     max_pairs: int | None = None,
     seed: int = 0,
+    loss: str = "bce",
+    list_size: int = 8,
     save_steps: int = 50,
     device: str | None = None,
     overwrite: bool = False,
@@ -120,7 +125,8 @@ def train_teacher(
     """Train a ``CrossEncoder`` teacher with ``CrossEncoderTrainer`` and return the folder it was saved to.
 
     The teacher minimises ``BCEWithLogits(t(q, d), y)`` over :func:`teacher_training_pairs` (``y = grade /
-    max_grade``; random corpus passages with ``y = 0``). The final model is written atomically to
+    max_grade``; random corpus passages with ``y = 0``), or with ``loss`` one of the host's ranking losses over
+    the same pairs grouped into lists of a query's passages (:func:`~md2pr_st.teacher.objectives.teacher_training_lists`). The final model is written atomically to
     ``output_dir``; trainer checkpoints go to ``output_dir + ".checkpoints"`` every ``save_steps`` steps, and a
     run that was interrupted resumes from the last one. When ``dev`` is given, :func:`reranking_gap` compares
     teacher and student on it and the result is saved in ``output_dir/md2pr_teacher.json`` (with the training
@@ -143,6 +149,10 @@ def train_teacher(
         epochs, batch_size, learning_rate, warmup_ratio, seed: trainer settings.
         random_negatives: label-0 corpus passages added per query.
         max_pairs: train on a random sample of at most this many pairs (to bound CPU time).
+        loss: ``"bce"`` (pointwise, the default), ``"ranknet"`` (pairwise), ``"lambda"``, ``"listnet"`` or
+            ``"listmle"`` (listwise): :data:`~md2pr_st.teacher.objectives.TEACHER_LOSSES`.
+        list_size: with a ranking loss, passages per list; ``batch_size`` then counts lists (``batch_size *
+            list_size`` pairs per step at most).
         save_steps: checkpoint interval, for resuming.
         device: ``cpu``, ``cuda``, ... (default: auto).
         overwrite: retrain even if ``output_dir`` holds a teacher of the same data and settings, discard checkpoints
@@ -163,12 +173,15 @@ def train_teacher(
     """
     from md2pr_st.cli.validation import check_range
     from md2pr_st.outputs import check_output, output_lock
+    from md2pr_st.teacher.objectives import LIST_LOSSES, check_teacher_loss
 
     output_dir = Path(output_dir)
     settings = dict(max_length=max_length, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate)
     settings.update(warmup_ratio=warmup_ratio, random_negatives=random_negatives, max_pairs=max_pairs, seed=seed)
     for name, value in {**settings, "save_steps": save_steps}.items():
         check_range(name, value)
+    check_teacher_loss(loss, list_size)
+    settings.update(loss=loss, list_size=list_size if loss in LIST_LOSSES else None)
     # Any other option of the host's CrossEncoderTrainingArguments; part of the teacher's record.
     settings["training_args"] = training_arguments({}, training_args)
     distributed.setup()  # launched on several processes, the trainer runs DDP and the main process writes
@@ -226,7 +239,7 @@ def _same_teacher(output_dir: Path, record: dict[str, Any]) -> bool:
         report = json.loads((output_dir / TEACHER_REPORT).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    saved = report.get("record") or {}
+    saved = {**RECORD_DEFAULTS, **(report.get("record") or {})}  # a teacher from before a setting existed
     record = json.loads(json.dumps(record, sort_keys=True, default=str))
     differs = sorted(k for k in record if saved.get(k) != record[k])
     if not differs:
@@ -256,10 +269,10 @@ def _train_teacher(
         CrossEncoderTrainer,
         CrossEncoderTrainingArguments,
     )
-    from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss
 
     from md2pr_st.hub.model_card import remove_dataset_texts
     from md2pr_st.models import resolve_model_name
+    from md2pr_st.teacher.objectives import LIST_LOSSES, teacher_loss, teacher_training_lists
 
     max_length, epochs, batch_size = settings["max_length"], settings["epochs"], settings["batch_size"]
     learning_rate, seed = settings["learning_rate"], settings["seed"]
@@ -283,11 +296,12 @@ def _train_teacher(
         ddp_find_unused_parameters=False,
     )
     args = CrossEncoderTrainingArguments(**training_arguments(defaults, settings["training_args"]))
+    rows = teacher_training_lists(pairs, settings["list_size"], seed) if settings["loss"] in LIST_LOSSES else pairs
     trainer = CrossEncoderTrainer(
         model=model,
         args=args,
-        train_dataset=pairs.shuffle(seed=seed),
-        loss=BinaryCrossEntropyLoss(model),
+        train_dataset=rows.shuffle(seed=seed),
+        loss=teacher_loss(settings["loss"], model),
         callbacks=callbacks,
     )
     remove_dataset_texts(model.model_card_data)  # the saved card must not quote the data (MS MARCO terms)
@@ -315,7 +329,7 @@ def _training_report(
     from md2pr_st.models import DEFAULT_STUDENT_ID
 
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-    keys = ("max_length", "epochs", "batch_size", "learning_rate", "random_negatives", "seed")
+    keys = ("loss", "list_size", "max_length", "epochs", "batch_size", "learning_rate", "random_negatives", "seed")
     return {
         "base_model": str(base_model or f"{DEFAULT_STUDENT_ID} (embedded)"),
         "train": train_name,

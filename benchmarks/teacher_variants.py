@@ -1,0 +1,122 @@
+"""How much does each way of training the teacher lead the students on dev? Teacher variants on one fold.
+
+The quality grid (``quality.py``) distils one teacher per fold: a cross-encoder on all-MiniLM-L6-v2, trained on
+the fold's train topics with the host's ``BinaryCrossEntropyLoss`` at 256 tokens for one epoch (``bce256``). This
+script trains other teachers on the same pairs (the host's pairwise and listwise cross-encoder losses, more
+epochs, longer inputs) and measures each one's lead over both regimes' starting students on the fold's dev topics:
+teacher and student rerank each dev query's judged pool (:func:`md2pr_st.teacher.reranking_gap`), nDCG@10.
+
+One folder per variant (``<output>/fold<f>/<variant>``, a plain ``CrossEncoder`` with ``md2pr_teacher.json``), and
+``gaps.json`` once both gaps are measured; finished variants are skipped, a killed training resumes from its last
+checkpoint. ``bce256`` is the grid's own teacher (``<quality>/fold<f>/teacher``), not trained again.
+
+    HF_HUB_OFFLINE=1 python benchmarks/teacher_variants.py --output runs/teachers --quality runs/quality \\
+        --variants bce256,lambda256,ranknet256 --fold 0
+    HF_HUB_OFFLINE=1 python benchmarks/teacher_variants.py --output runs/teachers --report
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from quality import Budget, folds, student_for, teacher_for, write_json
+
+# name -> train_teacher settings; every variant: the embedded all-MiniLM-L6-v2 backbone, learning rate 5e-5, seed 13,
+# the fold's train pairs (judged pairs + 2 random negatives per query). List losses: 2 lists of 8 passages per step,
+# the same 16 pairs per step as the pointwise loss.
+VARIANTS = {
+    "bce256": dict(loss="bce", max_length=256, epochs=1.0, batch_size=16),
+    "lambda256": dict(loss="lambda", list_size=8, max_length=256, epochs=1.0, batch_size=2),
+    "ranknet256": dict(loss="ranknet", list_size=8, max_length=256, epochs=1.0, batch_size=2),
+    "listmle256": dict(loss="listmle", list_size=8, max_length=256, epochs=1.0, batch_size=2),
+    "bce256_2ep": dict(loss="bce", max_length=256, epochs=2.0, batch_size=16),
+    "bce384": dict(loss="bce", max_length=384, epochs=1.0, batch_size=16),
+}
+
+
+def variant(output: Path, quality: Path, fold: int, name: str, splits) -> dict:
+    """Train (or reuse) the variant and measure its dev gap to both regimes' students; kept in ``gaps.json``."""
+    from md2pr_st.teacher import TEACHER_REPORT, reranking_gap, train_teacher
+
+    folder = output / f"fold{fold}" / name
+    if (folder / "gaps.json").is_file():
+        return json.loads((folder / "gaps.json").read_text())
+    settings = VARIANTS[name]
+    start = time.perf_counter()
+    if name == "bce256":  # the quality grid's teacher
+        path = teacher_for(quality, fold, splits, Budget())
+    else:
+        path = train_teacher(splits["train"], folder / "teacher", dev=splits["dev"], learning_rate=5e-5, seed=13,
+                             **settings)  # fmt: skip
+    report = json.loads((Path(path) / TEACHER_REPORT).read_text())
+    gaps = {"A": report["dev"]}  # train_teacher measured it against the default student: regime A's
+    measured = quality / "B" / f"fold{fold}" / "teacher_gap.json"  # quality.py --teacher-gaps, for its teacher
+    if name == "bce256" and measured.is_file():
+        gaps["B"] = json.loads(measured.read_text())
+    else:
+        print(f"{name}: dev gap against regime B's student", file=sys.stderr, flush=True)
+        gaps["B"] = reranking_gap(path, student_for(quality, "B"), splits["dev"], show_progress_bar=True)
+    result = {
+        "variant": name,
+        "fold": fold,
+        "settings": settings,
+        "teacher": str(path),
+        "train_seconds": report.get("train_seconds"),
+        "steps": report.get("steps"),
+        "first_loss": report.get("first_loss"),
+        "last_loss": report.get("last_loss"),
+        "gaps": gaps,
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    write_json(folder / "gaps.json", result)
+    return result
+
+
+def report(output: Path) -> str:
+    """A markdown table of every finished variant: its dev nDCG@10 and its lead over each regime's student."""
+    rows = [json.loads(p.read_text()) for p in sorted(output.glob("fold*/*/gaps.json"))]
+    lines = [
+        "| fold | variant | loss | tokens | epochs | teacher dev nDCG@10 | lead over A (6 layers) | lead over B "
+        "(3 layers) | train min |",
+        "|---:|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        s, a, b = r["settings"], r["gaps"]["A"], r["gaps"]["B"]
+        minutes = f"{r['train_seconds'] / 60:.1f}" if r.get("train_seconds") else "-"
+        lines.append(
+            f"| {r['fold']} | {r['variant']} | {s['loss']} | {s['max_length']} | {s['epochs']:g} | {a['teacher']:.4f} "
+            f"| {a['gap']:+.4f} | {b['gap']:+.4f} | {minutes} |"
+        )
+    table = "\n".join(lines) + "\n"
+    (output / "teacher_variants.md").write_text(table, encoding="utf-8")
+    return table
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output", default="runs/teachers")
+    parser.add_argument("--quality", default="runs/quality", help="the quality grid's folder (its teachers, students)")
+    parser.add_argument("--fold", type=int, default=0)
+    parser.add_argument("--k", type=int, default=3, help="cross-validation folds (as in quality.py)")
+    parser.add_argument("--variants", default="bce256,lambda256")
+    parser.add_argument("--report", action="store_true", help="only tabulate the finished variants")
+    args = parser.parse_args(argv)
+    names = args.variants.split(",")
+    unknown = sorted(set(names) - set(VARIANTS))
+    if unknown:
+        parser.error(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
+    output, quality = Path(args.output), Path(args.quality)
+    if not args.report:
+        splits = folds(args.k)[args.fold]
+        for name in names:
+            result = variant(output, quality, args.fold, name, splits)
+            print(f"{name}: lead A {result['gaps']['A']['gap']:+.4f}, B {result['gaps']['B']['gap']:+.4f}", flush=True)
+    print(report(output))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""What the teacher is trained to minimise: the host's pointwise, pairwise and listwise cross-encoder losses.
+
+:func:`train_teacher` trains on ``(query, passage, label)`` pairs with ``label = grade / max_grade``. A pointwise
+loss (``bce``, the default) takes them as they are. A pairwise or listwise loss needs each query's passages side by
+side: :func:`teacher_training_lists` groups the pairs by query into lists of at most ``list_size`` passages, the
+``{"query", "docs", "labels"}`` rows the host's ``LambdaLoss``, ``ListNetLoss``, ``RankNetLoss`` ... read.
+
+A teacher trained with a ranking loss orders passages, but its logits are not calibrated to the labels: their scale
+is whatever the ranking objective settled on. MD2PR reads teacher logits at the scale ``T_t`` assumes (the
+sentence level's softmax) and through differences to the positives (the false-negative rule), so check the
+scale (``md2pr_teacher.json`` reports the dev gap; ``benchmarks/loss_balance.py`` the parts' balance) before
+distilling such a teacher.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import TYPE_CHECKING, Any
+
+from datasets import Dataset
+
+if TYPE_CHECKING:
+    from sentence_transformers.cross_encoder import CrossEncoder
+
+__all__ = ["TEACHER_LOSSES", "LIST_LOSSES", "teacher_loss", "teacher_training_lists"]
+
+#: ``--loss`` name -> the host's loss class (``sentence_transformers.cross_encoder.losses``).
+TEACHER_LOSSES = {
+    "bce": "BinaryCrossEntropyLoss",  # pointwise: BCEWithLogits(t(q, d), y)
+    "ranknet": "RankNetLoss",  # pairwise: log(1 + exp(-(t_i - t_j))) over pairs with y_i > y_j
+    "lambda": "LambdaLoss",  # listwise: RankNet's pairs weighted by their nDCG change (NDCGLoss2++)
+    "listnet": "ListNetLoss",  # listwise: cross-entropy between softmax(y) and softmax(t) over the list
+    "listmle": "ListMLELoss",  # listwise: -log Plackett-Luce likelihood of the labels' order
+}
+#: The losses that train on lists of a query's passages rather than on single pairs.
+LIST_LOSSES = frozenset(TEACHER_LOSSES) - {"bce"}
+
+
+def check_teacher_loss(loss: str, list_size: int) -> None:
+    """Refuse an unknown loss name or a list of fewer than 2 passages, saying what is accepted."""
+    if loss not in TEACHER_LOSSES:
+        raise ValueError(f"Unknown teacher loss {loss!r}; choose one of {', '.join(TEACHER_LOSSES)}.")
+    if loss in LIST_LOSSES and list_size < 2:
+        raise ValueError(
+            f"list_size must be >= 2 for the ranking loss {loss!r} (it compares passages), got {list_size}."
+        )
+
+
+def teacher_loss(name: str, model: CrossEncoder) -> Any:
+    """The host's cross-encoder loss named ``name`` (a key of :data:`TEACHER_LOSSES`) on ``model``.
+
+    Example:
+        >>> teacher_loss("hinge", None)
+        Traceback (most recent call last):
+        ...
+        ValueError: Unknown teacher loss 'hinge'; choose one of bce, ranknet, lambda, listnet, listmle.
+    """
+    check_teacher_loss(name, 2)
+    from sentence_transformers.cross_encoder import losses
+
+    return getattr(losses, TEACHER_LOSSES[name])(model)
+
+
+def teacher_training_lists(pairs: Dataset, list_size: int = 8, seed: int = 0) -> Dataset:
+    """Group ``(query, passage, label)`` pairs into ``(query, docs, labels)`` lists for a ranking loss.
+
+    Each query's passages are shuffled (``seed``) and cut into lists of at most ``list_size``, each list sorted by
+    label, best first (the order ``ListMLELoss`` learns; ties keep the shuffled order); a list whose labels are all
+    equal (nothing to order, no gradient for a ranking loss) is left out. Every other pair lands in exactly
+    one list, so an epoch sees the same pairs as the pointwise loss.
+
+    Example:
+        >>> pairs = Dataset.from_dict({
+        ...     "query": ["q1", "q1", "q1", "q2", "q2"],
+        ...     "passage": ["a", "b", "c", "d", "e"],
+        ...     "label": [1.0, 0.0, 0.5, 0.0, 0.0],
+        ... })
+        >>> lists = teacher_training_lists(pairs, list_size=3)
+        >>> list(lists["query"]), lists["docs"][0][:2], lists["labels"][0], len(lists)  # q2's list has nothing to order
+        (['q1'], ['a', 'c'], [1.0, 0.5, 0.0], 1)
+    """
+    if list_size < 1:
+        raise ValueError(f"list_size must be >= 1, got {list_size}.")
+    grouped: dict[str, list[tuple[str, float]]] = {}
+    for query, passage, label in zip(pairs["query"], pairs["passage"], pairs["label"]):
+        grouped.setdefault(query, []).append((passage, float(label)))
+    rng = random.Random(seed)
+    rows: dict[str, list] = {"query": [], "docs": [], "labels": []}
+    for query, docs in grouped.items():
+        rng.shuffle(docs)
+        for start in range(0, len(docs), list_size):
+            chunk = sorted(docs[start : start + list_size], key=lambda doc: -doc[1])  # ListMLE reads this order
+            if len({label for _, label in chunk}) < 2:
+                continue
+            rows["query"].append(query)
+            rows["docs"].append([passage for passage, _ in chunk])
+            rows["labels"].append([label for _, label in chunk])
+    if not rows["query"]:
+        raise ValueError(
+            "No query has passages of different labels to rank: a ranking loss has nothing to learn. Train with "
+            "loss='bce', or give the teacher graded judgements with both relevant and non-relevant passages."
+        )
+    return Dataset.from_dict(rows)
