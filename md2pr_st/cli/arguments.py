@@ -126,6 +126,12 @@ class TeacherArguments(Options):
         },
     )
     list_size: int = dataclasses.field(default=8, metadata={"help": "Passages per list of a ranking loss."})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        from md2pr_st.teacher.objectives import check_teacher_loss
+
+        check_teacher_loss(self.loss, self.list_size)
     seed: int = dataclasses.field(default=13, metadata={"help": "Seed."})
     overwrite: bool = dataclasses.field(
         default=False,
