@@ -110,11 +110,13 @@ class TeacherArguments(Options):
     student: str | None = dataclasses.field(
         default=None, metadata={"help": "Student for the teacher-vs-student dev gap (default: embedded MiniLM)."}
     )
-    max_length: int = dataclasses.field(default=192, metadata={"help": "Max tokens per (query, passage) pair."})
+    max_length: int = dataclasses.field(
+        default=256, metadata={"help": "Max tokens per (query, passage) pair (RAG24 passages: ~250 tokens)."}
+    )
     epochs: float = dataclasses.field(default=1.0, metadata={"help": "Training epochs."})
     batch_size: int = dataclasses.field(default=16, metadata={"help": "Training batch size."})
     learning_rate: float = dataclasses.field(
-        default=1e-4, metadata={"help": "Learning rate (the one-logit head starts from scratch)."}
+        default=5e-5, metadata={"help": "Learning rate (the one-logit head starts from scratch)."}
     )
     random_negatives: int = dataclasses.field(default=2, metadata={"help": "Label-0 corpus passages per query."})
     max_pairs: int | None = dataclasses.field(default=None, metadata={"help": "Train on at most this many pairs."})
@@ -126,12 +128,6 @@ class TeacherArguments(Options):
         },
     )
     list_size: int = dataclasses.field(default=8, metadata={"help": "Passages per list of a ranking loss."})
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        from md2pr_st.teacher.objectives import check_teacher_loss
-
-        check_teacher_loss(self.loss, self.list_size)
     seed: int = dataclasses.field(default=13, metadata={"help": "Seed."})
     overwrite: bool = dataclasses.field(
         default=False,
@@ -141,6 +137,12 @@ class TeacherArguments(Options):
         },
     )
     device: str | None = dataclasses.field(default=None, metadata={"help": "cpu, cuda, ... (default: auto)."})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        from md2pr_st.teacher.objectives import check_teacher_loss
+
+        check_teacher_loss(self.loss, self.list_size)
 
 
 @dataclasses.dataclass
@@ -187,9 +189,9 @@ class PipelineArguments(Options):
     )
     teacher_epochs: float = dataclasses.field(default=1.0, metadata={"help": "Teacher training epochs."})
     teacher_learning_rate: float = dataclasses.field(
-        default=1e-4, metadata={"help": "Teacher learning rate (its one-logit head starts from scratch)."}
+        default=5e-5, metadata={"help": "Teacher learning rate (its one-logit head starts from scratch)."}
     )
-    teacher_max_length: int = dataclasses.field(default=192, metadata={"help": "Teacher max tokens per pair."})
+    teacher_max_length: int = dataclasses.field(default=256, metadata={"help": "Teacher max tokens per pair."})
     teacher_max_pairs: int | None = dataclasses.field(
         default=None, metadata={"help": "Train the teacher on at most this many pairs (bounds CPU time)."}
     )
@@ -298,7 +300,10 @@ class DemoArguments(PipelineArguments):
     cores. Every option of ``md2pr pipeline`` can still be given."""
 
     output_dir: str = dataclasses.field(default="runs/demo", metadata={"help": "The run folder."})
+    # The demo's teacher fits its time budget and only reports (its dev gap, its rerank@20): the student distils the
+    # grades (sentence_scores "qrels"). 256 tokens on 1,200 pairs lost to the student too (BENCHMARKS.md, Teacher).
     teacher_max_length: int = dataclasses.field(default=128, metadata={"help": "Teacher max tokens per pair."})
+    teacher_learning_rate: float = dataclasses.field(default=1e-4, metadata={"help": "Teacher learning rate."})
     teacher_max_pairs: int | None = dataclasses.field(
         default=1200, metadata={"help": "Train the teacher on at most this many pairs (bounds CPU time)."}
     )
@@ -345,7 +350,7 @@ class TrainArguments(Options):
     teacher: str | None = dataclasses.field(
         default=None, metadata={"help": "Cross-encoder for online scores and the word level (needed if beta > 0)."}
     )
-    teacher_max_length: int = dataclasses.field(default=192, metadata={"help": "Teacher max tokens per pair."})
+    teacher_max_length: int = dataclasses.field(default=256, metadata={"help": "Teacher max tokens per pair."})
     false_negative_margin: float | None = dataclasses.field(
         default=None,
         metadata={
