@@ -7,8 +7,9 @@ epochs, longer inputs) and measures each one's lead over both regimes' starting 
 teacher and student rerank each dev query's judged pool (:func:`md2pr_st.teacher.reranking_gap`), nDCG@10.
 
 One folder per variant (``<output>/fold<f>/<variant>``, a plain ``CrossEncoder`` with ``md2pr_teacher.json``), and
-``gaps.json`` once both gaps are measured; finished variants are skipped, a killed training resumes from its last
-checkpoint. ``bce256`` is the grid's own teacher (``<quality>/fold<f>/teacher``), not trained again.
+``gaps.json`` once both gaps are measured; finished variants (same settings) are skipped, a killed training resumes
+from its last checkpoint. ``bce256`` is the grid's own teacher (``<quality>/fold<f>/teacher``), read, never trained
+here: run ``quality.py`` first.
 
     HF_HUB_OFFLINE=1 python benchmarks/teacher_variants.py --output runs/teachers --quality runs/quality \\
         --variants bce256,lambda256,ranknet256 --fold 0
@@ -23,18 +24,18 @@ import sys
 import time
 from pathlib import Path
 
-from quality import Budget, folds, student_for, teacher_for, write_json
+from quality import folds, student_for, write_json
 
 # name -> train_teacher settings; every variant: the embedded all-MiniLM-L6-v2 backbone, learning rate 5e-5, seed 13,
-# the fold's train pairs (judged pairs + 2 random negatives per query). List losses: 2 lists of 8 passages per step,
-# the same 16 pairs per step as the pointwise loss.
+# the fold's train pairs (judged pairs + 2 random negatives per query), 16 pairs per step at most (the ranking
+# losses: 2 lists of up to 8 passages of a query).
 VARIANTS = {
-    "bce256": dict(loss="bce", max_length=256, epochs=1.0, batch_size=16),
-    "lambda256": dict(loss="lambda", list_size=8, max_length=256, epochs=1.0, batch_size=2),
-    "ranknet256": dict(loss="ranknet", list_size=8, max_length=256, epochs=1.0, batch_size=2),
-    "listmle256": dict(loss="listmle", list_size=8, max_length=256, epochs=1.0, batch_size=2),
-    "bce256_2ep": dict(loss="bce", max_length=256, epochs=2.0, batch_size=16),
-    "bce384": dict(loss="bce", max_length=384, epochs=1.0, batch_size=16),
+    "bce256": dict(loss="bce", max_length=256, epochs=1.0),
+    "lambda256": dict(loss="lambda", list_size=8, max_length=256, epochs=1.0),
+    "ranknet256": dict(loss="ranknet", list_size=8, max_length=256, epochs=1.0),
+    "listmle256": dict(loss="listmle", list_size=8, max_length=256, epochs=1.0),
+    "bce256_2ep": dict(loss="bce", max_length=256, epochs=2.0),
+    "bce384": dict(loss="bce", max_length=384, epochs=1.0),
 }
 
 
@@ -43,12 +44,14 @@ def variant(output: Path, quality: Path, fold: int, name: str, splits) -> dict:
     from md2pr_st.teacher import TEACHER_REPORT, reranking_gap, train_teacher
 
     folder = output / f"fold{fold}" / name
-    if (folder / "gaps.json").is_file():
-        return json.loads((folder / "gaps.json").read_text())
     settings = VARIANTS[name]
+    if (folder / "gaps.json").is_file():
+        done = json.loads((folder / "gaps.json").read_text())
+        if done.get("settings") == settings:
+            return done
     start = time.perf_counter()
     if name == "bce256":  # the quality grid's teacher
-        path = teacher_for(quality, fold, splits, Budget())
+        path = grid_teacher(quality, fold, settings)
     else:
         path = train_teacher(splits["train"], folder / "teacher", dev=splits["dev"], learning_rate=5e-5, seed=13,
                              **settings)  # fmt: skip
@@ -76,22 +79,39 @@ def variant(output: Path, quality: Path, fold: int, name: str, splits) -> dict:
     return result
 
 
+def grid_teacher(quality: Path, fold: int, settings: dict) -> Path:
+    """The quality grid's teacher of ``fold``, checked to be ``settings`` (at the learning rate of every variant)."""
+    from md2pr_st.teacher import TEACHER_REPORT
+
+    path = quality / f"fold{fold}" / "teacher"
+    try:
+        saved = json.loads((path / TEACHER_REPORT).read_text())
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"{path} holds no trained teacher ({error}): run quality.py on fold {fold} first.") from None
+    wanted = {**settings, "learning_rate": 5e-5}
+    differs = {k: saved.get(k, "bce" if k == "loss" else None) for k in wanted}
+    if differs != wanted:
+        raise SystemExit(f"{path} was trained with {differs}, not {wanted}: it is not the bce256 variant.")
+    return path
+
+
 def report(output: Path) -> str:
     """A markdown table of every finished variant: its dev nDCG@10 and its lead over each regime's student."""
     rows = [json.loads(p.read_text()) for p in sorted(output.glob("fold*/*/gaps.json"))]
     lines = [
-        "| fold | variant | loss | tokens | epochs | teacher dev nDCG@10 | lead over A (6 layers) | lead over B "
-        "(3 layers) | train min |",
-        "|---:|---|---|---:|---:|---:|---:|---:|---:|",
+        "| fold | variant | loss | passages per list | tokens | epochs | steps | teacher dev nDCG@10 | lead over A "
+        "(6 layers) | lead over B (3 layers) | train min |",
+        "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         s, a, b = r["settings"], r["gaps"]["A"], r["gaps"]["B"]
         minutes = f"{r['train_seconds'] / 60:.1f}" if r.get("train_seconds") else "-"
         lines.append(
-            f"| {r['fold']} | {r['variant']} | {s['loss']} | {s['max_length']} | {s['epochs']:g} | {a['teacher']:.4f} "
-            f"| {a['gap']:+.4f} | {b['gap']:+.4f} | {minutes} |"
+            f"| {r['fold']} | {r['variant']} | {s['loss']} | {s.get('list_size', '-')} | {s['max_length']} "
+            f"| {s['epochs']:g} | {r['steps']} | {a['teacher']:.4f} | {a['gap']:+.4f} | {b['gap']:+.4f} | {minutes} |"
         )
     table = "\n".join(lines) + "\n"
+    output.mkdir(parents=True, exist_ok=True)
     (output / "teacher_variants.md").write_text(table, encoding="utf-8")
     return table
 

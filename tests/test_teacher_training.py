@@ -152,18 +152,19 @@ def test_teacher_loss_names_are_checked_before_any_work(tmp_path):
 
 
 @pytest.mark.parametrize("loss", ["ranknet", "listmle"])
-def test_a_ranking_loss_teacher_learns_the_order_of_each_list(loss, tiny_cross_encoder_path, tmp_path):
+def test_a_ranking_loss_teacher_learns_the_order_of_each_list(loss, tiny_cross_encoder_path, tmp_path, caplog):
     from sentence_transformers.cross_encoder import CrossEncoder
 
     from md2pr_st.evaluation import evaluate_run
 
     data = toy_data()
     kwargs = dict(base_model=tiny_cross_encoder_path, max_length=32, random_negatives=1, show_progress_bar=False)
-    path = train_teacher(data, tmp_path / loss, loss=loss, list_size=4, epochs=100, batch_size=2,
-                         learning_rate=3e-3, warmup_ratio=0.0, save_steps=20, **kwargs)  # fmt: skip
+    settings = dict(list_size=4, epochs=100, batch_size=8, learning_rate=3e-3, warmup_ratio=0.0, save_steps=20)
+    path = train_teacher(data, tmp_path / loss, loss=loss, **settings, **kwargs)
     report = json.loads((path / TEACHER_REPORT).read_text())
     assert (report["loss"], report["list_size"]) == (loss, 4)
-    assert report["steps"] == 100  # 2 lists (one per query: 3 passages each) per step
+    assert (report["train_lists"], report["train_pairs_in_lists"]) == (2, 6)  # one list per query
+    assert report["steps"] == 100  # batch 8 = 8 // 4 = 2 lists per step: both lists, one step per epoch
     assert report["last_loss"] < report["first_loss"]
 
     def ndcg(model) -> float:
@@ -177,8 +178,11 @@ def test_a_ranking_loss_teacher_learns_the_order_of_each_list(loss, tiny_cross_e
 
     assert ndcg(CrossEncoder(str(path))) == pytest.approx(1.0)  # the training lists in their judged order
     assert ndcg(CrossEncoder(str(tiny_cross_encoder_path))) < 0.99
-    bce = train_teacher(data, tmp_path / loss, **kwargs, overwrite=True)  # another loss: retrained, not reused
-    assert json.loads((bce / TEACHER_REPORT).read_text())["loss"] == "bce"
+    with caplog.at_level("WARNING"):  # the same settings with another loss: retrained, not reused
+        bce = train_teacher(data, tmp_path / loss, loss="bce", **settings, **kwargs)
+    assert "trained with other list_size, loss: retraining" in caplog.text
+    again = json.loads((bce / TEACHER_REPORT).read_text())
+    assert (again["loss"], again["list_size"], again["steps"]) == ("bce", None, 100)  # 6 pairs, batch 8
 
 
 def test_a_teacher_saved_before_the_loss_setting_existed_is_reused(tiny_cross_encoder_path, tmp_path):

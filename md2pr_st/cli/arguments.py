@@ -123,8 +123,8 @@ class TeacherArguments(Options):
     loss: str = dataclasses.field(
         default="bce",
         metadata={
-            "help": "The host's cross-encoder loss: bce (pointwise), ranknet (pairwise), lambda, listnet, listmle "
-            "(listwise; then batch_size counts lists of list_size passages)."
+            "help": "The host's cross-encoder loss: bce (pointwise), ranknet (pairwise), lambda, listmle "
+            "(listwise: a step takes batch_size // list_size lists of a query's passages)."
         },
     )
     list_size: int = dataclasses.field(default=8, metadata={"help": "Passages per list of a ranking loss."})
@@ -199,10 +199,10 @@ class PipelineArguments(Options):
         default=2, metadata={"help": "Label-0 corpus passages per query in teacher training."}
     )
     teacher_loss: str = dataclasses.field(
-        default="bce", metadata={"help": "Teacher training loss: bce, ranknet, lambda, listnet, listmle."}
+        default="bce", metadata={"help": "Teacher training loss: bce, ranknet, lambda, listmle."}
     )
     teacher_list_size: int = dataclasses.field(
-        default=8, metadata={"help": "Passages per list of a ranking teacher loss (teacher batches count lists)."}
+        default=8, metadata={"help": "Passages per list of a ranking teacher loss (16 // this lists per step)."}
     )
     rounds: int = dataclasses.field(default=2, metadata={"help": "Rounds of mine -> filter -> train -> evaluate."})
     num_negatives: int = dataclasses.field(default=4, metadata={"help": "Hard negatives per training row."})

@@ -3,13 +3,17 @@
 :func:`train_teacher` trains on ``(query, passage, label)`` pairs with ``label = grade / max_grade``. A pointwise
 loss (``bce``, the default) takes them as they are. A pairwise or listwise loss needs each query's passages side by
 side: :func:`teacher_training_lists` groups the pairs by query into lists of at most ``list_size`` passages, the
-``{"query", "docs", "labels"}`` rows the host's ``LambdaLoss``, ``ListNetLoss``, ``RankNetLoss`` ... read.
+``{"query", "docs", "labels"}`` rows the host's ``LambdaLoss``, ``RankNetLoss`` and ``ListMLELoss`` read. A step
+takes ``batch_size`` pairs either way: ``batch_size // list_size`` lists (at least one) with a ranking loss.
 
 A teacher trained with a ranking loss orders passages, but its logits are not calibrated to the labels: their scale
 is whatever the ranking objective settled on. MD2PR reads teacher logits at the scale ``T_t`` assumes (the
-sentence level's softmax) and through differences to the positives (the false-negative rule), so check the
-scale (``md2pr_teacher.json`` reports the dev gap; ``benchmarks/loss_balance.py`` the parts' balance) before
-distilling such a teacher.
+sentence level's softmax) and through differences to the positives (the false-negative rule), so look at the
+logits such a teacher gives its training pairs, and at the parts' balance (``benchmarks/loss_balance.py``),
+before distilling it.
+
+The host's ``ListNetLoss`` is left out: with labels ``grade / max_grade`` in [0, 1] its target ``softmax(y)`` is
+nearly uniform (best and worst passage one logit apart at its optimum).
 """
 
 from __future__ import annotations
@@ -29,8 +33,7 @@ TEACHER_LOSSES = {
     "bce": "BinaryCrossEntropyLoss",  # pointwise: BCEWithLogits(t(q, d), y)
     "ranknet": "RankNetLoss",  # pairwise: log(1 + exp(-(t_i - t_j))) over pairs with y_i > y_j
     "lambda": "LambdaLoss",  # listwise: RankNet's pairs weighted by their nDCG change (NDCGLoss2++)
-    "listnet": "ListNetLoss",  # listwise: cross-entropy between softmax(y) and softmax(t) over the list
-    "listmle": "ListMLELoss",  # listwise: -log Plackett-Luce likelihood of the labels' order
+    "listmle": "ListMLELoss",  # listwise: -log Plackett-Luce likelihood of the labels' order (ties: the list's)
 }
 #: The losses that train on lists of a query's passages rather than on single pairs.
 LIST_LOSSES = frozenset(TEACHER_LOSSES) - {"bce"}
@@ -53,7 +56,7 @@ def teacher_loss(name: str, model: CrossEncoder) -> Any:
         >>> teacher_loss("hinge", None)
         Traceback (most recent call last):
         ...
-        ValueError: Unknown teacher loss 'hinge'; choose one of bce, ranknet, lambda, listnet, listmle.
+        ValueError: Unknown teacher loss 'hinge'; choose one of bce, ranknet, lambda, listmle.
     """
     check_teacher_loss(name, 2)
     from sentence_transformers.cross_encoder import losses
@@ -65,9 +68,10 @@ def teacher_training_lists(pairs: Dataset, list_size: int = 8, seed: int = 0) ->
     """Group ``(query, passage, label)`` pairs into ``(query, docs, labels)`` lists for a ranking loss.
 
     Each query's passages are shuffled (``seed``) and cut into lists of at most ``list_size``, each list sorted by
-    label, best first (the order ``ListMLELoss`` learns; ties keep the shuffled order); a list whose labels are all
-    equal (nothing to order, no gradient for a ranking loss) is left out. Every other pair lands in exactly
-    one list, so an epoch sees the same pairs as the pointwise loss.
+    label, best first (the order ``ListMLELoss`` learns; ties keep the shuffled order, fixed for every epoch); a
+    list whose labels are all equal (nothing to order, no gradient for a ranking loss) is left out, so an epoch sees
+    fewer pairs than the pointwise loss (on RAG24's train split with lists of 8: 96 % of them). Every pair that is
+    kept lands in exactly one list.
 
     Example:
         >>> pairs = Dataset.from_dict({
@@ -79,8 +83,8 @@ def teacher_training_lists(pairs: Dataset, list_size: int = 8, seed: int = 0) ->
         >>> list(lists["query"]), lists["docs"][0][:2], lists["labels"][0], len(lists)  # q2's list has nothing to order
         (['q1'], ['a', 'c'], [1.0, 0.5, 0.0], 1)
     """
-    if list_size < 1:
-        raise ValueError(f"list_size must be >= 1, got {list_size}.")
+    if list_size < 2:
+        raise ValueError(f"list_size must be >= 2 (a ranking loss compares passages), got {list_size}.")
     grouped: dict[str, list[tuple[str, float]]] = {}
     for query, passage, label in zip(pairs["query"], pairs["passage"], pairs["label"]):
         grouped.setdefault(query, []).append((passage, float(label)))
@@ -97,7 +101,8 @@ def teacher_training_lists(pairs: Dataset, list_size: int = 8, seed: int = 0) ->
             rows["labels"].append([label for _, label in chunk])
     if not rows["query"]:
         raise ValueError(
-            "No query has passages of different labels to rank: a ranking loss has nothing to learn. Train with "
-            "loss='bce', or give the teacher graded judgements with both relevant and non-relevant passages."
+            "No list holds passages of different labels: a ranking loss has nothing to learn. Raise list_size "
+            "or max_pairs, give the teacher graded judgements with relevant and non-relevant passages of the same "
+            "queries, or train with loss='bce'."
         )
     return Dataset.from_dict(rows)

@@ -149,10 +149,11 @@ def train_teacher(
         epochs, batch_size, learning_rate, warmup_ratio, seed: trainer settings.
         random_negatives: label-0 corpus passages added per query.
         max_pairs: train on a random sample of at most this many pairs (to bound CPU time).
-        loss: ``"bce"`` (pointwise, the default), ``"ranknet"`` (pairwise), ``"lambda"``, ``"listnet"`` or
-            ``"listmle"`` (listwise): :data:`~md2pr_st.teacher.objectives.TEACHER_LOSSES`.
-        list_size: with a ranking loss, passages per list; ``batch_size`` then counts lists (``batch_size *
-            list_size`` pairs per step at most).
+        loss: ``"bce"`` (pointwise, the default), ``"ranknet"`` (pairwise), ``"lambda"`` or ``"listmle"``
+            (listwise): :data:`~md2pr_st.teacher.objectives.TEACHER_LOSSES`.
+        list_size: with a ranking loss, passages per list; a step then takes ``max(1, batch_size // list_size)``
+            lists, so ``batch_size`` pairs at most, as with ``bce``. ``max_pairs`` samples pairs before they are
+            grouped.
         save_steps: checkpoint interval, for resuming.
         device: ``cpu``, ``cuda``, ... (default: auto).
         overwrite: retrain even if ``output_dir`` holds a teacher of the same data and settings, discard checkpoints
@@ -282,7 +283,9 @@ def _train_teacher(
     defaults = dict(
         output_dir=str(checkpoints),
         num_train_epochs=epochs,
-        per_device_train_batch_size=batch_size,
+        per_device_train_batch_size=max(1, batch_size // settings["list_size"])
+        if settings["list_size"]
+        else batch_size,
         learning_rate=learning_rate,
         warmup_steps=float(settings["warmup_ratio"]),  # transformers 5: a float < 1 is a ratio
         seed=seed,
@@ -310,6 +313,8 @@ def _train_teacher(
     start = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     report = _training_report(trainer, base_model, train_name, len(pairs), settings, record, resume)
+    if rows is not pairs:  # a ranking loss: the lists, and the pairs in them (lists with nothing to order are out)
+        report.update(train_lists=len(rows), train_pairs_in_lists=sum(len(docs) for docs in rows["docs"]))
     report["train_seconds"] = round(time.perf_counter() - start, 1)
     if dev is not None:
         report["dev"] = reranking_gap(model, student, dev, show_progress_bar=show_progress_bar)
