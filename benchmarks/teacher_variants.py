@@ -67,7 +67,7 @@ def variant(output: Path, quality: Path, fold: int, name: str, splits) -> dict:
         "variant": name,
         "fold": fold,
         "settings": settings,
-        "teacher": str(path),
+        "teacher": _shown(Path(path)),
         "train_seconds": report.get("train_seconds"),
         "steps": report.get("steps"),
         "first_loss": report.get("first_loss"),
@@ -77,6 +77,14 @@ def variant(output: Path, quality: Path, fold: int, name: str, splits) -> dict:
     }
     write_json(folder / "gaps.json", result)
     return result
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the working directory when it lies below it (what the results files show)."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 def grid_teacher(quality: Path, fold: int, settings: dict) -> Path:
