@@ -210,19 +210,14 @@ def _teacher_stage(run: _Run) -> tuple[str, str]:
         return stage.manifest["outputs"]["teacher"], stage.key
     logger.info("Stage 0: training the teacher cross-encoder")
     stage.start(partial=[run.run_dir / "teacher" / "model.checkpoints"])
+    settings = ("max_length", "epochs", "learning_rate", "random_negatives", "max_pairs", "loss", "list_size")
     path = train_teacher(
         run.splits["train"],
         run.run_dir / "teacher" / "model",
         base_model=args.teacher_base,
         dev=run.splits["dev"],
         student=run.student_name,
-        max_length=args.teacher_max_length,
-        epochs=args.teacher_epochs,
-        learning_rate=args.teacher_learning_rate,
-        random_negatives=args.teacher_random_negatives,
-        max_pairs=args.teacher_max_pairs,
-        loss=args.teacher_loss,
-        list_size=args.teacher_list_size,
+        **{name: getattr(args, f"teacher_{name}") for name in settings},
         seed=args.seed,
         device=args.device,
         overwrite=True,  # the stage is not done under these settings: a teacher on disk is another one

@@ -316,9 +316,9 @@ def test_pipeline_stages_follow_the_data_and_the_teacher_settings(tiny_model_pat
     go()
     third = stamps()
     assert all(third[name] != second[name] for name in ("teacher", "before", "round_1"))
-    go(teacher_learning_rate=5e-5)
+    go(teacher_learning_rate=2e-5)  # the default is 5e-5
     fourth = stamps()
     assert fourth["teacher"] != third["teacher"] and fourth["round_1"] != third["round_1"]
     assert fourth["before"] == third["before"]
     manifest = json.loads((run / "teacher" / "stage.json").read_text())
-    assert manifest["settings"]["learning_rate"] == 5e-5
+    assert manifest["settings"]["learning_rate"] == 2e-5
