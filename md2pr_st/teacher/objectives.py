@@ -70,7 +70,7 @@ def teacher_training_lists(pairs: Dataset, list_size: int = 8, seed: int = 0) ->
     Each query's passages are shuffled (``seed``) and cut into lists of at most ``list_size``, each list sorted by
     label, best first (the order ``ListMLELoss`` learns; ties keep the shuffled order, fixed for every epoch); a
     list whose labels are all equal (nothing to order, no gradient for a ranking loss) is left out, so an epoch sees
-    fewer pairs than the pointwise loss (on RAG24's train split with lists of 8: 96 % of them). Every pair that is
+    fewer pairs than the pointwise loss (fold 0 of ``benchmarks/quality.py`` with lists of 8: 3,415 of 3,621). Every pair that is
     kept lands in exactly one list.
 
     Example:

@@ -126,7 +126,8 @@ def train_teacher(
 
     The teacher minimises ``BCEWithLogits(t(q, d), y)`` over :func:`teacher_training_pairs` (``y = grade /
     max_grade``; random corpus passages with ``y = 0``), or with ``loss`` one of the host's ranking losses over
-    the same pairs grouped into lists of a query's passages (:func:`~md2pr_st.teacher.objectives.teacher_training_lists`). The final model is written atomically to
+    the same pairs grouped into lists of a query's passages
+    (:func:`~md2pr_st.teacher.objectives.teacher_training_lists`). The final model is written atomically to
     ``output_dir``; trainer checkpoints go to ``output_dir + ".checkpoints"`` every ``save_steps`` steps, and a
     run that was interrupted resumes from the last one. When ``dev`` is given, :func:`reranking_gap` compares
     teacher and student on it and the result is saved in ``output_dir/md2pr_teacher.json`` (with the training
@@ -277,15 +278,15 @@ def _train_teacher(
 
     max_length, epochs, batch_size = settings["max_length"], settings["epochs"], settings["batch_size"]
     learning_rate, seed = settings["learning_rate"], settings["seed"]
+    if settings["list_size"]:  # a ranking loss: as many lists as fit in batch_size pairs
+        batch_size = max(1, batch_size // settings["list_size"])
     base_name = resolve_model_name(base_model)
     model = CrossEncoder(base_name, num_labels=1, max_length=max_length, device=device)
     checkpoints = output_dir.with_name(output_dir.name + ".checkpoints")
     defaults = dict(
         output_dir=str(checkpoints),
         num_train_epochs=epochs,
-        per_device_train_batch_size=max(1, batch_size // settings["list_size"])
-        if settings["list_size"]
-        else batch_size,
+        per_device_train_batch_size=batch_size,
         learning_rate=learning_rate,
         warmup_steps=float(settings["warmup_ratio"]),  # transformers 5: a float < 1 is a ratio
         seed=seed,
