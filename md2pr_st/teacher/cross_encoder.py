@@ -326,9 +326,15 @@ class Teacher(nn.Module):
             for module in self.cross_encoder.model.modules()
             if "Attention" in type(module).__name__
         ]
+        # Families outside transformers' AttentionInterface (DeBERTa-v2/v3, MPNet) return their attention weights
+        # only when asked to, and the cross-encoder's forward does not ask: the config's default does.
+        config = self.cross_encoder.model.config
+        asked = config.output_attentions
+        config.output_attentions = True
         try:
             yield
         finally:
+            config.output_attentions = asked
             for handle in handles:
                 handle.remove()
             if state["layer"] != self.num_layers:
@@ -336,8 +342,9 @@ class Teacher(nn.Module):
                 raise RuntimeError(
                     f"The teacher {self.model_name!r} returned attention weights for {state['layer']} layers, but its "
                     f"config has num_hidden_layers={self.num_layers}. Its attention modules do not return their "
-                    "weights in the eager implementation; use a transformers model whose attention follows the "
-                    "AttentionInterface (BERT, RoBERTa, ELECTRA, DeBERTa-v2, ModernBERT, ...)."
+                    "weights in the eager implementation, so the word level (beta > 0) cannot use it; the sentence "
+                    "level and the false-negative filter still can (beta=0). Families known to work: BERT, RoBERTa, "
+                    "XLM-RoBERTa, ELECTRA, DeBERTa-v2/v3, MPNet, DistilBERT, ModernBERT."
                 )
 
     def _use_eager_attention(self) -> None:
