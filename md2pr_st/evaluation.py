@@ -17,6 +17,10 @@ Definitions (per query, then averaged over queries), with rel(d) the judged grad
   the check that the others can be trusted: an unjudged document counts as non-relevant, so when judged@k falls
   (a model retrieves passages outside the query's pool), the other metrics fall with it whether or not those
   passages are relevant.
+- ``condensed_<metric>@k`` (e.g. ``condensed_ndcg@10``): the metric on the *condensed list* (Sakai, SIGIR 2007,
+  https://doi.org/10.1145/1277741.1277756): each ranking with the documents its query's qrels do not judge taken
+  out before the cut, so an unjudged document neither costs nor earns anything. Next to the standard metric and
+  judged@k it tells a change caused by unjudged documents from a real one.
 
 Queries with no document at ``grade >= relevance_cut`` are left out of every average (no system can score on
 them; BEIR and sentence-transformers do the same) and reported as ``n_queries_skipped``.
@@ -45,11 +49,13 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_METRICS = ("ndcg@10", "mrr@10", "recall@10", "recall@100", "map@100")
+DEFAULT_METRICS = ("ndcg@10", "condensed_ndcg@10", "judged@10", "mrr@10", "recall@10", "recall@100", "map@100")
 # What the pipeline reports before / after training and for the teacher's rerank.
-REPORT_METRICS = ("ndcg@10", "mrr@10", "recall@100", "map@100", "judged@10")
+REPORT_METRICS = ("ndcg@10", "condensed_ndcg@10", "judged@10", "mrr@10", "recall@100", "map@100")
 DEFAULT_RELEVANCE_CUT = 2
-_METRIC = re.compile(r"^(ndcg|mrr|recall|map|precision|judged)@(\d+)$")
+_METRIC = re.compile(r"^((?:condensed_)?(?:ndcg|mrr|recall|map|precision)|judged)@(\d+)$")
+# Prefix of a condensed-list measure: computed on each ranking with the documents the qrels do not judge removed.
+CONDENSED = "condensed_"
 _TREC_NAMES = {"ndcg": ("ndcg_cut.{k}", "ndcg_cut_{k}"), "recall": ("recall.{k}", "recall_{k}"),
                "map": ("map_cut.{k}", "map_cut_{k}"), "precision": ("P.{k}", "P_{k}")}  # fmt: skip
 
@@ -64,8 +70,8 @@ def parse_metrics(metrics: Sequence[str]) -> list[tuple[str, int]]:
         match = _METRIC.match(metric.strip().lower())
         if not match or int(match.group(2)) < 1:
             raise ValueError(
-                f"Unknown metric {metric!r}. Use NAME@K with NAME one of ndcg, mrr, recall, map, precision, judged and "
-                "K >= 1, e.g. ndcg@10."
+                f"Unknown metric {metric!r}. Use NAME@K with NAME one of ndcg, mrr, recall, map, precision, judged "
+                "(or condensed_NAME for the first five) and K >= 1, e.g. ndcg@10 or condensed_ndcg@10."
             )
         parsed.append((match.group(1), int(match.group(2))))
     return parsed
@@ -97,6 +103,8 @@ def evaluate_run(
         >>> result = evaluate_run(run, qrels, ["mrr@10", "recall@3", "ndcg@3", "judged@4"])
         >>> result["mrr@10"], result["recall@3"], round(result["ndcg@3"], 4), result["judged@4"]
         (0.5, 0.5, 0.6075, 0.75)
+        >>> round(evaluate_run(run, qrels, ["condensed_ndcg@3"])["condensed_ndcg@3"], 4)  # x taken out: b, a, c
+        0.8175
     """
     parsed = parse_metrics(metrics)
     evaluable = {q: docs for q, docs in qrels.items() if any(g >= relevance_cut for g in docs.values())}
@@ -110,6 +118,26 @@ def evaluate_run(
         raise ValueError(f"The run has no results for {len(missing)} judged queries, e.g. {missing[:3]}.")
     run = {q: {d: float(s) for d, s in run[q].items()} for q in evaluable}
 
+    condensed = [(name, k) for name, k in parsed if name.startswith(CONDENSED)]
+    values = _per_query_values(run, evaluable, [m for m in parsed if m not in condensed], relevance_cut)
+    if condensed:  # the same measures on each ranking with the unjudged documents taken out before the cut
+        judged_run = {q: {d: s for d, s in docs.items() if d in evaluable[q]} for q, docs in run.items()}
+        inner = [(name[len(CONDENSED) :], k) for name, k in condensed]
+        inner_values = _per_query_values(judged_run, evaluable, inner, relevance_cut)
+        values.update({f"{CONDENSED}{name}@{k}": inner_values[f"{name}@{k}"] for name, k in inner})
+    result: dict = {f"{name}@{k}": float(np.mean(list(values[f"{name}@{k}"].values()))) for name, k in parsed}
+    result["n_queries"] = len(evaluable)
+    result["n_queries_skipped"] = len(qrels) - len(evaluable)
+    result["relevance_cut"] = relevance_cut
+    if per_query:
+        result["per_query"] = values
+    return result
+
+
+def _per_query_values(
+    run: Run, evaluable: Qrels, parsed: list[tuple[str, int]], relevance_cut: int
+) -> dict[str, dict[str, float]]:
+    """``{metric: {query_id: value}}`` of :func:`evaluate_run` for the plain (not condensed) measures."""
     values: dict[str, dict[str, float]] = {}
     trec_measures = {_TREC_NAMES[name][0].format(k=k) for name, k in parsed if name not in ("mrr", "judged")}
     if trec_measures:
@@ -129,14 +157,7 @@ def evaluate_run(
         per_q = pytrec_eval.RelevanceEvaluator(evaluable, {"recip_rank"}, relevance_level=relevance_cut)
         per_q = per_q.evaluate(top_k)
         values[f"mrr@{k}"] = {q: per_q[q]["recip_rank"] if q in per_q else 0.0 for q in evaluable}
-
-    result: dict = {f"{name}@{k}": float(np.mean(list(values[f"{name}@{k}"].values()))) for name, k in parsed}
-    result["n_queries"] = len(evaluable)
-    result["n_queries_skipped"] = len(qrels) - len(evaluable)
-    result["relevance_cut"] = relevance_cut
-    if per_query:
-        result["per_query"] = values
-    return result
+    return values
 
 
 def run_from_search(query_ids: Sequence[str], scores: np.ndarray, doc_ids: list[list[str]]) -> Run:

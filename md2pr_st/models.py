@@ -6,6 +6,7 @@ import functools
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from md2pr_st.model_packages import installed_model_path
 from md2pr_st.utils import fingerprint
 
 if TYPE_CHECKING:
@@ -45,7 +46,9 @@ def resolve_model_name(name: str | Path | None) -> str:
 
     ``None`` (and the aliases ``minilm``, ``all-MiniLM-L6-v2``, ``sentence-transformers/all-MiniLM-L6-v2``,
     when no such local folder exists) give the embedded all-MiniLM-L6-v2, so the default works with no Hub
-    access. Anything else (a local folder or any Hub id) is returned unchanged.
+    access. A model installed from a package index (``all-mpnet-base-v2``, its Hub id or ``mpnet``, once
+    :func:`~md2pr_st.model_packages.install_model` put it in the cache) gives its installed folder. Anything else
+    (a local folder or any Hub id) is returned unchanged.
 
     Example:
         >>> from md2pr_st.models import resolve_model_name
@@ -57,12 +60,15 @@ def resolve_model_name(name: str | Path | None) -> str:
     if name is None:
         return str(embedded_student_path())
     name = str(name)
-    if name in _EMBEDDED_ALIASES and not Path(name).exists():
+    if Path(name).exists():
+        return name
+    if name in _EMBEDDED_ALIASES:
         try:
             return str(embedded_student_path())
         except (ModuleNotFoundError, FileNotFoundError):
             return name
-    return name
+    installed = installed_model_path(name)
+    return str(installed) if installed is not None else name
 
 
 def check_model_source(name: str | Path | None, option: str = "model") -> str:

@@ -73,6 +73,11 @@ def atomic_path(target: str | Path, *, is_dir: bool = False, overwrite: bool = F
         raise
 
 
+def default_cache_dir() -> Path:
+    """``$MD2PR_CACHE`` if set, else ``~/.cache/md2pr_st``: downloads, parsed data and installed models."""
+    return Path(os.environ.get("MD2PR_CACHE", Path.home() / ".cache" / "md2pr_st")).expanduser()
+
+
 def write_json(path: str | Path, obj: Any) -> Path:
     """Write ``obj`` as indented JSON, atomically."""
     path = Path(path)

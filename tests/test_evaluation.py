@@ -75,6 +75,42 @@ def test_agrees_with_pytrec_eval_on_random_runs():
     assert ours["map@100"] == pytest.approx(np.mean([v["map_cut_100"] for v in ref.values()]))
 
 
+def _ndcg_by_hand(ranking: list[str], grades: dict[str, int], k: int) -> float:
+    """nDCG@k with linear gains and log2 discounts, the ideal order over every judged document (trec_eval's)."""
+    dcg = sum(grades.get(d, 0) / math.log2(i + 2) for i, d in enumerate(ranking[:k]))
+    ideal = sorted(grades.values(), reverse=True)[:k]
+    return dcg / sum(g / math.log2(i + 2) for i, g in enumerate(ideal))
+
+
+def test_condensed_lists_take_unjudged_documents_out_before_the_cut():
+    qrels = {"q1": {"a": 3, "b": 0, "c": 2, "d": 1}, "q2": {"e": 2, "f": 0}}
+    # q1: two unjudged passages (x, y) above the judged ones; q2: unjudged z first, then a judged non-relevant f
+    run = {
+        "q1": {"x": 0.99, "b": 0.9, "y": 0.8, "c": 0.7, "a": 0.6, "d": 0.1},
+        "q2": {"z": 0.9, "f": 0.8, "e": 0.7},
+    }
+    result = evaluate_run(run, qrels, ["ndcg@3", "condensed_ndcg@3", "judged@3", "condensed_mrr@10"], per_query=True)
+    per_query = result["per_query"]
+    # standard: x, b, y -> q1 gains 0, 0, 0; q2: z, f, e -> 0, 0, 2
+    assert per_query["ndcg@3"]["q1"] == 0.0
+    assert per_query["ndcg@3"]["q2"] == pytest.approx(_ndcg_by_hand(["z", "f", "e"], qrels["q2"], 3))
+    # condensed: q1 -> b, c, a ; q2 -> f, e
+    assert per_query["condensed_ndcg@3"]["q1"] == pytest.approx(_ndcg_by_hand(["b", "c", "a"], qrels["q1"], 3))
+    assert per_query["condensed_ndcg@3"]["q2"] == pytest.approx(_ndcg_by_hand(["f", "e"], qrels["q2"], 3))
+    assert per_query["condensed_ndcg@3"]["q1"] == pytest.approx(
+        (2 / math.log2(3) + 3 / math.log2(4)) / (3 + 2 / math.log2(3) + 1 / math.log2(4))
+    )
+    assert result["condensed_ndcg@3"] == pytest.approx(np.mean(list(per_query["condensed_ndcg@3"].values())))
+    assert per_query["condensed_mrr@10"] == {"q1": 0.5, "q2": 0.5}  # c is 2nd of b, c, a; e 2nd of f, e
+    assert per_query["judged@3"] == {"q1": pytest.approx(1 / 3), "q2": pytest.approx(2 / 3)}
+    # a run with every document judged: condensed and standard agree
+    judged_only = {q: {d: s for d, s in docs.items() if d in qrels[q]} for q, docs in run.items()}
+    same = evaluate_run(judged_only, qrels, ["ndcg@3", "condensed_ndcg@3"])
+    assert same["ndcg@3"] == pytest.approx(same["condensed_ndcg@3"])
+    with pytest.raises(ValueError, match="Unknown metric 'condensed_judged@3'"):
+        evaluate_run(run, qrels, ["condensed_judged@3"])
+
+
 def test_bad_metric_names_and_missing_queries():
     with pytest.raises(ValueError, match="Unknown metric 'ndcg10'"):
         evaluate_run(RUN, QRELS, ["ndcg10"])

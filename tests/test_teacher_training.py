@@ -195,3 +195,44 @@ def test_a_teacher_saved_before_the_loss_setting_existed_is_reused(tiny_cross_en
     mtime = (path / TEACHER_REPORT).stat().st_mtime
     assert train_teacher(toy_data(), tmp_path / "t", **kwargs) == path
     assert (path / TEACHER_REPORT).stat().st_mtime == mtime
+
+
+def test_hard_negatives_join_with_label_0_and_are_never_also_random(tiny_model_path):
+    from sentence_transformers import SentenceTransformer
+
+    from md2pr_st.index import encode
+    from md2pr_st.teacher import mine_teacher_negatives
+
+    data = toy_data()
+    mined = mine_teacher_negatives(data, tiny_model_path, num_negatives=2, range_max=3)
+    # brute force: the student's cosine ranking of the corpus without the query's judged passages
+    student = SentenceTransformer(str(tiny_model_path), device="cpu")
+    queries = encode(student, list(data.queries["text"]), "query")
+    passages = encode(student, list(CORPUS["text"]), "document")
+    for row, query_id in enumerate(data.queries["id"]):
+        order = sorted(range(len(CORPUS)), key=lambda i: -float(queries[row] @ passages[i]))
+        unjudged = [CORPUS["id"][i] for i in order if CORPUS["id"][i] not in data.qrels[query_id]]
+        assert mined[query_id] == unjudged[:2]
+    pairs = teacher_training_pairs(data, random_negatives=1, seed=0, hard_negatives={**mined, "q2": ["d3", "d5"]})
+    rows = list(zip(pairs["query"], pairs["passage"], pairs["label"]))
+    q2 = [(p, y) for q, p, y in rows if q == "what is java"]
+    # judged d3 (2/3) and d4 (1/3) keep their grades; mined d3 is judged, so only d5 joins, with label 0; the random
+    # negative is neither judged nor mined
+    assert q2[:3] == [("java is an island", pytest.approx(2 / 3)), ("coffee from java", pytest.approx(1 / 3)),
+                      ("cats and dogs", 0.0)]  # fmt: skip
+    assert len(q2) == 4 and q2[3][1] == 0.0 and q2[3][0] not in {p for p, _ in q2[:3]}
+    with pytest.raises(ValueError, match="not in the corpus: \\['nope'\\]"):
+        teacher_training_pairs(data, hard_negatives={"q1": ["nope"]})
+    with pytest.raises(ValueError, match="num_negatives <= range_max"):
+        mine_teacher_negatives(data, tiny_model_path, num_negatives=4, range_max=3)
+
+
+def test_train_teacher_with_mined_negatives_records_them(tiny_cross_encoder_path, tiny_model_path, tmp_path):
+    kwargs = dict(base_model=tiny_cross_encoder_path, max_length=32, batch_size=4, random_negatives=1,
+                  show_progress_bar=False, student=tiny_model_path)  # fmt: skip
+    path = train_teacher(toy_data(), tmp_path / "t", mined_negatives=2, **kwargs)
+    report = json.loads((path / TEACHER_REPORT).read_text())
+    assert (report["mined_negatives"], report["train_pairs"]) == (2, 4 + 2 * 2 + 2 * 1)
+    assert report["record"]["mined_negatives"] == 2
+    with pytest.raises(ValueError, match="mined_negatives needs the train split"):
+        train_teacher(teacher_training_pairs(toy_data()), tmp_path / "u", mined_negatives=2, **kwargs)

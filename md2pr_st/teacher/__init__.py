@@ -4,6 +4,7 @@
 - ``scoring.py``: :func:`score_candidates` (the one place that builds the pairs a teacher scores), :class:`QrelsScorer`
 - ``attention_store.py``: :class:`AttentionRecorder` (records the attention while scoring, e.g. in the
   false-negative pass), :class:`OfflineTeacher` (the recorded logits and attention, without the teacher)
+- ``pairs.py``: :func:`teacher_training_pairs` (judged pairs, random and student-mined negatives)
 - ``training.py``: :func:`train_teacher` (``CrossEncoderTrainer``), :func:`reranking_gap` (what there is to distil)
 """
 
@@ -11,8 +12,9 @@ from __future__ import annotations
 
 from md2pr_st.teacher.attention_store import AttentionRecorder, AttentionStoreError, MissingPairsError, OfflineTeacher
 from md2pr_st.teacher.cross_encoder import AttentionBlock, Teacher, TeacherOutput
+from md2pr_st.teacher.pairs import mine_teacher_negatives, teacher_training_pairs
 from md2pr_st.teacher.scoring import QrelsScorer, candidate_pairs, score_candidates
-from md2pr_st.teacher.training import TEACHER_REPORT, reranking_gap, teacher_training_pairs, train_teacher
+from md2pr_st.teacher.training import TEACHER_REPORT, reranking_gap, train_teacher
 
 __all__ = [
     "TEACHER_REPORT",
@@ -25,6 +27,7 @@ __all__ = [
     "Teacher",
     "TeacherOutput",
     "candidate_pairs",
+    "mine_teacher_negatives",
     "reranking_gap",
     "score_candidates",
     "teacher_training_pairs",

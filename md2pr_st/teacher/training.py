@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import shutil
 import time
 from collections.abc import Mapping
@@ -32,6 +31,7 @@ from datasets import Dataset
 from md2pr_st import distributed
 from md2pr_st.data import RetrievalData
 from md2pr_st.evaluation import evaluate_run
+from md2pr_st.teacher.pairs import mine_teacher_negatives, training_pairs_of
 from md2pr_st.utils import atomic_path, resume_checkpoint, training_arguments, write_json
 
 if TYPE_CHECKING:
@@ -40,62 +40,11 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["teacher_training_pairs", "train_teacher", "reranking_gap"]
+__all__ = ["train_teacher", "reranking_gap"]
 
 TEACHER_REPORT = "md2pr_teacher.json"
 # Settings added after teachers were saved without them: a saved record lacking one had this value.
-RECORD_DEFAULTS = {"loss": "bce", "list_size": None}
-
-
-def teacher_training_pairs(
-    data: RetrievalData, random_negatives: int = 2, max_grade: int | None = None, seed: int = 0
-) -> Dataset:
-    """The ``(query, passage, label)`` pairs the teacher is trained on.
-
-    ``label = grade / max_grade`` for each judged pair (``max_grade`` defaults to the largest grade in the
-    qrels), and ``label = 0`` for ``random_negatives`` corpus passages per query that the query's qrels do not
-    judge (drawn with ``seed``).
-
-    Example:
-        >>> from datasets import Dataset
-        >>> data = RetrievalData(
-        ...     corpus=Dataset.from_dict({"id": ["a", "b", "c"], "text": ["Paris is in France.", "Tea.", "Cats."]}),
-        ...     queries=Dataset.from_dict({"id": ["q"], "text": ["where is paris"]}),
-        ...     qrels={"q": {"a": 3, "b": 0}},
-        ... )
-        >>> pairs = teacher_training_pairs(data, random_negatives=1)
-        >>> list(pairs["passage"]), list(pairs["label"])
-        (['Paris is in France.', 'Tea.', 'Cats.'], [1.0, 0.0, 0.0])
-    """
-    if random_negatives < 0:
-        raise ValueError(f"random_negatives must be >= 0, got {random_negatives}.")
-    grades = [g for docs in data.qrels.values() for g in docs.values()]
-    max_grade = max_grade if max_grade is not None else max(grades, default=0)
-    if max_grade <= 0:
-        raise ValueError(
-            f"{data.name}: no judgement has a positive grade (max_grade={max_grade}), so the teacher would only "
-            "see negatives. Train on qrels with relevant documents."
-        )
-    row_of = {doc_id: i for i, doc_id in enumerate(data.corpus["id"])}
-    rng = random.Random(seed)
-    queries = dict(zip(data.queries["id"], data.queries["text"]))
-    rows: list[tuple[str, int, float]] = []
-    for query_id, query in queries.items():
-        judged = data.qrels.get(query_id, {})
-        for doc_id, grade in judged.items():
-            rows.append((query, row_of[doc_id], min(max(grade, 0), max_grade) / max_grade))
-        drawn: set[int] = set()
-        tries = 0
-        while len(drawn) < random_negatives and tries < 100 * (random_negatives + 1):
-            tries += 1
-            row = rng.randrange(len(data.corpus))
-            if data.corpus[row]["id"] not in judged:
-                drawn.add(row)
-        rows += [(query, row, 0.0) for row in sorted(drawn)]
-    texts = data.corpus.select([r for _, r, _ in rows])["text"]
-    return Dataset.from_dict(
-        {"query": [q for q, _, _ in rows], "passage": texts, "label": [float(y) for _, _, y in rows]}
-    )
+RECORD_DEFAULTS = {"loss": "bce", "list_size": None, "mined_negatives": 0}
 
 
 def train_teacher(
@@ -111,6 +60,7 @@ def train_teacher(
     learning_rate: float = 5e-5,
     warmup_ratio: float = 0.1,
     random_negatives: int = 2,
+    mined_negatives: int = 0,
     max_pairs: int | None = None,
     seed: int = 0,
     loss: str = "bce",
@@ -145,10 +95,13 @@ def train_teacher(
         base_model: backbone or cross-encoder to start from (Hub id or folder; default: the embedded
             all-MiniLM-L6-v2, given a fresh one-logit head).
         dev: a dev split for the teacher-vs-student nDCG@10 reranking gap.
-        student: the student for the gap (default: the embedded all-MiniLM-L6-v2).
+        student: the student for the gap and for ``mined_negatives`` (default: the embedded all-MiniLM-L6-v2).
         max_length: maximum tokens of a (query, passage) pair.
         epochs, batch_size, learning_rate, warmup_ratio, seed: trainer settings.
         random_negatives: label-0 corpus passages added per query.
+        mined_negatives: label-0 passages per query mined by ``student`` from the whole corpus, the best-ranked
+            that the query's judgements do not cover (:func:`~md2pr_st.teacher.pairs.mine_teacher_negatives`, from
+            its top 50); ``train`` must then be a :class:`RetrievalData`.
         max_pairs: train on a random sample of at most this many pairs (to bound CPU time).
         loss: ``"bce"`` (pointwise, the default), ``"ranknet"`` (pairwise), ``"lambda"`` or ``"listmle"``
             (listwise): :data:`~md2pr_st.teacher.objectives.TEACHER_LOSSES`.
@@ -180,6 +133,7 @@ def train_teacher(
     output_dir = Path(output_dir)
     settings = dict(max_length=max_length, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate)
     settings.update(warmup_ratio=warmup_ratio, random_negatives=random_negatives, max_pairs=max_pairs, seed=seed)
+    settings["mined_negatives"] = mined_negatives
     for name, value in {**settings, "save_steps": save_steps}.items():
         check_range(name, value)
     check_teacher_loss(loss, list_size)
@@ -189,7 +143,12 @@ def train_teacher(
     distributed.setup()  # launched on several processes, the trainer runs DDP and the main process writes
     if distributed.is_main():  # under torchrun / accelerate launch the main process checks, locks and writes
         check_output(output_dir, overwrite=overwrite)
-    pairs, train_name = _training_pairs(train, random_negatives, max_pairs, seed)
+    hard_negatives = None
+    if mined_negatives:
+        if not isinstance(train, RetrievalData):
+            raise ValueError("mined_negatives needs the train split (a RetrievalData), not a ready pairs dataset.")
+        hard_negatives = mine_teacher_negatives(train, student, mined_negatives, show_progress_bar=show_progress_bar)
+    pairs, train_name = training_pairs_of(train, random_negatives, max_pairs, seed, hard_negatives)
     with distributed.main_only(output_lock(output_dir)):
         record = _teacher_record(pairs, base_model, settings)
         if dev is not None:  # the report's gap is made from them too
@@ -335,7 +294,17 @@ def _training_report(
     from md2pr_st.models import DEFAULT_STUDENT_ID
 
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-    keys = ("loss", "list_size", "max_length", "epochs", "batch_size", "learning_rate", "random_negatives", "seed")
+    keys = (
+        "loss",
+        "list_size",
+        "max_length",
+        "epochs",
+        "batch_size",
+        "learning_rate",
+        "random_negatives",
+        "mined_negatives",
+        "seed",
+    )
     return {
         "base_model": str(base_model or f"{DEFAULT_STUDENT_ID} (embedded)"),
         "train": train_name,
@@ -347,29 +316,6 @@ def _training_report(
         "last_loss": losses[-1] if losses else None,
         "record": record,
     }
-
-
-def _training_pairs(
-    train: RetrievalData | Dataset, random_negatives: int, max_pairs: int | None, seed: int
-) -> tuple[Dataset, str]:
-    """The ``(query, passage, label)`` rows of :func:`train_teacher` and the name of where they come from."""
-    if isinstance(train, RetrievalData):
-        pairs, name = teacher_training_pairs(train, random_negatives=random_negatives, seed=seed), train.name
-    elif isinstance(train, Dataset):
-        missing = {"query", "passage", "label"} - set(train.column_names)
-        if missing:
-            raise ValueError(
-                f"The teacher's training dataset needs columns query, passage, label; it lacks {sorted(missing)} "
-                f"(it has {train.column_names}). Build it with teacher_training_pairs(data)."
-            )
-        pairs, name = train.select_columns(["query", "passage", "label"]), "dataset"
-    else:
-        raise TypeError(f"train must be a RetrievalData or a datasets.Dataset, got {type(train).__name__}.")
-    if len(pairs) == 0:
-        raise ValueError("No training pairs: the train split has no judged pairs.")
-    if max_pairs is not None and len(pairs) > max_pairs:
-        pairs = pairs.shuffle(seed=seed).select(range(max_pairs))
-    return pairs, name
 
 
 def reranking_gap(
