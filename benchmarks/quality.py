@@ -15,17 +15,21 @@ Recipes:
 - host: ``mnrl`` (MultipleNegativesRankingLoss on the mined negatives), ``margin_mse`` (MarginMSELoss on the
   teacher's margins), ``distill_kl`` (DistillKLDivLoss on the teacher's scores), ``gist`` (GISTEmbedLoss with the
   off-the-shelf all-MiniLM-L6-v2 as its guide; it takes one hard negative per row, the best-ranked)
-- ``md2pr``: MD2PR with both levels (beta 1, the rest LossArguments() defaults, the default false-negative rule,
-  flagged candidates masked out of L_c and kept for L_s); ablations ``md2pr_no_word`` (beta 0, the library's
-  default since this benchmark), ``md2pr_beta_0.1`` (a tenth of the
-  word level), ``md2pr_no_sentence`` (alpha 0), ``md2pr_no_word_no_filter`` and ``md2pr_no_word_no_sentence`` (the
-  other ablations without the word level), ``md2pr_no_filter``
-  (no false-negative filter); against the defaults (``md2pr_no_word``, one change each): ``md2pr_fixed`` (a fixed
-  threshold: flagged when t(q, d) >= t(q, d+)), ``md2pr_quantile`` (the quantile rule p = 0.1, the former default),
-  ``md2pr_2_rounds`` (re-mined with the round-1 student), ``md2pr_umbrela`` (UMBRELA grades as the sentence level's
-  teacher scores); ``md2pr_offline`` is ``md2pr`` trained on recorded attention targets (each query token's top 16
-  passage tokens, fp16; :class:`md2pr_st.AttentionRecorder`) with no teacher forward during training, and
-  ``md2pr_offline_all`` the same with every passage token kept
+- ``md2pr``: MD2PR at the library's defaults (L_c with the flagged candidates masked, plus L_s; beta 0, the default
+  false-negative rule). One change each: ``md2pr_no_sentence`` (alpha 0), ``md2pr_no_filter`` (no false-negative
+  filter), ``md2pr_fixed`` (a fixed threshold: flagged when t(q, d) >= t(q, d+)), ``md2pr_quantile`` (the quantile
+  rule p = 0.1), ``md2pr_2_rounds`` (re-mined with the round-1 student), ``md2pr_umbrela`` (UMBRELA grades as the
+  sentence level's teacher scores)
+- the word level on top of the defaults, its targets recorded once per (regime, fold, teacher layers) by
+  :class:`md2pr_st.AttentionRecorder` (every passage token, fp16; no teacher forward during training):
+  ``md2pr_word_<beta>`` (beta 1, 0.3, 0.1, 0.03; the last layer); at the beta chosen on dev (the best of 0.3, 0.1
+  and 0.03 on the fold's dev topics): ``md2pr_word_middle`` (the teacher's middle layer), ``md2pr_word_last4`` (the
+  mean of its last four), ``md2pr_word_positives`` (each query with its positive only), ``md2pr_word_warmup`` and
+  ``md2pr_word_decay`` (beta ramped up over the first half of training, or down over the second half); and
+  ``md2pr_word_1_no_sentence``, ``md2pr_word_1_no_filter``, ``md2pr_word_1_top16`` (each query token's top 16 passage
+  tokens recorded), ``md2pr_word_1_online`` and ``md2pr_word_0.1_online`` (the teacher run online in every step)
+- chosen on dev, for the seeds of the headline pairs: ``md2pr_best`` (the best MD2PR recipe run on the fold, by dev
+  nDCG@10), ``md2pr_word_best`` (the best word-level recipe), ``host_best`` (the best host recipe)
 
 One folder per (regime, fold, recipe, seed) holds ``result.json`` once finished; a rerun skips finished runs and
 redoes unfinished ones (student training itself resumes from its last checkpoint). Shared work is cached per fold
@@ -55,26 +59,40 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-METRICS = ("ndcg@10", "mrr@10", "recall@100", "judged@10")
+METRICS = ("ndcg@10", "condensed_ndcg@10", "judged@10", "mrr@10", "recall@100")
 HOST = ("mnrl", "margin_mse", "distill_kl", "gist")
 MD2PR = {
-    "md2pr": {"beta": 1.0},  # both levels, the others at the library defaults
-    "md2pr_no_word": {"beta": 0.0},
-    "md2pr_beta_0.1": {"beta": 0.1},
-    "md2pr_no_sentence": {"alpha": 0.0, "beta": 1.0},
-    "md2pr_no_word_no_filter": {"beta": 0.0, "rule": None},
-    "md2pr_no_word_no_sentence": {"beta": 0.0, "alpha": 0.0},
-    "md2pr_no_filter": {"rule": None, "beta": 1.0},
-    # md2pr with the word level's targets recorded once (top 16 per query token, fp16) instead of an online teacher
-    "md2pr_offline": {"beta": 1.0, "offline": 16},
-    "md2pr_offline_all": {"beta": 1.0, "offline": "all"},  # every passage token kept: the online targets in fp16
-    # The threshold and round ablations change one thing of the defaults (md2pr_no_word), which won the grid.
+    "md2pr": {"beta": 0.0},  # the library's defaults
+    "md2pr_no_sentence": {"beta": 0.0, "alpha": 0.0},
+    "md2pr_no_filter": {"beta": 0.0, "rule": None},
     "md2pr_fixed": {"rule": "margin", "beta": 0.0},
     "md2pr_quantile": {"rule": "dynamic", "beta": 0.0},
     "md2pr_2_rounds": {"rounds": 2, "beta": 0.0},
     "md2pr_umbrela": {"scores": "qrels", "beta": 0.0},
+    # the word level: targets recorded once per (regime, fold, layers), every passage token (fp16)
+    "md2pr_word_1": {"beta": 1.0},
+    "md2pr_word_0.3": {"beta": 0.3},
+    "md2pr_word_0.1": {"beta": 0.1},
+    "md2pr_word_0.03": {"beta": 0.03},
+    "md2pr_word_middle": {"beta": "dev", "layers": "middle"},
+    "md2pr_word_last4": {"beta": "dev", "layers": "last4"},
+    "md2pr_word_positives": {"beta": "dev", "word_level_pairs": "positives"},
+    "md2pr_word_warmup": {"beta": "dev", "beta_schedule": "warmup"},
+    "md2pr_word_decay": {"beta": "dev", "beta_schedule": "decay"},
+    "md2pr_word_1_no_sentence": {"alpha": 0.0, "beta": 1.0},
+    "md2pr_word_1_no_filter": {"rule": None, "beta": 1.0},
+    "md2pr_word_1_top16": {"beta": 1.0, "top_k": 16},
+    "md2pr_word_1_online": {"beta": 1.0, "online": True},
+    "md2pr_word_0.1_online": {"beta": 0.1, "online": True},
 }
-RECIPES = ("base", "teacher_rerank", *HOST, *MD2PR)
+BETAS = ("md2pr_word_0.3", "md2pr_word_0.1", "md2pr_word_0.03")  # where "dev" chooses beta from
+# Chosen on each (regime, fold)'s dev topics among the recipes run with the first seed (for the headline seeds).
+CHOSEN = {
+    "md2pr_best": ("md2pr", *(name for name in MD2PR if name != "md2pr")),
+    "md2pr_word_best": tuple(name for name in MD2PR if name.startswith("md2pr_word")),
+    "host_best": HOST,
+}
+RECIPES = ("base", "teacher_rerank", *HOST, *MD2PR, *CHOSEN)
 
 
 @dataclasses.dataclass
@@ -94,6 +112,9 @@ class Budget:
     teacher_learning_rate: float = 5e-5
     teacher_epochs: float = 1.0
     rerank_k: int = 20
+    # A teacher trained elsewhere, one per fold (e.g. runs/strong/fold{fold}/mpnet_mined/teacher, from
+    # strong_teacher.py); empty: the grid trains its own (the MiniLM backbone) in <output>/fold<f>/teacher.
+    teacher_from: str = ""
 
 
 def write_json(path: Path, obj) -> None:
@@ -117,6 +138,11 @@ def teacher_for(out: Path, fold: int, splits, budget: Budget) -> Path:
     """The fold's cross-encoder, trained on its train topics (reused when its report records the same settings)."""
     from md2pr_st.teacher import TEACHER_REPORT, train_teacher
 
+    if budget.teacher_from:
+        path = Path(budget.teacher_from.format(fold=fold))
+        if not (path / TEACHER_REPORT).is_file():
+            raise SystemExit(f"{path} holds no trained teacher: train it first (benchmarks/strong_teacher.py).")
+        return path
     path = out / f"fold{fold}" / "teacher"
     report = path / TEACHER_REPORT
     wanted = {"max_length": budget.teacher_max_length, "learning_rate": budget.teacher_learning_rate,
@@ -160,8 +186,12 @@ def student_for(out: Path, regime: str) -> str:
     return str(path)
 
 
-def candidates_for(path: Path, splits, student: str, teacher, budget: Budget, cache_dir: Path):
-    """Mined candidates of the fold's train pairs (mined with ``student``), with teacher scores and UMBRELA grades."""
+def candidates_for(
+    path: Path, splits, student: str, teacher, budget: Budget, cache_dir: Path, record: Path | None = None
+):
+    """Mined candidates of the fold's train pairs (mined with ``student``), with teacher scores and UMBRELA grades;
+    with ``record``, the teacher's attention on every candidate pair is recorded there in the same pass (the store
+    of the word-level recipes, :func:`attention_store`)."""
     from datasets import load_from_disk
     from sentence_transformers import SentenceTransformer
 
@@ -181,6 +211,10 @@ def candidates_for(path: Path, splits, student: str, teacher, budget: Budget, ca
     )  # fmt: skip
     columns = negative_columns(mined.column_names)
     lists = [[row["positive"], *(row[c] for c in columns)] for row in mined]
+    if record is not None:
+        from md2pr_st.teacher import AttentionRecorder
+
+        teacher = AttentionRecorder(teacher, record, top_k=None)
     scores = score_candidates(teacher, mined["query"], lists, show_progress_bar=True)
     grades = score_candidates(QrelsScorer(splits["train"]), mined["query"], lists)
     mined = mined.add_column("scores", [s.tolist() for s in scores])
@@ -259,16 +293,61 @@ def md2pr_rows(candidates, settings: dict, budget: Budget, teacher):
     return filtered, fn_filter.statistics["rounds"][-1]
 
 
-def record_targets(rows, teacher, path: Path, top_k: int | None = 16):
-    """Record the teacher's attention on every (query, document) pair of ``rows`` (what the filter pass of a round
-    does with an :class:`~md2pr_st.AttentionRecorder`); returns the :class:`~md2pr_st.OfflineTeacher` reading them."""
+def attention_store(run_root: Path, layers: str, top_k: int | None) -> Path:
+    """The (regime, fold)'s store of recorded attention for ``layers`` and ``top_k``, shared by its recipes."""
+    return run_root / "attention" / (layers if top_k is None else f"{layers}_top{top_k}")
+
+
+def teacher_layers(teacher_path: str, layers: str) -> tuple[int, ...]:
+    """``last``, ``middle`` (layer n // 2 of n) or ``last4`` (the mean of the last four), as Teacher indices."""
+    if layers == "last":
+        return (-1,)
+    if layers == "last4":
+        return (-4, -3, -2, -1)
+    from transformers import AutoConfig
+
+    return (AutoConfig.from_pretrained(teacher_path).num_hidden_layers // 2,)
+
+
+def record_targets(
+    rows, teacher_path: str, path: Path, budget: Budget, layers: str = "last", top_k: int | None = None
+):
+    """Record the teacher's attention on every (query, document) pair of ``rows`` not yet in the store at ``path``
+    (what the filter pass of a round does with an :class:`~md2pr_st.AttentionRecorder`); returns the
+    :class:`~md2pr_st.OfflineTeacher` reading them."""
     from md2pr_st.mining import negative_columns
-    from md2pr_st.teacher import AttentionRecorder, OfflineTeacher
+    from md2pr_st.teacher import AttentionRecorder, OfflineTeacher, Teacher
 
     columns = ["positive", *negative_columns(rows.column_names)]
     pairs = [(row["query"], row[c]) for row in rows for c in columns]
+    teacher = Teacher(teacher_path, max_length=budget.teacher_max_length, layers=teacher_layers(teacher_path, layers))
     AttentionRecorder(teacher, path, top_k=top_k).score(pairs, show_progress_bar=True)
     return OfflineTeacher(path)
+
+
+def chosen_on_dev(run_root: Path, names, seed: int = 13) -> str:
+    """The recipe among ``names`` with the best dev nDCG@10 in ``run_root`` (the (regime, fold) folder), seed 13."""
+    dev = {}
+    for name in names:
+        path = run_root / f"{name}-s{seed}" / "result.json"
+        if path.is_file() and "dev" in json.loads(path.read_text()):
+            dev[name] = json.loads(path.read_text())["dev"]["ndcg@10"]
+    if not dev:
+        raise RuntimeError(
+            f"Nothing to choose from in {run_root}: run some of {', '.join(names)} with seed {seed} first."
+        )
+    return max(dev, key=dev.get)
+
+
+def resolve_settings(run_root: Path, recipe: str) -> dict:
+    """The recipe's settings, with beta "dev" replaced by the beta whose run did best on dev."""
+    settings = dict(MD2PR[recipe])
+    if settings.get("beta") == "dev":
+        missing = [name for name in BETAS if not (run_root / f"{name}-s13" / "result.json").is_file()]
+        if missing:
+            raise RuntimeError(f"{recipe} takes its beta from dev: run {', '.join(missing)} (seed 13) first.")
+        settings["beta"] = MD2PR[chosen_on_dev(run_root, BETAS)]["beta"]
+    return settings
 
 
 def train_recipe(run_dir: Path, recipe: str, regime_student: str, candidates, splits, teacher_path, budget, seed):
@@ -289,18 +368,21 @@ def train_recipe(run_dir: Path, recipe: str, regime_student: str, candidates, sp
         path, log = train_student(regime_student, data, run_dir / "student", loss=host_loss(recipe, regime_student),
                                   **common)  # fmt: skip
         return path, {"rows": len(data), "log_history": log}
-    settings = MD2PR[recipe]
-    loss_args = dataclasses.replace(LossArguments(), **{k: settings[k] for k in ("alpha", "beta") if k in settings})
-    teacher = Teacher(teacher_path, max_length=budget.teacher_max_length) if loss_args.beta > 0 else None
-    current, info = regime_student, {"rounds": []}
+    settings = resolve_settings(run_dir.parent, recipe)
+    loss_keys = ("alpha", "beta", "word_level_pairs", "beta_schedule")
+    loss_args = dataclasses.replace(LossArguments(), **{k: settings[k] for k in loss_keys if k in settings})
+    online = settings.get("online")
+    teacher = Teacher(teacher_path, max_length=budget.teacher_max_length) if online else None
+    current, info = regime_student, {"rounds": [], "settings": settings}
     for r in range(1, settings.get("rounds", 1) + 1):
         if r > 1:  # mined again with the round's student, scored by the same teacher
             scorer = Teacher(teacher_path, max_length=budget.teacher_max_length)
             candidates = candidates_for(run_dir / f"candidates_round_{r}", splits, current, scorer, budget, run_dir)
         rows, stats = md2pr_rows(candidates, settings, budget, teacher)
-        if settings.get("offline"):
-            top_k = None if settings["offline"] == "all" else settings["offline"]
-            teacher = record_targets(rows, teacher, run_dir / f"attention_round_{r}", top_k)
+        if loss_args.beta > 0 and not online:  # recorded targets, shared by the (regime, fold)'s recipes
+            layers, top_k = settings.get("layers", "last"), settings.get("top_k")
+            store = attention_store(run_dir.parent, layers, top_k) if r == 1 else run_dir / f"attention_round_{r}"
+            teacher = record_targets(rows, teacher_path, store, budget, layers, top_k)
         mask = (
             {"false_negative_margin": stats.get("margin"), "false_negative_threshold": stats.get("threshold")}
             if stats
@@ -358,15 +440,26 @@ def run_one(out: Path, regime: str, fold: int, recipe: str, seed: int, context: 
     start = time.perf_counter()
     splits, student = context["splits"], context["student"]
     info: dict = {}
+    if recipe in CHOSEN:  # a headline pair's side: the recipe that did best on dev with the first seed
+        chosen = chosen_on_dev(run_dir.parent, CHOSEN[recipe])
+        info["chosen"] = chosen
+        done = run_dir.parent / f"{chosen}-s{seed}" / "result.json"
+        if done.is_file():  # that recipe already ran with this seed
+            result = json.loads(done.read_text())
+            result.update(recipe=recipe, info={**result.get("info", {}), "chosen": chosen})
+            write_json(run_dir / "result.json", result)
+            return
     if recipe == "base":
         result = evaluate(student, splits["test"], context["nist"], budget, dev=splits["dev"])
     elif recipe == "teacher_rerank":
         result = evaluate(student, splits["test"], context["nist"], budget, teacher_path=str(context["teacher"]))
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
-        path, info = train_recipe(
-            run_dir, recipe, student, context["candidates"], splits, str(context["teacher"]), budget, seed
+        concrete = info.get("chosen", recipe)
+        path, trained = train_recipe(
+            run_dir, concrete, student, context["candidates"], splits, str(context["teacher"]), budget, seed
         )
+        info.update(trained)
         train_seconds = time.perf_counter() - start
         result = evaluate(str(path), splits["test"], context["nist"], budget, dev=splits["dev"])
         info["train_seconds"] = round(train_seconds, 1)
@@ -406,9 +499,13 @@ def run_grid(args, budget: Budget) -> None:
                         teacher_path = teacher_for(out, fold, splits, budget)
                     if recipe not in ("base", "teacher_rerank") and "candidates" not in context:
                         teacher = Teacher(str(teacher_path), max_length=budget.teacher_max_length)
-                        path = out / regime / f"fold{fold}" / "candidates"
+                        root = out / regime / f"fold{fold}"
+                        words = any(
+                            MD2PR.get(r, {}).get("beta", 0) and not MD2PR[r].get("online") for r in args.recipes
+                        )
+                        record = attention_store(root, "last", None) if words else None
                         context["candidates"] = candidates_for(
-                            path, splits, student, teacher, budget, out / "embeddings"
+                            root / "candidates", splits, student, teacher, budget, out / "embeddings", record
                         )
                     context["teacher"] = teacher_path
                     try:

@@ -12,7 +12,7 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-METRICS = ("ndcg@10", "mrr@10", "recall@100", "judged@10")
+METRICS = ("ndcg@10", "condensed_ndcg@10", "judged@10", "mrr@10", "recall@100")
 HOST = ("mnrl", "margin_mse", "distill_kl", "gist")
 
 
@@ -25,8 +25,8 @@ def pooled(results: list[dict], qrels: str, metric: str, seed: int | None = None
     ``seed`` is given."""
     out: dict[tuple, dict[str, float]] = defaultdict(dict)
     for r in results:
-        if qrels not in r or (seed is not None and r["seed"] != seed):
-            continue
+        if qrels not in r or (seed is not None and r["seed"] != seed) or metric not in r[qrels]["per_query"]:
+            continue  # a metric added after the run was made (condensed_ndcg@10) is shown as missing
         out[(r["regime"], r["recipe"], r["seed"])].update(r[qrels]["per_query"][metric])
     return out
 
@@ -60,7 +60,8 @@ def report(out: Path) -> dict:
                     continue
                 row = {"recipe": rec, "topics": len(per_topic["ndcg@10"][key])}
                 for m in METRICS:
-                    row[m] = statistics.mean(per_topic[m][key].values())
+                    values = per_topic[m].get(key)
+                    row[m] = statistics.mean(values.values()) if values else None
                 row["folds"] = {
                     f: next(
                         (
@@ -102,23 +103,38 @@ def report(out: Path) -> dict:
     return summary
 
 
-DEFAULT = "md2pr_no_word"  # the library's defaults (beta 0 since this benchmark)
+DEFAULT = "md2pr"  # the library's defaults
 
 # (question, recipe with it, recipe without it): each pair differs in one setting
 ABLATIONS = (
     ("MD2PR's defaults vs the host's MNRL", DEFAULT, "mnrl"),
-    ("the sentence level L_s", DEFAULT, "md2pr_no_word_no_sentence"),
-    ("MD2PR's L_c alone (flagged candidates masked) vs the host's MNRL", "md2pr_no_word_no_sentence", "mnrl"),
-    ("masking the flagged candidates out of L_c", DEFAULT, "md2pr_no_word_no_filter"),
-    ("masking, with the word level on (beta 1)", "md2pr", "md2pr_no_filter"),
-    ("the word level, beta 1", "md2pr", DEFAULT),
-    ("the word level, beta 0.1", "md2pr_beta_0.1", DEFAULT),
+    ("the best MD2PR recipe vs the best host recipe (each chosen on dev)", "md2pr_best", "host_best"),
+    ("the sentence level L_s", DEFAULT, "md2pr_no_sentence"),
+    ("MD2PR's L_c alone (flagged candidates masked) vs the host's MNRL", "md2pr_no_sentence", "mnrl"),
+    ("masking the flagged candidates out of L_c", DEFAULT, "md2pr_no_filter"),
+    ("masking, with the word level on (beta 1)", "md2pr_word_1_online", "md2pr_word_1_no_filter"),
+    ("the word level, beta 1 (teacher online)", "md2pr_word_1_online", DEFAULT),
+    ("the word level, beta 0.1 (teacher online)", "md2pr_word_0.1_online", DEFAULT),
+    ("the word level, beta 1", "md2pr_word_1", DEFAULT),
+    ("the word level, beta 0.3", "md2pr_word_0.3", DEFAULT),
+    ("the word level, beta 0.1", "md2pr_word_0.1", DEFAULT),
+    ("the word level, beta 0.03", "md2pr_word_0.03", DEFAULT),
+    ("the word level from the teacher's middle layer", "md2pr_word_middle", DEFAULT),
+    ("the word level from the mean of the teacher's last 4 layers", "md2pr_word_last4", DEFAULT),
+    ("the word level on positives only", "md2pr_word_positives", DEFAULT),
+    ("the word level with beta warmed up", "md2pr_word_warmup", DEFAULT),
+    ("the word level with beta decayed", "md2pr_word_decay", DEFAULT),
+    ("the best word-level recipe (chosen on dev) vs beta 0", "md2pr_word_best", DEFAULT),
     ("the adaptive rule vs a fixed threshold (t(q,d) >= t(q,d+))", DEFAULT, "md2pr_fixed"),
     ("the adaptive rule vs the quantile rule (p = 0.1)", DEFAULT, "md2pr_quantile"),
     ("a second round (re-mined with the round-1 student)", "md2pr_2_rounds", DEFAULT),
     ("UMBRELA grades instead of the cross-encoder as teacher", "md2pr_umbrela", DEFAULT),
-    ("recorded top-16 attention targets vs the online teacher (beta 1)", "md2pr_offline", "md2pr"),
-    ("recorded targets, every passage token (fp16) vs the online teacher (beta 1)", "md2pr_offline_all", "md2pr"),
+    (
+        "recorded targets, every passage token (fp16) vs the online teacher (beta 1)",
+        "md2pr_word_1",
+        "md2pr_word_1_online",
+    ),
+    ("recorded top-16 attention targets vs the online teacher (beta 1)", "md2pr_word_1_top16", "md2pr_word_1_online"),
 )
 
 
@@ -280,7 +296,7 @@ def _table(regime: str, qrels: str, folds: list[int], best_host: str | None, row
         "|---|" + "---:|" * (len(METRICS) + len(folds) + 5),
     ]  # fmt: skip
     for row in rows:
-        cells = [str(row["topics"]), *(f"{row[m]:.4f}" for m in METRICS)]
+        cells = [str(row["topics"]), *(f"{row[m]:.4f}" if row[m] is not None else "-" for m in METRICS)]
         cells += [f"{row['folds'][f]:.4f}" if row["folds"][f] is not None else "" for f in folds]
         for key in ("vs_best_host", "vs_base"):
             ci = row.get(key)
@@ -292,6 +308,12 @@ def _table(regime: str, qrels: str, folds: list[int], best_host: str | None, row
     return lines
 
 
+def _complete(rows: list[dict]) -> list[dict]:
+    """The rows of the recipes run on every topic (every fold), so that the chart's bars share their topics."""
+    most = max((r["topics"] for r in rows), default=0)
+    return [r for r in rows if r["topics"] == most]
+
+
 def chart(summary: dict, path: Path) -> None:
     """Mean nDCG@10 per recipe (UMBRELA, all topics), with the 95 % CI of the difference to base as whiskers."""
     import matplotlib
@@ -300,12 +322,12 @@ def chart(summary: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     # A regime with only the reference rows run says nothing in a chart (its table says what ran).
-    regimes = [r for r in summary["regimes"] if len(summary["regimes"][r]["umbrela"]["rows"]) > 2]
+    regimes = [r for r in summary["regimes"] if len(_complete(summary["regimes"][r]["umbrela"]["rows"])) > 2]
     if not regimes:
         return
     fig, axes = plt.subplots(1, len(regimes), figsize=(8 * len(regimes), 4.8), squeeze=False)
     for ax, regime in zip(axes[0], regimes):
-        rows = summary["regimes"][regime]["umbrela"]["rows"]
+        rows = _complete(summary["regimes"][regime]["umbrela"]["rows"])
         names = [r["recipe"] for r in rows]
         labels = [f"{r['recipe']} ({r['topics']} topics)" for r in rows]
         values = [r["ndcg@10"] for r in rows]
@@ -323,7 +345,8 @@ def chart(summary: dict, path: Path) -> None:
         lo = min(v - d for v, d in zip(values, low)) - 0.02
         ax.set_xlim(lo, max(v + d for v, d in zip(values, high)) + 0.02)
         ax.set_xlabel("nDCG@10, test topics; whiskers: 95% CI of the paired difference to base", fontsize=9)
-        ax.set_title(f"Regime {regime}: grey references, blue host recipes, red MD2PR", fontsize=10)
+        ax.set_title(f"Regime {regime} ({rows[0]['topics']} topics, recipes run on every fold): grey references, "
+                     "blue host recipes, red MD2PR", fontsize=10)  # fmt: skip
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -128,7 +128,7 @@ def _train(
 
     from md2pr_st.data import dataset_fingerprint
     from md2pr_st.hub import use_md2pr_card_data
-    from md2pr_st.losses import MD2PRLoss
+    from md2pr_st.losses import LossWeightSchedule, MD2PRLoss
     from md2pr_st.models import model_fingerprint, resolve_model_name
 
     epochs, batch_size, learning_rate = settings["epochs"], settings["batch_size"], settings["learning_rate"]
@@ -137,15 +137,19 @@ def _train(
         model = SentenceTransformer(resolve_model_name(model), device=device)
     if max_seq_length:
         model.max_seq_length = max_seq_length
+    callbacks = []
     if loss is None:
-        loss_args = loss_args or LossArguments()
+        loss_settings = dataclasses.asdict(loss_args or LossArguments())
+        beta_schedule = loss_settings.pop("beta_schedule")
         loss_module = MD2PRLoss(
             model,
             teacher=teacher,
             false_negative_margin=false_negative_margin,
             false_negative_threshold=false_negative_threshold,
-            **dataclasses.asdict(loss_args),
+            **loss_settings,
         )
+        if beta_schedule != "constant" and loss_module.beta > 0:
+            callbacks.append(LossWeightSchedule(loss_module, "beta", beta_schedule))
     else:
         loss_module = loss(model)
     checkpoints = output_dir.with_name(output_dir.name + ".checkpoints")
@@ -167,7 +171,7 @@ def _train(
     args = SentenceTransformerTrainingArguments(**training_arguments(defaults, settings["training_args"]))
     use_md2pr_card_data(model)  # before the trainer: it fills the card data, which never quotes the training rows
     trainer = SentenceTransformerTrainer(
-        model=model, args=args, train_dataset=train_dataset, loss=loss_module, evaluator=evaluator
+        model=model, args=args, train_dataset=train_dataset, loss=loss_module, evaluator=evaluator, callbacks=callbacks
     )
     record = {"data": dataset_fingerprint(train_dataset), "model": model_fingerprint(model), **settings}
     record.update(
@@ -175,6 +179,8 @@ def _train(
         loss=loss_module.get_config_dict() if hasattr(loss_module, "get_config_dict") else repr(loss_module),
         teacher=getattr(teacher, "model_name", None) if teacher is not None else None,
     )
+    if callbacks:  # a schedule changes the training: part of what a checkpoint is resumed for
+        record["schedules"] = [callback.get_config_dict() for callback in callbacks]
     resume = resume_checkpoint(checkpoints, record, overwrite=overwrite, what="student training")
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     _check_steps(trainer, len(train_dataset))

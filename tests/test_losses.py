@@ -471,3 +471,50 @@ def test_cached_md2pr_gives_the_same_loss_and_gradients(tiny_model, teacher, bet
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
     assert cached_fn.uses_gradient_cache and cached_fn.get_config_dict()["mini_batch_size"] == 2
     assert all(p.grad is None for p in teacher.parameters())
+
+
+def test_word_level_on_positives_only_is_the_word_loss_of_the_positive_pairs(tiny_model, teacher, monkeypatch):
+    tiny_model.eval()
+    columns = (QUERIES, POSITIVES, NEGATIVES)
+    both = MD2PRLoss(tiny_model, teacher=teacher, beta=1.0, word_level_pairs="positives")
+    attended = []
+    original = teacher.attention
+    monkeypatch.setattr(teacher, "attention", lambda pairs, **kw: attended.extend(pairs) or original(pairs, **kw))
+    parts = both(batch_features(tiny_model, *columns), None)
+    monkeypatch.undo()
+    assert attended == list(zip(QUERIES, POSITIVES))  # the teacher attends over the positive pairs only
+    positives_only = WordLevelDistillationLoss(tiny_model, teacher)(
+        batch_features(tiny_model, QUERIES, POSITIVES), None
+    )
+    every_pair = MD2PRLoss(tiny_model, teacher=teacher, beta=1.0)(batch_features(tiny_model, *columns), None)
+    tiny_model.train()
+    assert parts["word_level"].item() == pytest.approx(positives_only.item(), rel=1e-5)
+    assert parts["word_level"].item() != pytest.approx(every_pair["word_level"].item(), rel=1e-3)
+    # the sentence level and the masking still see every candidate, scored online
+    assert parts["sentence_level"].item() == pytest.approx(every_pair["sentence_level"].item(), rel=1e-5)
+    assert both.get_config_dict()["word_level_pairs"] == "positives"
+    with pytest.raises(ValueError, match="word_level_pairs must be one of all, positives"):
+        MD2PRLoss(tiny_model, teacher=teacher, beta=1.0, word_level_pairs="negatives")
+
+
+def test_a_beta_warm_up_starts_the_word_level_at_0(tiny_model_path, tiny_cross_encoder_path, tmp_path):
+    from datasets import Dataset
+
+    from md2pr_st.cli.arguments import LossArguments
+    from md2pr_st.student import train_student
+
+    rows = Dataset.from_dict({"query": QUERIES * 2, "positive": POSITIVES * 2, "negative_1": NEGATIVES * 2})
+    rows = rows.map(lambda row, i: {"query": f"{row['query']} {i}"}, with_indices=True)  # no duplicate texts
+    teacher = Teacher(str(tiny_cross_encoder_path))
+    logs = {}
+    for schedule in ("constant", "warmup"):
+        loss_args = LossArguments(beta=0.5, beta_schedule=schedule)
+        _, log = train_student(tiny_model_path, rows, tmp_path / schedule, loss_args, teacher=teacher, epochs=4,
+                               batch_size=3, device="cpu", training_args={"logging_steps": 1})  # fmt: skip
+        logs[schedule] = [entry["word_level"] for entry in log if "word_level" in entry]
+    # 8 steps; the warm-up's first step runs at beta 0 (no word level computed or logged), its second at 0.125
+    assert len(logs["constant"]) == 8 and len(logs["warmup"]) == 7
+    assert 0 < logs["warmup"][0] < logs["constant"][1] / 2
+    assert logs["warmup"][-1] == pytest.approx(logs["constant"][-1], rel=0.5)  # both at beta 0.5 by then
+    with pytest.raises(ValueError, match="beta_schedule must be one of constant, warmup, decay"):
+        LossArguments(beta_schedule="cosine")

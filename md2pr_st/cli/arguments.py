@@ -182,6 +182,29 @@ class LossArguments(Options):
             "student's entropy."
         },
     )
+    word_level_pairs: str = dataclasses.field(
+        default="all",
+        metadata={"help": "Pairs of the word level: all (each query with every candidate) or positives only."},
+    )
+    beta_schedule: str = dataclasses.field(
+        default="constant",
+        metadata={
+            "help": "beta over training: constant, warmup (0 -> beta over the first half), decay (beta -> 0 over "
+            "the second half)."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        from md2pr_st.losses.md2pr import WORD_LEVEL_PAIRS
+        from md2pr_st.losses.weight_schedule import SCHEDULES
+
+        if self.word_level_pairs not in WORD_LEVEL_PAIRS:
+            raise ValueError(
+                f"word_level_pairs must be one of {', '.join(WORD_LEVEL_PAIRS)}, got {self.word_level_pairs!r}."
+            )
+        if self.beta_schedule not in SCHEDULES:
+            raise ValueError(f"beta_schedule must be one of {', '.join(SCHEDULES)}, got {self.beta_schedule!r}.")
 
 
 @dataclasses.dataclass

@@ -34,6 +34,9 @@ from md2pr_st.teacher import Teacher
 
 logger = logging.getLogger(__name__)
 
+# The pairs the word level averages over: every (query, candidate) pair, or each query with its positive only.
+WORD_LEVEL_PAIRS = ("all", "positives")
+
 
 def false_negative_mask(teacher_scores: Tensor, margin: float | None, threshold: float | None = None) -> Tensor:
     """Flag the hard negatives the teacher scores like a positive:
@@ -122,6 +125,7 @@ class MD2PRLoss(nn.Module):
         false_negative_threshold: float | None = None,
         gather_across_devices: bool = False,
         word_level_chunk_size: int = 64,
+        word_level_pairs: str = "all",
     ) -> None:
         """
         The MD2PR objective: a contrastive loss over in-batch and hard negatives with the teacher's false negatives
@@ -130,7 +134,7 @@ class MD2PRLoss(nn.Module):
             L = L_c + alpha * L_s + beta * L_w
 
             L_c = -1/B sum_q log( exp(s(q, d+) * scale) / sum_{d in batch ∪ D_q, d not flagged} exp(s(q, d) * scale) )
-            L_s = 1/B sum_q KL( softmax(t(q, D_q) / T_t) || softmax(s(q, D_q) / T_s) ) * T_s^2
+            L_s = 1/B sum_q KL( softmax(t(q, D_q) / T_t) || softmax(s(q, D_q) / T_s) )
             L_w = mean_pairs mean_i KL( A_i || softmax_j(<h^q_i, h^d_j> / tau_w) )
 
         with D_q = [d+, d1-, ..., dn-] the query's own candidates, s the student similarity (cosine by default),
@@ -176,6 +180,9 @@ class MD2PRLoss(nn.Module):
                 device's queries see every device's candidates as in-batch negatives, as in
                 MultipleNegativesRankingLoss.
             word_level_chunk_size: Pairs per chunk of the word-level interaction maps.
+            word_level_pairs: The pairs L_w averages over: ``"all"`` (each query with its positive and every hard
+                negative) or ``"positives"`` (each query with its positive only: the teacher's attention where it
+                reads a relevant passage; its attention is then computed for those pairs only).
 
         References:
             - MD2PR: A Multi-level Distillation based Dense Passage Retrieval Model, https://arxiv.org/abs/2312.16821
@@ -201,7 +208,8 @@ class MD2PRLoss(nn.Module):
             - Use ``BatchSamplers.NO_DUPLICATES`` so that in-batch negatives are never copies of a positive.
             - Precompute teacher scores into a ``scores`` column per mining round; the teacher then only runs for
               the attention of L_w.
-            - The T_s^2 factor makes L_s small at T_s = 0.05: ``alpha = 1 / T_s^2`` (400) weighs it like L_c.
+            - L_s has no T_s^2 factor, so at T_s = 0.05 its gradient is on the scale of L_c's and ``alpha = 1``
+              weighs the two alike; ``benchmarks/loss_balance.py`` measures the balance on your data.
 
         Relations:
             - With ``alpha=0, beta=0, false_negative_margin=None`` this is MultipleNegativesRankingLoss with
@@ -261,6 +269,11 @@ class MD2PRLoss(nn.Module):
         if int(word_level_chunk_size) < 1:
             raise ValueError(f"word_level_chunk_size must be a positive integer, got {word_level_chunk_size!r}.")
         self.word_level_chunk_size = int(word_level_chunk_size)
+        if word_level_pairs not in WORD_LEVEL_PAIRS:
+            raise ValueError(
+                f"word_level_pairs must be one of {', '.join(WORD_LEVEL_PAIRS)}, got {word_level_pairs!r}."
+            )
+        self.word_level_pairs = word_level_pairs
         # Which student tokenizers share the teacher's vocabulary (a plain object: no module, no parameters).
         self._same_vocabulary = SameVocabulary(self.teacher.tokenizer) if self.beta > 0 else None
         self.last_aligned_fraction: float | None = None
@@ -315,13 +328,15 @@ class MD2PRLoss(nn.Module):
                 )
             texts = decode_columns(self._student_tokenizers, sentence_features)
             pairs = teacher_pairs(texts)
-            if self.beta > 0:
+            online = None
+            if self.beta > 0 and self.word_level_pairs == "positives":
+                blocks = self.teacher.attention(teacher_pairs(texts[:2]))
+            elif self.beta > 0:
                 output = self.teacher.score_and_attend(pairs)
-                blocks = output.attention
-                online = output.scores
-            else:
+                blocks, online = output.attention, output.scores
+            if teacher_scores is None and online is None and need_scores:
                 online = torch.as_tensor(self.teacher.score(pairs, show_progress_bar=False))
-            if teacher_scores is None:
+            if teacher_scores is None and online is not None:
                 teacher_scores = online.reshape(len(texts[0]), num_candidates)
         if teacher_scores is not None:
             batch = _host.batch_size(sentence_features[0])
@@ -364,9 +379,10 @@ class MD2PRLoss(nn.Module):
                 student_scores, teacher_scores, self.student_temperature, self.teacher_temperature
             )
         if self.beta > 0:
+            columns = 2 if self.word_level_pairs == "positives" else len(outputs)
             word_loss, targets = word_level_loss_from_outputs(
-                outputs,
-                texts,
+                outputs[:columns],
+                texts[:columns],
                 blocks,
                 self._same_vocabulary(self._student_tokenizers, sentence_features),
                 self.word_temperature,
@@ -408,6 +424,7 @@ class MD2PRLoss(nn.Module):
             "false_negative_margin": self.false_negative_margin,
             "false_negative_threshold": self.false_negative_threshold,
             "gather_across_devices": self.gather_across_devices,
+            "word_level_pairs": self.word_level_pairs,
         }
         if self.teacher is not None:
             config["teacher_layers"] = list(self.teacher.layers)
