@@ -44,7 +44,7 @@ def test_dynamic_margin_is_the_documented_quantile():
 
 
 def test_dynamic_rule_flags_refills_and_counts_exactly():
-    fn_filter = FalseNegativeFilter(rule="dynamic", quantile=0.3, num_negatives=2)
+    fn_filter = FalseNegativeFilter(rule="dynamic", quantile=0.3, num_negatives=2, action="drop")
     out = fn_filter.apply(rows())
     assert fn_filter.margin_ == pytest.approx(1.3)
     # Flagged (gap <= 1.3): a1, a2, b1, c1. Each row is refilled from its remaining candidates, in rank order.
@@ -66,7 +66,7 @@ def test_dynamic_rule_flags_refills_and_counts_exactly():
 
 
 def test_rows_without_enough_candidates_are_dropped_and_counted():
-    fn_filter = FalseNegativeFilter(rule="dynamic", quantile=0.3, num_negatives=3)
+    fn_filter = FalseNegativeFilter(rule="dynamic", quantile=0.3, num_negatives=3, action="drop")
     out = fn_filter.apply(rows())
     assert out["query"] == ["qb", "qc"]  # row A keeps only 2 of 4 candidates
     stats = fn_filter.statistics["rounds"][0]
@@ -75,7 +75,7 @@ def test_rows_without_enough_candidates_are_dropped_and_counted():
 
 
 def test_dynamic_margin_moves_with_the_score_distribution_between_rounds():
-    fn_filter = FalseNegativeFilter(rule="dynamic", quantile=0.3, num_negatives=2)
+    fn_filter = FalseNegativeFilter(rule="dynamic", quantile=0.3, num_negatives=2, action="drop")
     fn_filter.apply(rows())
     harder = [[s[0]] + [c + 1.0 for c in s[1:]] for s in SCORES]  # round 2: negatives one logit harder
     fn_filter.apply(rows(harder))
@@ -97,7 +97,7 @@ def test_dynamic_margin_moves_with_the_score_distribution_between_rounds():
     ],
 )
 def test_fixed_rules(rule, kwargs, flagged):
-    fn_filter = FalseNegativeFilter(rule=rule, num_negatives=1, **kwargs)
+    fn_filter = FalseNegativeFilter(rule=rule, num_negatives=1, **kwargs, action="drop")
     decision = fn_filter.decide(rows()[:])
     assert int(decision["flags"].sum()) == flagged
     fn_filter.apply(rows())
@@ -105,7 +105,7 @@ def test_fixed_rules(rule, kwargs, flagged):
 
 
 def test_fixed_rules_map_without_fit_and_fit_counts_what_the_map_does():
-    fn_filter = FalseNegativeFilter(rule="relative", relative_margin=0.1, num_negatives=3)
+    fn_filter = FalseNegativeFilter(rule="relative", relative_margin=0.1, num_negatives=3, action="drop")
     data = rows()
     out = data.map(fn_filter.mapper(), batched=True, batch_size=2, remove_columns=data.column_names)
     assert out["negative_1"] == ["a2", "b1", "c1"]
@@ -115,7 +115,7 @@ def test_fixed_rules_map_without_fit_and_fit_counts_what_the_map_does():
 
 
 def test_keep_as_positives_adds_one_row_per_flagged_candidate():
-    fn_filter = FalseNegativeFilter(rule="margin", margin=1.0, num_negatives=2, keep_as_positives=True)
+    fn_filter = FalseNegativeFilter(rule="margin", margin=1.0, num_negatives=2, keep_as_positives=True, action="drop")
     out = fn_filter.apply(rows())
     assert out["positive"] == ["pa", "a1", "a2", "pb", "b1", "pc", "c1"]
     assert out["scores"][1] == [6.5, 2.0, 1.0]  # the false negative's own logit first
@@ -177,7 +177,7 @@ def test_duplicate_of_the_positive_is_flagged_by_a_real_cross_encoder(tiny_cross
         }
     )
     teacher = Teacher(str(tiny_cross_encoder_path), batch_size=8)
-    fn_filter = FalseNegativeFilter(teacher, num_negatives=2)
+    fn_filter = FalseNegativeFilter(teacher, num_negatives=2, action="drop")
     decision = fn_filter.fit(data).decide(data[:])
     # The duplicate and the variant (same lower-cased tokens) get exactly the positive's logit: gap 0 <= m_r.
     assert decision["candidate_scores"][0, 1] == decision["positive_scores"][0]
@@ -203,7 +203,7 @@ def test_the_teacher_scores_each_pair_once_and_the_mapper_holds_no_teacher(tiny_
         return original(pairs, *args, **kwargs)
 
     monkeypatch.setattr(teacher, "_run", counting)
-    fn_filter = FalseNegativeFilter(teacher, quantile=0.5, num_negatives=1)
+    fn_filter = FalseNegativeFilter(teacher, quantile=0.5, num_negatives=1, action="drop")
     out = fn_filter.apply(data)
     assert scored == [8]  # one teacher call for the round: 2 positives and 6 candidates
     assert len(out) + fn_filter.statistics["rounds"][0]["dropped_rows"] == 2
@@ -224,7 +224,9 @@ def test_num_proc_gives_the_rows_and_statistics_of_one_process():
     )  # fmt: skip
     results = []
     for num_proc in (None, 2):
-        fn_filter = FalseNegativeFilter(rule="dynamic", quantile=0.2, num_negatives=2, keep_as_positives=True)
+        fn_filter = FalseNegativeFilter(
+            rule="dynamic", quantile=0.2, num_negatives=2, keep_as_positives=True, action="drop"
+        )
         out = fn_filter.apply(data, batch_size=7, num_proc=num_proc)
         results.append((out.to_dict(), fn_filter.statistics))
     assert results[0] == results[1]
@@ -239,21 +241,21 @@ def test_a_second_identical_map_is_read_from_the_datasets_cache(tmp_path, monkey
 
     rows().save_to_disk(str(tmp_path / "mined"))
     data = load_from_disk(str(tmp_path / "mined"))
-    first = FalseNegativeFilter(rule="dynamic", quantile=0.3, num_negatives=2)
+    first = FalseNegativeFilter(rule="dynamic", quantile=0.3, num_negatives=2, action="drop")
     out = first.apply(data)
 
     def not_again(self, batch):
         raise AssertionError("mapped again instead of reading the cache")
 
     monkeypatch.setattr(FalseNegativeMapper, "__call__", not_again)
-    second = FalseNegativeFilter(rule="dynamic", quantile=0.3, num_negatives=2)
+    second = FalseNegativeFilter(rule="dynamic", quantile=0.3, num_negatives=2, action="drop")
     again = second.apply(data)
     assert again.cache_files == out.cache_files and again.to_dict() == out.to_dict()
     assert second.statistics["rounds"] == first.statistics["rounds"]  # fit counts, not the map
 
 
 def test_statistics_json_and_histogram_png(tmp_path):
-    fn_filter = FalseNegativeFilter(rule="dynamic", quantile=0.3, num_negatives=2)
+    fn_filter = FalseNegativeFilter(rule="dynamic", quantile=0.3, num_negatives=2, action="drop")
     fn_filter.apply(rows())
     saved = json.loads(fn_filter.save_statistics(tmp_path / "stats.json").read_text())
     assert saved["rule"] == "dynamic" and saved["rounds"][0]["flagged"] == 4
@@ -267,7 +269,7 @@ def test_output_feeds_the_sentence_level_loss(tiny_model):
 
     from md2pr_st.losses import SentenceLevelDistillationLoss
 
-    out = FalseNegativeFilter(rule="dynamic", quantile=0.3, num_negatives=2).apply(rows())
+    out = FalseNegativeFilter(rule="dynamic", quantile=0.3, num_negatives=2, action="drop").apply(rows())
     loss = SentenceLevelDistillationLoss(tiny_model)
     features = [tiny_model.tokenize(out[c]) for c in ("query", "positive", "negative_1", "negative_2")]
     value = loss(features, torch.tensor(out["scores"]))
@@ -275,13 +277,15 @@ def test_output_feeds_the_sentence_level_loss(tiny_model):
 
 
 def test_refill_by_teacher_order_and_continued_rounds(tmp_path):
-    fn_filter = FalseNegativeFilter(rule="absolute", threshold=2.0, num_negatives=1, refill_order="teacher")
+    fn_filter = FalseNegativeFilter(
+        rule="absolute", threshold=2.0, num_negatives=1, refill_order="teacher", action="drop"
+    )
     out = fn_filter.apply(rows([[3.0, 1.0, 2.5, -1.0, 1.5], *SCORES[1:]]))
     # Row A: 2.5 is flagged (>= 2); of the rest the teacher's best is 1.5 (negative_4), not the first in rank order.
     assert out["negative_1"] == ["a4", "b2", "c1"]
     assert fn_filter.statistics["rounds"][0]["refilled_rows"] == 1  # only row B had a flagged first candidate
     fn_filter.save_statistics(tmp_path / "stats.json")
-    later = FalseNegativeFilter(rule="absolute", threshold=2.0, num_negatives=1).load_statistics(
+    later = FalseNegativeFilter(rule="absolute", threshold=2.0, num_negatives=1, action="drop").load_statistics(
         tmp_path / "stats.json"
     )
     later.apply(rows())
@@ -297,7 +301,7 @@ def test_cli_filter_round_trip(tmp_path):
     rows().save_to_disk(str(tmp_path / "mined"))
     stats_file = tmp_path / "rounds.json"
     argv = ["filter", "--input", str(tmp_path / "mined"), "--output", str(tmp_path / "filtered"), "--quantile", "0.3"]
-    argv += ["--num_negatives", "2", "--statistics", str(stats_file)]
+    argv += ["--rule", "dynamic", "--action", "drop", "--num_negatives", "2", "--statistics", str(stats_file)]
     assert main(argv) == 0
     out = load_from_disk(str(tmp_path / "filtered"))
     assert out["negative_1"] == ["a3", "b2", "c2"]
@@ -307,18 +311,18 @@ def test_cli_filter_round_trip(tmp_path):
     assert [r["round"] for r in rounds] == [1, 2] and rounds[1]["margin"] == pytest.approx(1.3)
     assert main(argv[:-4] + ["--rule", "relative"]) == 1  # relative needs --relative_margin: a clear error
     argv = ["filter", "--input", str(tmp_path / "mined"), "--output", str(tmp_path / "positives"), "--rule"]
-    assert main(argv + ["positives", "--num_negatives", "2", "--num_proc", "2"]) == 0
+    assert main(argv + ["positives", "--action", "drop", "--num_negatives", "2", "--num_proc", "2"]) == 0
     stats = json.loads((tmp_path / "positives" / "md2pr_filter.json").read_text())["rounds"][-1]
     assert (stats["rule"], stats["quantile"], stats["threshold"], stats["flagged"]) == ("positives", 0.5, 3.0, 2)
 
 
 def test_loading_cumulative_statistics_files_round_by_round(tmp_path):
-    fn_filter = FalseNegativeFilter(rule="dynamic", quantile=0.3, num_negatives=2)
+    fn_filter = FalseNegativeFilter(rule="dynamic", quantile=0.3, num_negatives=2, action="drop")
     fn_filter.apply(rows())
     fn_filter.save_statistics(tmp_path / "round_1.json")
     fn_filter.apply(rows([[s[0]] + [c + 1.0 for c in s[1:]] for s in SCORES]))
     fn_filter.save_statistics(tmp_path / "round_2.json")  # holds rounds 1 and 2
-    resumed = FalseNegativeFilter(rule="dynamic", quantile=0.3, num_negatives=2)
+    resumed = FalseNegativeFilter(rule="dynamic", quantile=0.3, num_negatives=2, action="drop")
     resumed.load_statistics(tmp_path / "round_1.json").load_statistics(tmp_path / "round_2.json")
     assert [r["round"] for r in resumed.statistics["rounds"]] == [1, 2]
     assert resumed.margin_ == pytest.approx(0.3)
@@ -371,7 +375,7 @@ def test_positives_rule_by_hand():
     # theta_r = 2 + 0.5 * (3 - 2) = 2.5 also flags b1 (2.5). The floor t(q, d) >= t(q, d+) adds nothing new (a1).
     assert positives_threshold([6.0, 3.0, 2.0], quantile=0.25) == 2.5
     for quantile, theta, flagged in ((0.5, 3.0, 2), (0.25, 2.5, 3)):
-        fn_filter = FalseNegativeFilter(rule="positives", quantile=quantile, num_negatives=2)
+        fn_filter = FalseNegativeFilter(rule="positives", quantile=quantile, num_negatives=2, action="drop")
         out = fn_filter.apply(rows())
         stats = fn_filter.statistics["rounds"][-1]
         assert fn_filter.threshold_ == theta and stats["threshold"] == theta and stats["margin"] == 0.0
@@ -379,7 +383,7 @@ def test_positives_rule_by_hand():
     assert out["negative_1"] == ["a3", "b2", "c1"]  # p = 0.25: a1, a2 and b1 dropped, rows refilled
     # Without the floor, a candidate above its own low-scoring positive stays a negative: row C's positive scores 2,
     # its candidate 1.0 is below theta_r = 2.5 either way; row A's 6.5 >= 3 is flagged by theta_r alone.
-    no_floor = FalseNegativeFilter(rule="positives", min_margin=None, num_negatives=2).fit(rows())
+    no_floor = FalseNegativeFilter(rule="positives", min_margin=None, num_negatives=2, action="drop").fit(rows())
     assert no_floor.statistics["rounds"][0]["flagged"] == 2 and no_floor.margin_ is None
 
 

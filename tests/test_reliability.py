@@ -225,7 +225,9 @@ def test_filtering_that_leaves_no_row_writes_nothing(tmp_path, capsys):
     )
     rows.save_to_disk(str(tmp_path / "mined"))
     argv = ["filter", "--input", str(tmp_path / "mined"), "--output", str(tmp_path / "filtered")]
-    code, err = cli(argv + ["--rule", "absolute", "--threshold", "0", "--num_negatives", "1"], capsys)
+    code, err = cli(
+        argv + ["--rule", "absolute", "--threshold", "0", "--num_negatives", "1", "--action", "drop"], capsys
+    )
     assert code == 1 and "No row is left after filtering 2 rows: 4 of 4 candidates flagged, 2 rows dropped" in err
     assert not (tmp_path / "filtered").exists()
 

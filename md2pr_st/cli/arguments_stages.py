@@ -77,7 +77,7 @@ class FilterArguments(Options):
         default=None, metadata={"help": "Cross-encoder (Hub id or folder); none: use the input's scores column."}
     )
     rule: str = dataclasses.field(
-        default="dynamic",
+        default="positives",
         metadata={
             "help": "Adaptive (re-estimated per round): dynamic, positives, mixture, positives_mixture; fixed: "
             "margin, relative, absolute. See md2pr_st.false_negatives."
@@ -99,8 +99,11 @@ class FilterArguments(Options):
     keep_as_positives: bool = dataclasses.field(default=False, metadata={"help": "Flagged -> extra positives."})
     refill_order: str = dataclasses.field(default="rank", metadata={"help": "'rank' or 'teacher'."})
     action: str = dataclasses.field(
-        default="drop",
-        metadata={"help": "'drop' flagged candidates (refill), or 'mask': keep them for md2pr train to mask in L_c."},
+        default="mask",
+        metadata={
+            "help": "'mask': keep flagged candidates in the row for md2pr train to leave out of L_c (L_s still "
+            "learns their order); 'drop': remove them and refill the row from the other candidates."
+        },
     )
     max_length: int | None = dataclasses.field(default=None, metadata={"help": "Teacher max tokens per pair."})
     batch_size: int = dataclasses.field(default=32, metadata={"help": "Teacher batch size."})

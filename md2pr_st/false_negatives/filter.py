@@ -91,11 +91,11 @@ class FalseNegativeFilter:
         keep_as_positives: add a row per flagged candidate with it as the positive.
         refill_order: which remaining candidates become the negatives: the first ones in input (mining rank)
             order (``"rank"``, default) or the highest teacher scores (``"teacher"``).
-        action: ``"drop"`` (default) removes flagged candidates and refills the row; ``"mask"`` keeps the first
-            ``num_negatives`` candidates, flagged or not, with their scores, for
-            :class:`~md2pr_st.losses.MD2PRLoss` with ``false_negative_margin`` = the round's margin
+        action: ``"mask"`` (default) keeps the first ``num_negatives`` candidates, flagged or not, with their
+            scores, for :class:`~md2pr_st.losses.MD2PRLoss` with ``false_negative_margin`` = the round's margin
             (:attr:`margin_`) and ``false_negative_threshold`` = its threshold (:attr:`threshold_`) to leave out of
-            L_c; every rule but ``relative`` can mask.
+            L_c while L_s still learns their order (every rule but ``relative`` can mask); ``"drop"`` removes
+            flagged candidates and refills the row from the others.
         query_column, positive_column: input column names; candidates are the ``negative_<i>`` columns.
         scores_column: the label column written (and read when ``teacher=None``).
         batch_size: teacher batch size.
@@ -108,7 +108,7 @@ class FalseNegativeFilter:
         ...     "negative_1": ["dup1", "a2"], "negative_2": ["b1", "b2"], "negative_3": ["c1", "c2"],
         ...     "scores": [[5.0, 5.0, 1.0, 0.0], [4.0, 0.0, -1.0, -2.0]],  # teacher logits, positive first
         ... })
-        >>> fn_filter = FalseNegativeFilter(rule="dynamic", quantile=0.1, num_negatives=2)
+        >>> fn_filter = FalseNegativeFilter(rule="dynamic", quantile=0.1, num_negatives=2, action="drop")
         >>> filtered = fn_filter.apply(rows)
         >>> fn_filter.margin_  # gaps 0, 4, 5, 4, 5, 6 -> Q_0.1 = 0 + 0.5 * (4 - 0) = 2.0
         2.0
@@ -136,7 +136,7 @@ class FalseNegativeFilter:
         num_negatives: int | None = None,
         keep_as_positives: bool = False,
         refill_order: str = "rank",
-        action: str = "drop",
+        action: str = "mask",
         query_column: str = "query",
         positive_column: str = "positive",
         scores_column: str = "scores",
