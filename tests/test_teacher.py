@@ -132,3 +132,23 @@ def test_bad_input_gives_clear_errors(tiny_cross_encoder_path, tiny_model_path):
         Teacher(str(tiny_cross_encoder_path)).score(["just a query"])
     with pytest.raises(TypeError, match="CrossEncoder"):
         Teacher(3.5)
+
+
+def test_bfloat16_autocast_keeps_float32_outputs_close_to_full_precision(tiny_cross_encoder_path, teacher, tmp_path):
+    from md2pr_st.teacher import AttentionRecorder, AttentionStoreError
+
+    fast = Teacher(str(tiny_cross_encoder_path), autocast_dtype="bfloat16", cache_scores=False)
+    full = teacher.score_and_attend(PAIRS)
+    out = fast.score_and_attend(PAIRS)
+    assert out.scores.dtype == torch.float32 and not torch.equal(out.scores, full.scores)  # it did run in bf16
+    torch.testing.assert_close(out.scores, full.scores, atol=0.05, rtol=0.05)
+    for got, want in zip(out.attention, full.attention):
+        assert got.weights.dtype == torch.float32
+        torch.testing.assert_close(got.weights.sum(dim=1), torch.ones(got.weights.shape[0]))
+        torch.testing.assert_close(got.weights, want.weights, atol=0.02, rtol=0.1)
+    assert fast.get_config_dict()["autocast_dtype"] == "bfloat16"
+    AttentionRecorder(teacher, tmp_path / "store", top_k=None).score(PAIRS)
+    with pytest.raises(AttentionStoreError):  # a full-precision store is not appended to in bfloat16
+        AttentionRecorder(fast, tmp_path / "store", top_k=None)
+    with pytest.raises(ValueError, match="autocast_dtype must be None, 'bfloat16' or 'float16'"):
+        Teacher(str(tiny_cross_encoder_path), autocast_dtype="int8")

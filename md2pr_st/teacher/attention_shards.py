@@ -233,6 +233,8 @@ def teacher_entry(teacher: Teacher) -> dict[str, Any]:
         "heads": None if teacher.heads is None else list(teacher.heads),
         "max_length": teacher.max_length,
         "batch_size": teacher.batch_size,
+        # bfloat16 targets are another recording; full precision keeps the entry of stores made before the option
+        **({"autocast_dtype": teacher.autocast_dtype} if getattr(teacher, "autocast_dtype", None) else {}),
     }
 
 
@@ -240,10 +242,11 @@ def check_same_teacher(store: Store, entry: dict[str, Any], **settings: Any) -> 
     """Refuse a store recorded by another teacher (weights, layers, heads, max_length) or other ``settings``."""
     recorded = {**store.teacher, "top_k": store.top_k, "weights_dtype": store.dtype.name}
     wanted = {**entry, **settings}
-    differ = [k for k in ("fingerprint", "layers", "heads", "max_length", *settings) if recorded[k] != wanted[k]]
+    keys = ("fingerprint", "layers", "heads", "max_length", "autocast_dtype", *settings)
+    differ = [k for k in keys if recorded.get(k) != wanted.get(k)]
     if differ:
         raise AttentionStoreError(
             f"The attention store {store.path} was recorded with teacher {recorded['model_name']!r} and a different "
-            f"{', '.join(differ)} ({', '.join(f'{k}: stored {recorded[k]!r}, given {wanted[k]!r}' for k in differ)}): "
+            f"{', '.join(differ)} ({', '.join(f'{k}: stored {recorded.get(k)!r}, given {wanted.get(k)!r}' for k in differ)}): "
             "its targets are not this teacher's. Record into a new folder, or delete the store."
         )

@@ -190,6 +190,7 @@ class OfflineTeacher:
         self.layers = tuple(recorded["layers"])
         self.heads = None if recorded["heads"] is None else tuple(recorded["heads"])
         self.max_length, self.batch_size = int(recorded["max_length"]), int(recorded["batch_size"])
+        self.autocast_dtype = recorded.get("autocast_dtype")
         from transformers import AutoTokenizer
 
         try:

@@ -75,6 +75,7 @@ class Teacher(nn.Module):
         device: str | None = None,
         num_labels: int | None = None,
         cache_scores: bool = True,
+        autocast_dtype: str | None = None,
     ) -> None:
         """
         A frozen cross-encoder teacher that gives the logits t(q, d) of (query, passage) pairs and the
@@ -109,6 +110,9 @@ class Teacher(nn.Module):
             device: Device to load a model name on (ignored for an instance).
             num_labels: Passed to ``CrossEncoder`` when loading by name. Must give one logit per pair.
             cache_scores: Keep the scores of :meth:`score` in an in-memory cache keyed by the text hash.
+            autocast_dtype: ``"bfloat16"`` runs the forward pass under ``torch.autocast`` (weights stay float32;
+                logits and attention come back as float32): about 3x faster on CPUs with AMX and on GPUs, at the
+                cost of bfloat16 rounding in the matrix products. ``None`` (default): full precision.
 
         References:
             - MD2PR: A Multi-level Distillation based Dense Passage Retrieval Model, https://arxiv.org/abs/2312.16821
@@ -169,6 +173,9 @@ class Teacher(nn.Module):
         self.batch_size = batch_size
         self.cache_scores = cache_scores
         self.score_cache: dict[str, float] = {}
+        if autocast_dtype not in (None, "bfloat16", "float16"):
+            raise ValueError(f"autocast_dtype must be None, 'bfloat16' or 'float16', got {autocast_dtype!r}.")
+        self.autocast_dtype = autocast_dtype
 
     @staticmethod
     def _check_indices(values: Sequence[int], size: int, what: str, config_name: str) -> tuple[int, ...]:
@@ -375,12 +382,16 @@ class Teacher(nn.Module):
         features = {key: value.to(self.device) for key, value in encoding.items()}
         features["modality"] = "text"
         maps: list[Tensor] = []
+        precision = torch.autocast(
+            self.device.type, dtype=getattr(torch, self.autocast_dtype or "float32"), enabled=bool(self.autocast_dtype)
+        )
         if attention:
             self._use_eager_attention()
-            with self._capture_attention(maps):
+            with self._capture_attention(maps), precision:
                 out = self.cross_encoder(features)
         else:
-            out = self.cross_encoder(features)
+            with precision:
+                out = self.cross_encoder(features)
         scores = out["scores"].float().reshape(len(pairs), -1)[:, 0].cpu()
         if not attention:
             return scores, []
@@ -414,6 +425,7 @@ class Teacher(nn.Module):
             "layers": list(self.layers),
             "heads": "mean of all" if self.heads is None else list(self.heads),
             "max_length": self.max_length,
+            **({"autocast_dtype": self.autocast_dtype} if self.autocast_dtype else {}),
         }
 
     def extra_repr(self) -> str:
