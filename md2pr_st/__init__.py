@@ -18,7 +18,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from md2pr_st._version import __version__
 
 # public name -> the module that defines it
 _EXPORTS = {
@@ -47,8 +47,8 @@ _EXPORTS = {
     "teacher_rerank": "md2pr_st.evaluation",
     "train_student": "md2pr_st.student",
     "run_pipeline": "md2pr_st.pipeline",
-    "LossArguments": "md2pr_st.cli.arguments",
-    "PipelineArguments": "md2pr_st.cli.arguments",
+    "LossArguments": "md2pr_st.config",
+    "PipelineArguments": "md2pr_st.config",
     "write_model_card": "md2pr_st.hub",
     "push_to_hub": "md2pr_st.hub",
 }
@@ -86,7 +86,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from md2pr_st.cli.arguments import LossArguments, PipelineArguments
+    from md2pr_st.config import LossArguments, PipelineArguments
     from md2pr_st.data import (
         RetrievalData,
         cross_validation_folds,

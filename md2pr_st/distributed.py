@@ -28,6 +28,7 @@ import os
 from collections.abc import Iterator, Sequence
 from typing import Any, TypeVar
 
+import torch
 import torch.distributed as dist
 
 logger = logging.getLogger(__name__)
@@ -80,8 +81,6 @@ def setup() -> bool:
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not dist.is_available():
         return False
     if not dist.is_initialized():
-        import torch
-
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))

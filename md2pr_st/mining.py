@@ -22,39 +22,25 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 from datasets import Dataset
+from sentence_transformers import SentenceTransformer
 from tqdm.auto import tqdm
 
-from md2pr_st.index import encode
+from md2pr_st.config import SAMPLINGS
+from md2pr_st.data import negative_columns
+from md2pr_st.data.pairs import warn_if_swapped
+from md2pr_st.index import CorpusEmbeddingCache, check_corpus, encode
+from md2pr_st.models import resolve_model_name
 from md2pr_st.utils import write_json
-
-if TYPE_CHECKING:
-    from sentence_transformers import SentenceTransformer
+from md2pr_st.validation import check_choice, check_range, check_rank_range
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["MiningStats", "mine_hard_negatives", "negative_columns", "save_mining_stats"]
-
-
-def negative_columns(column_names: Sequence[str]) -> list[str]:
-    """The ``negative_<i>`` columns of a dataset, ordered by i (``negative`` alone counts as ``negative_1``).
-
-    Example:
-        >>> negative_columns(["query", "positive", "negative_10", "negative_2", "negative_1", "scores"])
-        ['negative_1', 'negative_2', 'negative_10']
-    """
-    found = []
-    for name in column_names:
-        if name == "negative":
-            found.append((1, name))
-        elif name.startswith("negative_") and name[len("negative_") :].isdigit():
-            found.append((int(name[len("negative_") :]), name))
-    return [name for _, name in sorted(found)]
 
 
 @dataclasses.dataclass
@@ -158,20 +144,13 @@ def mine_hard_negatives(
         >>> "Paris is the capital of France." in (mined[0]["negative_1"], mined[0]["negative_2"])
         False
     """
-    from sentence_transformers import SentenceTransformer
-
-    from md2pr_st.data.pairs import warn_if_swapped
-    from md2pr_st.index import CorpusEmbeddingCache, check_corpus
-    from md2pr_st.models import resolve_model_name
-
     _check_mining_settings(dataset, num_negatives, range_min, range_max, sampling, query_column, positive_column)
     for name, value in (
         ("chunk_size", chunk_size),
         ("batch_size", batch_size),
         ("query_batch_size", query_batch_size),
     ):
-        if value < 1:
-            raise ValueError(f"{name} must be at least 1, got {value}.")
+        check_range(name, value)
     warn_if_swapped(dataset, query_column, positive_column, "mining input")
     check_corpus(corpus)
     if not isinstance(model, SentenceTransformer):
@@ -222,20 +201,10 @@ def _check_mining_settings(
     query_column: str,
     positive_column: str,
 ) -> None:
-    if num_negatives < 1:
-        raise ValueError(f"num_negatives must be at least 1, got {num_negatives}.")
-    if range_min < 0 or range_max <= range_min:
-        raise ValueError(
-            f"The rank range must satisfy 0 <= range_min < range_max, got range_min={range_min}, "
-            f"range_max={range_max}."
-        )
-    if num_negatives > range_max - range_min:
-        raise ValueError(
-            f"Cannot take {num_negatives} negatives from ranks {range_min}..{range_max - 1} "
-            f"({range_max - range_min} candidates). Raise range_max or lower num_negatives."
-        )
-    if sampling not in ("top", "random"):
-        raise ValueError(f"sampling must be 'top' or 'random', got {sampling!r}.")
+    for name, value in (("num_negatives", num_negatives), ("range_min", range_min)):
+        check_range(name, value)
+    check_rank_range(range_min, range_max, num_negatives, "negatives")
+    check_choice("sampling", sampling, SAMPLINGS, quoted=True)
     if not isinstance(dataset, Dataset):
         raise TypeError(f"dataset must be a datasets.Dataset, got {type(dataset).__name__}.")
     missing = [c for c in (query_column, positive_column) if c not in dataset.column_names]

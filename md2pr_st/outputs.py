@@ -253,7 +253,7 @@ def _acquire(path: Path, target: str | Path, option: str | None):
 
 def _try_lock(handle) -> bool:
     try:
-        import fcntl
+        import fcntl  # POSIX
     except ImportError:  # Windows: msvcrt locks a byte range of the file
         import msvcrt
 

@@ -37,22 +37,26 @@ import logging
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from datasets import Dataset, load_from_disk
+from sentence_transformers import SentenceTransformer
 
 from md2pr_st import distributed
-from md2pr_st.cli.arguments import LossArguments, PipelineArguments
-from md2pr_st.data import RetrievalData
+from md2pr_st.config import LossArguments, PipelineArguments
+from md2pr_st.data import RetrievalData, training_pairs
 from md2pr_st.evaluation import REPORT_METRICS, RetrievalEvaluator, evaluate_run, paired_bootstrap, teacher_rerank
+from md2pr_st.false_negatives import FalseNegativeFilter
+from md2pr_st.hub import MD2PRModelCardData, run_plots, write_model_card
+from md2pr_st.index import CorpusEmbeddingCache
+from md2pr_st.mining import mine_hard_negatives
+from md2pr_st.models import DEFAULT_STUDENT_ID, resolve_model_name, source_fingerprint
+from md2pr_st.outputs import check_output, output_lock, prepare_output_dir
+from md2pr_st.plots import plot_run
 from md2pr_st.stage import STAGE_FILE, Stage, save_dataset
+from md2pr_st.student import train_student
+from md2pr_st.teacher import TEACHER_REPORT, QrelsScorer, Teacher, train_teacher
 from md2pr_st.utils import atomic_path, write_json
-
-if TYPE_CHECKING:
-    from sentence_transformers import SentenceTransformer
-
-    from md2pr_st.false_negatives import FalseNegativeFilter
-    from md2pr_st.teacher import Teacher
 
 logger = logging.getLogger(__name__)
 
@@ -75,10 +79,6 @@ class _Run:
 
     def load_student(self, path: str, card_data: bool = False) -> SentenceTransformer:
         """The student saved at ``path``; with ``card_data``, with the MD2PR card data it was trained with."""
-        from sentence_transformers import SentenceTransformer
-
-        from md2pr_st.hub import MD2PRModelCardData
-
         kwargs = {"model_card_data": MD2PRModelCardData.from_folder(path)} if card_data else {}
         model = SentenceTransformer(path, device=self.args.device, **kwargs)
         if self.args.max_seq_length:
@@ -88,8 +88,6 @@ class _Run:
     def evaluate(self, model: SentenceTransformer, split: str) -> tuple[dict, dict[str, dict[str, float]]]:
         """Retrieval on ``split`` with the corpus embeddings cached in the run folder: ``(result, run)``; the result
         holds each metric's per-query values (``per_query``) for the paired significance of before / after."""
-        from md2pr_st.index import CorpusEmbeddingCache
-
         data = self.splits[split]
         cache = CorpusEmbeddingCache(model, data.corpus, self.run_dir / "embeddings", show_progress_bar=True)
         result, run = RetrievalEvaluator(data, REPORT_METRICS).evaluate(model, index=cache.build_index())
@@ -125,9 +123,6 @@ def run_pipeline(
         >>> metrics = run_pipeline(load_splits("rag24"), PipelineArguments(output_dir="runs/x"))  # doctest: +SKIP
         >>> metrics["after"]["ndcg@10"] - metrics["before"]["ndcg@10"]  # doctest: +SKIP
     """
-    from md2pr_st.models import resolve_model_name, source_fingerprint
-    from md2pr_st.outputs import check_output, output_lock, prepare_output_dir
-
     start = time.perf_counter()
     missing = [split for split in ("train", "dev", "test") if split not in splits]
     if missing:
@@ -188,9 +183,6 @@ def significance(after: dict[str, Any], before: dict[str, Any]) -> dict[str, dic
 def _teacher_stage(run: _Run) -> tuple[str, str]:
     """Stage 0: the path of the teacher, trained on the train split unless ``args.teacher`` names one, and the
     stage's key (what the teacher is made of: the rounds that use it are keyed by it)."""
-    from md2pr_st.models import source_fingerprint
-    from md2pr_st.teacher import train_teacher
-
     args, t0 = run.args, time.perf_counter()
     stage = Stage(
         run.run_dir / "teacher",
@@ -228,8 +220,6 @@ def _teacher_stage(run: _Run) -> tuple[str, str]:
 
 
 def _load_teacher(path: str, args: PipelineArguments) -> Teacher:
-    from md2pr_st.teacher import Teacher
-
     return Teacher(path, max_length=args.teacher_max_length, device=args.device)
 
 
@@ -255,9 +245,6 @@ def _before_stage(run: _Run, student: SentenceTransformer) -> tuple[dict, dict]:
 def _false_negative_filter(run: _Run, teacher: Teacher) -> FalseNegativeFilter:
     """The round's filter: scores from the cross-encoder or from the graded judgements; flagged candidates masked
     (kept for L_s, left out of L_c by the loss with the round's margin and threshold) or dropped and refilled."""
-    from md2pr_st.false_negatives import FalseNegativeFilter
-    from md2pr_st.teacher import QrelsScorer
-
     args = run.args
     graded = args.sentence_scores == "qrels"
     return FalseNegativeFilter(
@@ -277,8 +264,6 @@ def _rounds(
     run: _Run, teacher: Teacher, teacher_path: str, teacher_key: str, student: SentenceTransformer
 ) -> tuple[list[dict], list[dict], str]:
     """Rounds 1..R of mine -> filter -> train -> evaluate; finished rounds are read back, not rerun."""
-    from md2pr_st.data import training_pairs
-
     args = run.args
     pairs = training_pairs(
         run.splits["train"], min_grade=args.min_grade, positives=args.positives, skip_queries_without_positive=True
@@ -323,9 +308,6 @@ def _round(
     teacher: Teacher,
 ) -> dict[str, Any]:
     """One round: mine with ``model``, filter, train it, evaluate it on dev; returns the round's record."""
-    from md2pr_st.mining import mine_hard_negatives
-    from md2pr_st.student import train_student
-
     args, t0 = run.args, time.perf_counter()
     mined = mine_hard_negatives(
         pairs,
@@ -407,11 +389,8 @@ def _report(
     seconds: float,
 ) -> None:
     """``run_info.json``, the plots and the model card of a finished run; the results table in the log."""
-    from md2pr_st.models import DEFAULT_STUDENT_ID
-    from md2pr_st.plots import plot_run
-
     args, loss_args, run_dir = run.args, run.loss_args, run.run_dir
-    teacher_report_path = Path(teacher_path) / "md2pr_teacher.json"
+    teacher_report_path = Path(teacher_path) / TEACHER_REPORT
     run_info = {
         "teacher": teacher_path,
         "teacher_report": json.loads(teacher_report_path.read_text()) if teacher_report_path.is_file() else {},
@@ -438,8 +417,6 @@ def _report(
     write_json(run_dir / "run_info.json", run_info)
     plot_run(run_dir, rounds, history, before_dev)
     try:
-        from md2pr_st.hub import run_plots, write_model_card
-
         write_model_card(run_dir / "model", metrics, run_info, plots=run_plots(run_dir))
     except Exception as exc:  # the model is saved either way; a card problem must not lose the run
         logger.warning("Could not write the model card: %s", exc)

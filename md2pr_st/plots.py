@@ -12,6 +12,7 @@ from md2pr_st.utils import atomic_path
 
 
 def _pyplot():
+    # matplotlib is loaded when a plot is drawn, not when the stages that draw one are imported; Agg before pyplot.
     import matplotlib
 
     matplotlib.use("Agg")
@@ -32,7 +33,7 @@ def plot_run(run_dir: Path, rounds: list[dict], history: list[dict], before_dev:
     """PNG plots: ``loss_parts.png`` (each weighted loss part per logged step, all rounds, a dotted line where a round
     starts) and ``rounds.png`` (dev nDCG@10 per round, round 0 being the student before training from
     ``before_dev``; the false-negative margin and threshold of each round). Integer axes where counts are counted."""
-    from matplotlib.ticker import MaxNLocator
+    from matplotlib.ticker import MaxNLocator  # matplotlib: when a plot is drawn (see _pyplot)
 
     plt = _pyplot()
     paths = []

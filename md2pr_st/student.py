@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from datasets import Dataset
 
 from md2pr_st import distributed
-from md2pr_st.cli.arguments import LossArguments
+from md2pr_st.config import LossArguments
 from md2pr_st.utils import atomic_path, resume_checkpoint, training_arguments
 
 if TYPE_CHECKING:
@@ -46,7 +46,7 @@ def train_student(
     """Train a student with :class:`~md2pr_st.losses.MD2PRLoss` on ``(query, positive, negative_1..n[, scores])``.
 
     ``L = L_c + alpha * L_s + beta * L_w`` (see :class:`~md2pr_st.losses.MD2PRLoss`), with the weights and
-    temperatures of ``loss_args`` (default :class:`~md2pr_st.cli.arguments.LossArguments`), the online ``teacher``
+    temperatures of ``loss_args`` (default :class:`~md2pr_st.config.LossArguments`), the online ``teacher``
     (needed when ``beta > 0``), and ``false_negative_margin`` / ``false_negative_threshold`` (masking in L_c of the
     candidates a filter with ``action="mask"`` flagged: its round's ``margin`` and ``threshold``; None: unused). Uses the host's
     ``SentenceTransformerTrainer`` with ``BatchSamplers.NO_DUPLICATES`` (so an in-batch negative is never a copy of
@@ -77,9 +77,9 @@ def train_student(
         ...
         ValueError: The training dataset has 0 rows: nothing to train on.
     """
-    from md2pr_st.cli.validation import check_range
     from md2pr_st.data import check_training_rows
     from md2pr_st.outputs import check_output, output_lock
+    from md2pr_st.validation import check_range
 
     output_dir = Path(output_dir)
     settings = dict(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, max_seq_length=max_seq_length)

@@ -452,7 +452,7 @@ def test_threshold_rules_mask_by_margin_and_threshold_and_resume_their_threshold
 
 
 def test_pipeline_accepts_the_adaptive_rules():
-    from md2pr_st.cli.arguments import PipelineArguments
+    from md2pr_st.config import PipelineArguments
 
     assert PipelineArguments().filter_rule == "positives" and PipelineArguments().filter_action == "mask"
     assert PipelineArguments(filter_rule="positives").filter_quantile is None  # the rule's own default p

@@ -273,7 +273,7 @@ def test_loss_parts_act_like_their_sum_under_a_wrapper_s_arithmetic():
 
 
 def test_train_student_passes_the_host_s_training_arguments(tiny_model_path, tmp_path):
-    from md2pr_st.cli.arguments import LossArguments
+    from md2pr_st.config import LossArguments
     from md2pr_st.student import train_student
 
     no_distillation = LossArguments(alpha=0.0, beta=0.0)

@@ -500,7 +500,7 @@ def test_word_level_on_positives_only_is_the_word_loss_of_the_positive_pairs(tin
 def test_a_beta_warm_up_starts_the_word_level_at_0(tiny_model_path, tiny_cross_encoder_path, tmp_path):
     from datasets import Dataset
 
-    from md2pr_st.cli.arguments import LossArguments
+    from md2pr_st.config import LossArguments
     from md2pr_st.student import train_student
 
     rows = Dataset.from_dict({"query": QUERIES * 2, "positive": POSITIVES * 2, "negative_1": NEGATIVES * 2})

@@ -12,8 +12,8 @@ import pytest
 import yaml
 from huggingface_hub import ModelCard
 
+from md2pr_st.citation import MD2PR_CITATION
 from md2pr_st.hub import MD2PRModelCardData, RunInfo, run_plots, use_md2pr_card_data, write_model_card
-from md2pr_st.losses._shared import MD2PR_CITATION
 
 METRICS = {
     "before": {
@@ -363,7 +363,7 @@ def _assert_card_without_data(text: str) -> None:
 
 
 def test_card_of_a_trained_student_carries_no_training_text(tiny_model_path, tmp_path, one_torch_thread):
-    from md2pr_st.cli.arguments import LossArguments
+    from md2pr_st.config import LossArguments
     from md2pr_st.student import train_student
 
     no_distillation = LossArguments(alpha=0.0, beta=0.0)

@@ -265,7 +265,7 @@ def test_a_training_that_ran_no_step_saves_nothing(tiny_model_path, tmp_path, mo
     from datasets import Dataset
     from sentence_transformers.sentence_transformer.trainer import SentenceTransformerTrainer
 
-    from md2pr_st.cli.arguments import LossArguments
+    from md2pr_st.config import LossArguments
     from md2pr_st.student import train_student
 
     monkeypatch.setattr(SentenceTransformerTrainer, "train", lambda self, **kwargs: None)  # as if no batch formed

@@ -209,7 +209,7 @@ def test_train_refuses_checkpoints_of_another_training(tiny_model_path, tmp_path
 
 
 def test_train_student_checks_its_settings_before_any_work(tiny_model_path, tmp_path):
-    from md2pr_st.cli.arguments import LossArguments
+    from md2pr_st.config import LossArguments
     from md2pr_st.student import train_student
 
     rows = Dataset.load_from_disk(str(training_rows(tmp_path / "rows")))

@@ -140,7 +140,7 @@ def test_training_lists_group_each_query_and_leave_out_lists_with_nothing_to_ord
 
 
 def test_teacher_loss_names_are_checked_before_any_work(tmp_path):
-    from md2pr_st.cli.arguments import PipelineArguments
+    from md2pr_st.config import PipelineArguments
 
     with pytest.raises(ValueError, match="Unknown teacher loss 'hinge'; choose one of bce, ranknet, lambda"):
         train_teacher(toy_data(), tmp_path / "t", loss="hinge")

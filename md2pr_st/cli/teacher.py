@@ -7,14 +7,13 @@ from pathlib import Path
 from typing import Any
 
 from md2pr_st.cli.arguments import DataArguments, TeacherArguments
+from md2pr_st.outputs import check_output
+from md2pr_st.teacher import TEACHER_REPORT, train_teacher
 
 
 def run_teacher(data_args: DataArguments, args: TeacherArguments, trainer_args: dict | None = None) -> dict[str, Any]:
     """Train the teacher on the train split and report the teacher-vs-student nDCG@10 gap on dev;
     ``trainer_args``: other options of the host's CrossEncoderTrainingArguments."""
-    from md2pr_st.outputs import check_output
-    from md2pr_st.teacher import TEACHER_REPORT, train_teacher
-
     check_output(args.output_dir, overwrite=args.overwrite, option="--output_dir")  # before loading anything
     train, dev = data_args.load("train"), data_args.load("dev")
     path = train_teacher(

@@ -7,13 +7,19 @@ Every loader returns a :class:`RetrievalData`: a corpus and queries as :class:`d
 - ``rag24.py``: TREC RAG 2024 (download, parse, cache, the train / dev / test topic split)
 - ``beir.py``: the BEIR layout
 - ``splits.py``: loading by name, the three splits, cross-validation folds
-- ``pairs.py``: (query, positive) training pairs from the qrels
+- ``pairs.py``: (query, positive) training pairs from the qrels, the checks of training rows
 """
 
 from __future__ import annotations
 
 from md2pr_st.data.beir import load_beir, load_corpus
-from md2pr_st.data.pairs import check_training_rows, load_rows, positives_per_query, training_pairs
+from md2pr_st.data.pairs import (
+    check_training_rows,
+    load_rows,
+    negative_columns,
+    positives_per_query,
+    training_pairs,
+)
 from md2pr_st.data.rag24 import DEFAULT_SPLIT_SEED, default_cache_dir, load_rag24, split_topics
 from md2pr_st.data.retrieval_data import (
     RetrievalData,
@@ -38,6 +44,7 @@ __all__ = [
     "load_retrieval_data",
     "load_rows",
     "load_splits",
+    "negative_columns",
     "positives_per_query",
     "split_topics",
     "training_pairs",

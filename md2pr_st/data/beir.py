@@ -15,9 +15,9 @@ import logging
 from collections.abc import Iterator
 from pathlib import Path
 
-from datasets import Dataset
+from datasets import Dataset, load_from_disk
 
-from md2pr_st.data.retrieval_data import RetrievalData
+from md2pr_st.data.retrieval_data import MAX_GRADE, MIN_GRADE, RetrievalData
 
 logger = logging.getLogger(__name__)
 
@@ -68,8 +68,6 @@ def _read_jsonl(path: Path, kind: str) -> tuple[list[str], list[str]]:
 def _read_qrels(path: Path) -> dict[str, dict[str, int]]:
     """``{query: {doc: grade}}`` of a BEIR qrels file: an exact duplicate line is reported, a pair graded twice
     differently is an error (which grade is right cannot be guessed)."""
-    from md2pr_st.data.retrieval_data import MAX_GRADE, MIN_GRADE
-
     qrels: dict[str, dict[str, int]] = {}
     first_line: dict[tuple[str, str], int] = {}
     duplicates = []
@@ -153,8 +151,6 @@ def load_beir(folder: str | Path, split: str = "test") -> RetrievalData:
 
 def load_corpus(path: str | Path) -> Dataset:
     """A corpus ``Dataset`` (``id``, ``text``) from a BEIR folder (its ``corpus.jsonl``) or a ``datasets`` folder."""
-    from datasets import load_from_disk
-
     folder = Path(path)
     if (folder / "corpus.jsonl").is_file():
         ids, texts = _read_jsonl(folder / "corpus.jsonl", "corpus")

@@ -1,14 +1,18 @@
-"""Training pairs from graded judgements: the (query, positive) rows that mining turns into n-tuples."""
+"""Training rows: (query, positive) pairs from graded judgements, which mining turns into n-tuples, and the checks
+of the n-tuple rows a trainer reads (``query``, ``positive``, ``negative_1..n``, a label column)."""
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-from datasets import Dataset
+import pyarrow as pa
+from datasets import Dataset, Features, load_from_disk
 
+from md2pr_st.config import positives_per_query
 from md2pr_st.data.retrieval_data import RetrievalData
 
 logger = logging.getLogger(__name__)
@@ -75,19 +79,20 @@ def training_pairs(
     )
 
 
-def positives_per_query(positives: Any) -> int | None:
-    """``"all"`` -> None (no cap), ``"best"`` -> 1, ``k`` or ``"k"`` -> k."""
-    if positives == "all":
-        return None
-    if positives == "best":
-        return 1
-    try:
-        k = int(positives)
-    except (TypeError, ValueError):
-        k = 0
-    if k < 1 or isinstance(positives, float):
-        raise ValueError(f"positives must be 'all', 'best' or a positive integer k, got {positives!r}.")
-    return k
+def negative_columns(column_names: Sequence[str]) -> list[str]:
+    """The ``negative_<i>`` columns of a dataset, ordered by i (``negative`` alone counts as ``negative_1``).
+
+    Example:
+        >>> negative_columns(["query", "positive", "negative_10", "negative_2", "negative_1", "scores"])
+        ['negative_1', 'negative_2', 'negative_10']
+    """
+    found = []
+    for name in column_names:
+        if name == "negative":
+            found.append((1, name))
+        elif name.startswith("negative_") and name[len("negative_") :].isdigit():
+            found.append((int(name[len("negative_") :]), name))
+    return [name for _, name in sorted(found)]
 
 
 def load_rows(folder: str | Path, option: str = "--input", hint: str = "") -> Dataset:
@@ -101,16 +106,12 @@ def load_rows(folder: str | Path, option: str = "--input", hint: str = "") -> Da
         >>> len(load_rows(folder)), load_rows(folder).column_names
         (0, ['query', 'positive'])
     """
-    from datasets import Features, load_from_disk
-
     folder = Path(folder)
     if not (folder / "state.json").is_file() or not (folder / "dataset_info.json").is_file():
         raise FileNotFoundError(f"{option} {folder} is not a `datasets` folder (save_to_disk). {hint}".strip())
     try:
         return load_from_disk(str(folder))
     except IndexError:
-        import pyarrow as pa
-
         state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
         files = [folder / f["filename"] for f in state.get("_data_files", [])]
         if sum(pa.ipc.open_stream(pa.memory_map(str(f))).read_all().num_rows for f in files):
@@ -137,8 +138,6 @@ def check_training_rows(
         >>> check_training_rows(rows).column_names
         ['query', 'positive']
     """
-    from md2pr_st.mining import negative_columns
-
     if len(dataset) == 0:
         raise ValueError(f"The training {source} has 0 rows: nothing to train on.")
     names = dataset.column_names

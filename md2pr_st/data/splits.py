@@ -6,7 +6,8 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from md2pr_st.data.rag24 import SPLITS
+from md2pr_st.data.beir import load_beir
+from md2pr_st.data.rag24 import SPLITS, load_rag24
 from md2pr_st.data.retrieval_data import RetrievalData
 
 
@@ -19,9 +20,6 @@ def load_retrieval_data(dataset: str, split: str = "test", **kwargs: Any) -> Ret
         ...
         ValueError: Unknown dataset 'no/such/folder': pass 'rag24' ...
     """
-    from md2pr_st.data.beir import load_beir
-    from md2pr_st.data.rag24 import load_rag24
-
     if dataset in ("rag24", "rag24-umbrela", "rag24-nist"):
         if dataset == "rag24-nist":
             kwargs.setdefault("qrels", "nist")

@@ -11,19 +11,16 @@ from typing import Any
 import numpy as np
 from datasets import Dataset
 
+from md2pr_st.config import ADAPTIVE_RULES, DEFAULT_QUANTILE, FILTER_ACTIONS, MASKABLE_RULES, RULES
+from md2pr_st.data import negative_columns
 from md2pr_st.false_negatives.inputs import candidate_columns, check_scores, check_texts
 from md2pr_st.false_negatives.mapper import FalseNegativeMapper
-from md2pr_st.false_negatives.rules import (
-    ADAPTIVE_RULES,
-    DEFAULT_QUANTILE,
-    MASKABLE_RULES,
-    RULES,
-    dynamic_margin,
-    mixture_threshold,
-    positives_threshold,
-)
-from md2pr_st.mining import negative_columns
+from md2pr_st.false_negatives.rules import dynamic_margin, mixture_threshold, positives_threshold
+from md2pr_st.plots import plot_filter_gaps
+from md2pr_st.teacher import Teacher
+from md2pr_st.teacher.scoring import score_candidates
 from md2pr_st.utils import write_json
+from md2pr_st.validation import check_choice, check_margin_clip, check_range
 
 __all__ = ["FalseNegativeFilter"]
 
@@ -169,19 +166,11 @@ class FalseNegativeFilter:
             raise ValueError(f"rule={rule!r} needs {needs[rule][0]}=...; see FalseNegativeFilter's docstring.")
         numbers = {"quantile": self.quantile, "min_margin": self.min_margin, "max_margin": self.max_margin}
         numbers.update(margin=self.margin, relative_margin=self.relative_margin, threshold=self.threshold)
-        for name, value in numbers.items():
-            if value is not None and not math.isfinite(value):  # NaN compares false: it would flag nothing
-                raise ValueError(f"{name} must be a finite number, got {value}.")
-        if not 0.0 <= self.quantile <= 1.0:
-            raise ValueError(f"quantile must lie in [0, 1], got {self.quantile}.")
-        if self.min_margin is not None and self.max_margin is not None and self.min_margin > self.max_margin:
-            raise ValueError(f"min_margin ({self.min_margin}) must not exceed max_margin ({self.max_margin}).")
-        if self.refill_order not in ("rank", "teacher"):
-            raise ValueError(f"refill_order must be 'rank' or 'teacher', got {self.refill_order!r}.")
-        if self.num_negatives is not None and self.num_negatives < 1:
-            raise ValueError(f"num_negatives must be at least 1, got {self.num_negatives}.")
-        if action not in ("drop", "mask"):
-            raise ValueError(f"action must be 'drop' or 'mask', got {action!r}.")
+        for name, value in {**numbers, "num_negatives": self.num_negatives}.items():
+            check_range(name, value)  # NaN compares false: it would flag nothing
+        check_margin_clip(self.min_margin, self.max_margin)
+        check_choice("refill_order", self.refill_order, ("rank", "teacher"), quoted=True)
+        check_choice("action", action, sorted(FILTER_ACTIONS), quoted=True)
         if action == "mask" and rule not in MASKABLE_RULES:
             raise ValueError(
                 "action='mask' leaves the flagged candidates to MD2PRLoss's false_negative_margin and "
@@ -204,8 +193,6 @@ class FalseNegativeFilter:
     def _as_teacher(teacher: Any, batch_size: int) -> Any:
         if teacher is None or hasattr(teacher, "score"):
             return teacher
-        from md2pr_st.teacher import Teacher
-
         return Teacher(teacher, batch_size=batch_size)
 
     def get_config_dict(self) -> dict[str, Any]:
@@ -240,8 +227,6 @@ class FalseNegativeFilter:
         if self.teacher is None:
             scores = table[self.scores_column]
         else:
-            from md2pr_st.teacher.scoring import score_candidates
-
             lists = [[p, *(table[c][i] for c in columns)] for i, p in enumerate(table[self.positive_column])]
             scores = score_candidates(
                 self.teacher, queries, lists, batch_size=self.batch_size, show_progress_bar=self.show_progress_bar
@@ -428,8 +413,6 @@ class FalseNegativeFilter:
     def plot(self, path: str | Path, round: int = -1, bins: int = 60) -> Path:
         """A PNG histogram of the round's teacher score gaps ``t(q, d+) - t(q, d)``, flagged candidates in red and
         the margin m_r (dynamic / margin rules) as a vertical line."""
-        from md2pr_st.plots import plot_filter_gaps
-
         if not self.rounds:
             raise RuntimeError("No round yet: call fit(dataset) (or apply) before plotting.")
         stats = self.rounds[round]

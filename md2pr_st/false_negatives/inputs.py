@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from md2pr_st.mining import negative_columns
+from md2pr_st.data import negative_columns
 
 __all__ = ["candidate_columns", "check_scores", "check_texts"]
 

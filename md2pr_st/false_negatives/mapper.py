@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from md2pr_st.data import negative_columns
 from md2pr_st.false_negatives.inputs import check_scores
-from md2pr_st.mining import negative_columns
 
 __all__ = ["FalseNegativeMapper"]
 

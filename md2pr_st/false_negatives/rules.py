@@ -13,6 +13,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+# The rule names (and which rules adapt, which can mask, their default quantiles) are settings' names: defined in
+# md2pr_st.config, where the settings are checked, and re-exported here.
+from md2pr_st.config import ADAPTIVE_RULES, DEFAULT_QUANTILE, MASKABLE_RULES, RULES
+
 __all__ = [
     "ADAPTIVE_RULES",
     "DEFAULT_QUANTILE",
@@ -24,17 +28,6 @@ __all__ = [
     "mixture_threshold",
     "positives_threshold",
 ]
-
-# dynamic: a quantile of the gaps; positives: a quantile of the positives' scores; mixture: a two-component mixture
-# of the candidates' scores; positives_mixture: the same with the high component fixed to the positives' scores.
-RULES = ("dynamic", "margin", "relative", "absolute", "positives", "mixture", "positives_mixture")
-# Rules re-estimated from each round's scores (the others are fixed).
-ADAPTIVE_RULES = ("dynamic", "positives", "mixture", "positives_mixture")
-# Rules whose flags are exactly ``t(q, d) >= t(q, d+) - m`` or ``t(q, d) >= tau`` for one margin m and one threshold
-# tau per round, so MD2PRLoss (false_negative_margin, false_negative_threshold) can mask what they flag.
-MASKABLE_RULES = ("dynamic", "margin", "absolute", "positives", "mixture", "positives_mixture")
-# The quantile p of a rule when none is given.
-DEFAULT_QUANTILE = {"dynamic": 0.1, "positives": 0.5}
 
 
 def _as_flat(values: np.ndarray | Sequence[float], what: str) -> np.ndarray:

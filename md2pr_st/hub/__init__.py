@@ -2,6 +2,7 @@
 
 - ``run_info.py``: :class:`RunInfo` / :class:`RoundInfo`, what a card reports about a run
 - ``card_data.py``: :class:`MD2PRModelCardData`, the host's card data with MD2PR's template and fields
+- ``model_index.py``: the Hub's ``model-index`` of a card's retrieval results
 - ``model_card.py``: :func:`write_model_card` (a saved model's card, again), :func:`remove_dataset_texts`
 - ``model_folder.py``: :func:`validate_model_folder`, what a pushed folder may hold
 - ``push.py``: :func:`push_to_hub` (one commit, safetensors only, token never shown)

@@ -12,6 +12,7 @@ can be rendered again later, e.g. with the metrics of a finished run or with the
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import json
 import logging
 import shutil
@@ -23,6 +24,9 @@ from typing import Any
 from sentence_transformers.sentence_transformer.model_card import SentenceTransformerModelCardData
 
 from md2pr_st import _host
+from md2pr_st._version import __version__
+from md2pr_st.citation import MD2PR_CITATION
+from md2pr_st.hub.model_index import MODEL_INDEX_METRICS, build_model_index
 from md2pr_st.hub.run_info import (
     RunInfo,
     display_model,
@@ -41,13 +45,6 @@ PLOTS_DIR = "plots"
 PLOT_SUFFIXES = (".png", ".jpg", ".jpeg", ".svg")
 MD2PR_TAGS = ("md2pr", "dense-retrieval", "knowledge-distillation")
 NOT_RECORDED = "not recorded"
-# metrics.json key -> model-index metric type (the Hub's naming, as in MTEB cards)
-MODEL_INDEX_METRICS = {
-    "ndcg@10": "ndcg_at_10",
-    "mrr@10": "mrr_at_10",
-    "recall@100": "recall_at_100",
-    "map@100": "map_at_100",
-}
 RESULT_COLUMNS = ("ndcg@10", "mrr@10", "recall@100", "map@100", "n_queries", "corpus_size")
 RESULT_ROWS = ("before", "after", "teacher_rerank")
 # What the trainer recorded (card data fields), and what the host computes from parts that are not kept.
@@ -73,8 +70,6 @@ def _template_path() -> Path:
     source = Path(__file__).resolve().parents[2] / "model_cards" / TEMPLATE_NAME
     if source.is_file():
         return source
-    import importlib.resources
-
     return Path(str(importlib.resources.files("md2pr_st.model_cards") / TEMPLATE_NAME))
 
 
@@ -269,8 +264,6 @@ class MD2PRModelCardData(SentenceTransformerModelCardData):
         return next((config for config in self.loss_configs.values() if "alpha" in config), {})
 
     def _update_front_matter(self, data: dict[str, Any]) -> None:
-        from md2pr_st.hub.model_card import build_model_index
-
         info = self.run_info or RunInfo()
         data["language"] = self.language or [info.language]
         data["license"] = self.license or info.license
@@ -287,9 +280,6 @@ class MD2PRModelCardData(SentenceTransformerModelCardData):
 
     def _md2pr_context(self, data: dict[str, Any]) -> dict[str, Any]:
         """Template variables of the MD2PR sections."""
-        from md2pr_st import __version__
-        from md2pr_st.losses._shared import MD2PR_CITATION
-
         info, loss = self.run_info or RunInfo(), self._loss_config()
         teacher = info.teacher or loss.get("teacher")
         alpha = info.alpha if info.alpha is not None else loss.get("alpha")

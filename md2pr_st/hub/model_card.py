@@ -20,10 +20,14 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from sentence_transformers import SentenceTransformer
+from sentence_transformers.base.model_card import generate_model_card
+
 from md2pr_st.hub.card_data import (
     MD2PRModelCardData,
     plot_name,
 )
+from md2pr_st.hub.model_index import build_model_index
 from md2pr_st.hub.run_info import RunInfo
 from md2pr_st.utils import atomic_path
 
@@ -70,41 +74,6 @@ def run_plots(run_dir: str | Path) -> list[Path]:
     run_dir = Path(run_dir)
     rounds = sorted(run_dir.glob("round_*/filter_gaps.png"), key=lambda p: (len(p.parent.name), p.parent.name))
     return [*sorted(run_dir.glob("*.png")), *rounds]
-
-
-def build_model_index(
-    metrics_after: Mapping[str, Any], model_name: str, dataset: str, dataset_type: str, split: str
-) -> list[dict[str, Any]]:
-    """The Hub ``model-index`` for the retrieval results of ``metrics_after`` (values kept exactly).
-
-    Example:
-        >>> index = build_model_index({"ndcg@10": 0.5, "mrr@10": 0.25, "n_queries": 3}, "m", "TREC RAG 2024",
-        ...                           "trec-rag-2024", "test")
-        >>> [(m["type"], m["value"]) for m in index[0]["results"][0]["metrics"]]
-        [('ndcg_at_10', 0.5), ('mrr_at_10', 0.25)]
-        >>> index[0]["results"][0]["dataset"]
-        {'name': 'TREC RAG 2024', 'type': 'trec-rag-2024', 'split': 'test'}
-    """
-    from huggingface_hub.repocard_data import EvalResult, eval_results_to_model_index
-
-    from md2pr_st.hub.card_data import MODEL_INDEX_METRICS
-
-    names = {"ndcg": "nDCG", "mrr": "MRR", "recall": "Recall", "map": "MAP"}
-    results = [
-        EvalResult(
-            task_type="retrieval",
-            task_name="Retrieval",
-            dataset_type=dataset_type,
-            dataset_name=dataset,
-            dataset_split=split,
-            metric_type=metric_type,
-            metric_name=names[key.split("@")[0]] + "@" + key.split("@")[1],
-            metric_value=float(metrics_after[key]),
-        )
-        for key, metric_type in MODEL_INDEX_METRICS.items()
-        if metrics_after.get(key) is not None
-    ]
-    return eval_results_to_model_index(model_name, results) if results else []
 
 
 def remove_dataset_texts(card_data: Any) -> Any:
@@ -156,8 +125,6 @@ def save_model_card(model: Any, folder: str | Path) -> Path:
         >>> "| `after` | 0.4100 |" in card.read_text(), (card.parent / "md2pr_card_data.json").is_file()
         (True, True)
     """
-    from sentence_transformers.base.model_card import generate_model_card
-
     folder = Path(folder)
     model.model_card_data.save_dir = str(folder)
     text = generate_model_card(model)
@@ -176,8 +143,6 @@ def load_with_card_data(model_dir: str | Path, card_data: MD2PRModelCardData) ->
         >>> type(model.model_card_data).__name__, model.get_embedding_dimension()
         ('MD2PRModelCardData', 384)
     """
-    from sentence_transformers import SentenceTransformer
-
     return SentenceTransformer(
         str(model_dir), device="cpu", local_files_only=True, trust_remote_code=False, model_card_data=card_data
     )

@@ -21,7 +21,13 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from md2pr_st import __version__
+import huggingface_hub
+from huggingface_hub import CommitOperationAdd, get_token
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
+from sentence_transformers import SentenceTransformer
+
+from md2pr_st._version import __version__
 from md2pr_st.hub.card_data import CARD_DATA_FILE, MD2PRModelCardData
 from md2pr_st.hub.model_card import (
     METRICS_FILE,
@@ -134,8 +140,6 @@ def _load(model_dir: Path, card_data: MD2PRModelCardData | None = None) -> Any:
     try:
         if card_data is not None:
             return load_with_card_data(model_dir, card_data)
-        from sentence_transformers import SentenceTransformer
-
         return SentenceTransformer(str(model_dir), device="cpu", trust_remote_code=False, local_files_only=True)
     except Exception as exc:  # any failure means the pushed repo would not load either
         raise ValueError(
@@ -222,9 +226,6 @@ def stage_upload(run_or_model_dir: str | Path, staging_dir: str | Path, repo_id:
 
 
 def _validate_repo_id(repo_id: str) -> str:
-    from huggingface_hub.errors import HFValidationError
-    from huggingface_hub.utils import validate_repo_id
-
     if not isinstance(repo_id, str) or repo_id.count("/") != 1:
         raise ValueError(
             f"repo_id must be NAMESPACE/NAME (your user name or an organisation, then the model name), e.g. "
@@ -239,8 +240,6 @@ def _validate_repo_id(repo_id: str) -> str:
 
 def _find_token(token: str | None) -> tuple[str | None, str | None]:
     """``(token, where it came from)``; the HF_TOKEN variable wins over the login cache."""
-    from huggingface_hub import get_token
-
     if token:
         return token, "argument"
     found = get_token()
@@ -331,12 +330,8 @@ def push_to_hub(
 
 def _commit(api: Any, files: dict[str, Path], result: PushResult, token: str, commit_message: str) -> None:
     """Create the repo and branch when missing, then upload ``files`` in one commit."""
-    from huggingface_hub import CommitOperationAdd
-
     if api is None:
-        from huggingface_hub import HfApi
-
-        api = HfApi(token=token)
+        api = huggingface_hub.HfApi(token=token)  # looked up now: a test may stand a mock in its place
     repo_id = result.repo_id
 
     def call(action: str, fn: Any, *args: Any, **kwargs: Any) -> Any:

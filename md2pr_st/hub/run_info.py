@@ -15,6 +15,11 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
+
+from md2pr_st.models import DEFAULT_STUDENT_ID, embedded_student_path
+
 logger = logging.getLogger(__name__)
 
 _TOKEN_PATTERN = re.compile(r"hf_[A-Za-z0-9]{20,}")  # user access tokens: hf_ + 34 letters/digits
@@ -50,15 +55,11 @@ def hub_model_id(name: str | None) -> str | None:
         >>> hub_model_id("cross-encoder/ms-marco-MiniLM-L6-v2"), hub_model_id("/tmp"), hub_model_id("minilm")
         ('cross-encoder/ms-marco-MiniLM-L6-v2', None, 'sentence-transformers/all-MiniLM-L6-v2')
     """
-    from md2pr_st.models import DEFAULT_STUDENT_ID
-
     if not name:
         return None
     if name in ("minilm", "all-MiniLM-L6-v2"):
         return DEFAULT_STUDENT_ID
     try:
-        from md2pr_st.models import embedded_student_path
-
         if Path(name).resolve() == embedded_student_path().resolve():
             return DEFAULT_STUDENT_ID
     except (ModuleNotFoundError, FileNotFoundError, OSError):
@@ -139,9 +140,6 @@ def check_dataset_ids(ids: Iterable[str]) -> list[str]:
         >>> check_dataset_ids(["BeIR/scifact"])
         ['BeIR/scifact']
     """
-    from huggingface_hub.errors import HFValidationError
-    from huggingface_hub.utils import validate_repo_id
-
     checked = []
     for dataset_id in ids:
         if Path(dataset_id).exists():

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import faiss
 import numpy as np
 
+from md2pr_st import distributed
 from md2pr_st.data import corpus_fingerprint
 from md2pr_st.index.encoding import encode
 from md2pr_st.models import model_fingerprint
@@ -235,8 +236,6 @@ class FaissIndex:
             >>> result["exact"], result["recall"] >= 0.99, result["ef_search"] > 1
             (False, True, True)
         """
-        from md2pr_st import distributed
-
         graph = faiss.downcast_index(self.index)
         if not hasattr(graph, "hnsw") or getattr(graph, "storage", None) is None or len(query_embeddings) == 0:
             return None

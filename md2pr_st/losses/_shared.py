@@ -6,7 +6,6 @@ No formula lives here; each one is in the docstring of the loss file that comput
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,25 +13,14 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from sentence_transformers.util import check_teacher_targets
 from torch import Tensor, nn
 
 from md2pr_st import _host
 from md2pr_st.alignment import StudentText, decode_student_texts
-from md2pr_st.teacher import OfflineTeacher, Teacher
+from md2pr_st.teacher import OfflineTeacher, Teacher, candidate_pairs
 
 logger = logging.getLogger(__name__)
-
-MD2PR_CITATION = """
-@misc{li2023md2pr,
-      title={A Multi-level Distillation based Dense Passage Retrieval Model},
-      author={Haifeng Li and Mo Hai and Dong Tang},
-      year={2023},
-      eprint={2312.16821},
-      archivePrefix={arXiv},
-      primaryClass={cs.IR},
-      url={https://arxiv.org/abs/2312.16821},
-}
-"""
 
 
 class LossParts(dict):
@@ -289,22 +277,8 @@ def check_teacher_scores(loss_name: str, scores: Tensor, batch_size: int, num_ca
 def check_teacher_target_scale(loss_name: str, scores: Tensor, temperature: float) -> None:
     """The host's first-batch check of a distillation target: NaN teacher scores raise, and a warning names the
     temperature to raise when ``softmax(scores / temperature)`` underflows to exact zeros."""
-    from sentence_transformers.util import check_teacher_targets
-
     probabilities = torch.softmax(scores.detach().float() / temperature, dim=-1)
     check_teacher_targets(probabilities, scores, temperature, loss_name)
-
-
-def check_positive(name: str, value: float) -> float:
-    if not (isinstance(value, (int, float)) and 0 < value < math.inf):
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}.")
-    return float(value)
-
-
-def check_weight(name: str, value: float) -> float:
-    if not (isinstance(value, (int, float)) and 0 <= value < math.inf):
-        raise ValueError(f"{name} must be a non-negative finite number (0 switches that part off), got {value!r}.")
-    return float(value)
 
 
 def online_scores(
@@ -328,8 +302,6 @@ def online_scores(
 def teacher_pairs(texts: Sequence[Sequence[StudentText]]) -> list[tuple[str, str]]:
     """The (query, candidate) pairs of a batch for the teacher, row-major (pair ``b * N + c``: query b, column c),
     from the decoded texts of each column (query column first)."""
-    from md2pr_st.teacher import candidate_pairs
-
     queries, columns = texts[0], texts[1:]
     return candidate_pairs(
         [q.text for q in queries], [[column[b].text for column in columns] for b in range(len(queries))]

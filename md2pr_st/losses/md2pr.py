@@ -7,20 +7,19 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from sentence_transformers.util import cos_sim, similarity_fct_name
+from sentence_transformers.util import all_gather_with_grad, cos_sim, get_rank, similarity_fct_name
 from torch import Tensor, nn
 
 from md2pr_st import _host
+from md2pr_st.citation import MD2PR_CITATION
+from md2pr_st.config import WORD_LEVEL_PAIRS
 from md2pr_st.losses._shared import (
-    MD2PR_CITATION,
     LossParts,
     StudentTokenizers,
     as_teacher,
     check_columns,
-    check_positive,
     check_teacher_scores,
     check_teacher_target_scale,
-    check_weight,
     decode_columns,
     embed_with_tokens,
     keep_original_texts,
@@ -31,11 +30,26 @@ from md2pr_st.losses._shared import (
 from md2pr_st.losses.sentence_level_distillation import sentence_level_kl
 from md2pr_st.losses.word_level_distillation import SameVocabulary, word_level_loss_from_outputs
 from md2pr_st.teacher import Teacher
+from md2pr_st.validation import check_choice, check_positive, check_weight
 
 logger = logging.getLogger(__name__)
 
-# The pairs the word level averages over: every (query, candidate) pair, or each query with its positive only.
-WORD_LEVEL_PAIRS = ("all", "positives")
+
+def check_word_level_teacher(beta: float, teacher: Any) -> None:
+    """The word level (``beta > 0``) distils the teacher's attention, which only an online teacher gives: checked by
+    :class:`MD2PRLoss` when it is built, and by :func:`~md2pr_st.student.train_student` before any work.
+
+    Example:
+        >>> check_word_level_teacher(0.5, None)
+        Traceback (most recent call last):
+        ...
+        ValueError: MD2PRLoss with beta > 0 (word-level distillation) needs an online teacher for its attention: ...
+    """
+    if beta > 0 and teacher is None:
+        raise ValueError(
+            "MD2PRLoss with beta > 0 (word-level distillation) needs an online teacher for its attention: pass "
+            "teacher= a CrossEncoder, a Hub id / local folder, or an md2pr_st.teacher.Teacher, or set beta=0."
+        )
 
 
 def false_negative_mask(teacher_scores: Tensor, margin: float | None, threshold: float | None = None) -> Tensor:
@@ -261,18 +275,11 @@ class MD2PRLoss(nn.Module):
         self.false_negative_margin = false_negative_margin
         self.false_negative_threshold = None if false_negative_threshold is None else float(false_negative_threshold)
         self.gather_across_devices = gather_across_devices
-        if self.beta > 0 and self.teacher is None:
-            raise ValueError(
-                "MD2PRLoss with beta > 0 (word-level distillation) needs an online teacher for its attention: pass "
-                "teacher= a CrossEncoder, a Hub id / local folder, or an md2pr_st.teacher.Teacher, or set beta=0."
-            )
+        check_word_level_teacher(self.beta, self.teacher)
         if int(word_level_chunk_size) < 1:
             raise ValueError(f"word_level_chunk_size must be a positive integer, got {word_level_chunk_size!r}.")
         self.word_level_chunk_size = int(word_level_chunk_size)
-        if word_level_pairs not in WORD_LEVEL_PAIRS:
-            raise ValueError(
-                f"word_level_pairs must be one of {', '.join(WORD_LEVEL_PAIRS)}, got {word_level_pairs!r}."
-            )
+        check_choice("word_level_pairs", word_level_pairs, WORD_LEVEL_PAIRS)
         self.word_level_pairs = word_level_pairs
         # Which student tokenizers share the teacher's vocabulary (a plain object: no module, no parameters).
         self._same_vocabulary = SameVocabulary(self.teacher.tokenizer) if self.beta > 0 else None
@@ -396,8 +403,6 @@ class MD2PRLoss(nn.Module):
     def _contrastive(self, query: Tensor, candidates: list[Tensor], flagged: Tensor) -> Tensor:
         offset = 0
         if self.gather_across_devices:
-            from sentence_transformers.util import all_gather_with_grad, get_rank
-
             batch = query.shape[0]
             candidates = [all_gather_with_grad(c) for c in candidates]
             offset = get_rank() * batch

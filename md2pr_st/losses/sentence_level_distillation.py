@@ -9,12 +9,11 @@ from sentence_transformers.util import pairwise_cos_sim, similarity_fct_name
 from torch import Tensor, nn
 
 from md2pr_st import _host
+from md2pr_st.citation import MD2PR_CITATION
 from md2pr_st.losses._shared import (
-    MD2PR_CITATION,
     StudentTokenizers,
     as_teacher,
     check_columns,
-    check_positive,
     check_teacher_scores,
     check_teacher_target_scale,
     keep_original_texts,
@@ -23,6 +22,7 @@ from md2pr_st.losses._shared import (
     teacher_name,
 )
 from md2pr_st.teacher import Teacher
+from md2pr_st.validation import check_positive
 
 
 def sentence_level_kl(

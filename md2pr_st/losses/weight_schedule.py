@@ -6,9 +6,10 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-__all__ = ["SCHEDULES", "LossWeightSchedule"]
+from md2pr_st.config import SCHEDULES
+from md2pr_st.validation import check_choice
 
-SCHEDULES = ("constant", "warmup", "decay")
+__all__ = ["SCHEDULES", "LossWeightSchedule"]
 
 
 class LossWeightSchedule(TrainerCallback):
@@ -42,8 +43,7 @@ class LossWeightSchedule(TrainerCallback):
             0.3
             0.3
         """
-        if schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}.")
+        check_choice("schedule", schedule, SCHEDULES)
         if not 0 < fraction <= 1:
             raise ValueError(f"fraction must lie in (0, 1], got {fraction}.")
         if not hasattr(loss, name):

@@ -13,12 +13,11 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from md2pr_st.alignment import StudentText, align_pair, pool_teacher_attention, same_vocabulary
+from md2pr_st.citation import MD2PR_CITATION
 from md2pr_st.losses._shared import (
-    MD2PR_CITATION,
     StudentTokenizers,
     as_teacher,
     check_columns,
-    check_positive,
     decode_columns,
     embed_with_tokens,
     keep_original_texts,
@@ -28,6 +27,7 @@ from md2pr_st.losses._shared import (
     teacher_pairs,
 )
 from md2pr_st.teacher import AttentionBlock, Teacher
+from md2pr_st.validation import check_positive
 
 logger = logging.getLogger(__name__)
 

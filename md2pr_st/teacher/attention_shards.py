@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.numpy import save_file
 
 from md2pr_st.teacher.cross_encoder import AttentionBlock, Teacher, TeacherOutput
 from md2pr_st.utils import atomic_path, fingerprint, sha256_file, write_json
@@ -189,8 +190,6 @@ class Store:
     def append(self, keys: np.ndarray, output: TeacherOutput, top_k: int | None) -> None:
         """Write one shard of recorded pairs, then the manifest that lists it (each atomically: a crash leaves the
         store as it was, at worst with an unlisted shard file that the next shard overwrites)."""
-        from safetensors.numpy import save_file
-
         shapes, checksums, weights, indices = zip(*(compact(b, top_k, self.dtype) for b in output.attention))
         if max(nd for _, nd, _ in shapes) > np.iinfo(np.uint16).max:
             raise AttentionStoreError("A passage has over 65535 teacher tokens; the store indexes columns as uint16.")

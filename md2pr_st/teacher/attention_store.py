@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+from transformers import AutoTokenizer
 
 from md2pr_st.teacher.attention_shards import (
     FIX,
@@ -191,8 +192,6 @@ class OfflineTeacher:
         self.heads = None if recorded["heads"] is None else tuple(recorded["heads"])
         self.max_length, self.batch_size = int(recorded["max_length"]), int(recorded["batch_size"])
         self.autocast_dtype = recorded.get("autocast_dtype")
-        from transformers import AutoTokenizer
-
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(str(self.path / self._store.manifest["tokenizer"]))
         except (OSError, ValueError) as exc:

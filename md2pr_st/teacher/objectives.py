@@ -22,31 +22,15 @@ import random
 from typing import TYPE_CHECKING, Any
 
 from datasets import Dataset
+from sentence_transformers.cross_encoder import losses as cross_encoder_losses
+
+from md2pr_st.config import LIST_LOSSES, TEACHER_LOSSES, check_teacher_loss
 
 if TYPE_CHECKING:
     from sentence_transformers.cross_encoder import CrossEncoder
 
-__all__ = ["TEACHER_LOSSES", "LIST_LOSSES", "teacher_loss", "teacher_training_lists"]
-
-#: ``--loss`` name -> the host's loss class (``sentence_transformers.cross_encoder.losses``).
-TEACHER_LOSSES = {
-    "bce": "BinaryCrossEntropyLoss",  # pointwise: BCEWithLogits(t(q, d), y)
-    "ranknet": "RankNetLoss",  # pairwise: log(1 + exp(-(t_i - t_j))) over pairs with y_i > y_j
-    "lambda": "LambdaLoss",  # listwise: RankNet's pairs weighted by their nDCG change (NDCGLoss2++)
-    "listmle": "ListMLELoss",  # listwise: -log Plackett-Luce likelihood of the labels' order (ties: the list's)
-}
-#: The losses that train on lists of a query's passages rather than on single pairs.
-LIST_LOSSES = frozenset(TEACHER_LOSSES) - {"bce"}
-
-
-def check_teacher_loss(loss: str, list_size: int) -> None:
-    """Refuse an unknown loss name or a list of fewer than 2 passages, saying what is accepted."""
-    if loss not in TEACHER_LOSSES:
-        raise ValueError(f"Unknown teacher loss {loss!r}; choose one of {', '.join(TEACHER_LOSSES)}.")
-    if loss in LIST_LOSSES and list_size < 2:
-        raise ValueError(
-            f"list_size must be >= 2 for the ranking loss {loss!r} (it compares passages), got {list_size}."
-        )
+# The loss names and their check are settings: defined in md2pr_st.config, re-exported here.
+__all__ = ["TEACHER_LOSSES", "LIST_LOSSES", "check_teacher_loss", "teacher_loss", "teacher_training_lists"]
 
 
 def teacher_loss(name: str, model: CrossEncoder) -> Any:
@@ -59,9 +43,7 @@ def teacher_loss(name: str, model: CrossEncoder) -> Any:
         ValueError: Unknown teacher loss 'hinge'; choose one of bce, ranknet, lambda, listmle.
     """
     check_teacher_loss(name, 2)
-    from sentence_transformers.cross_encoder import losses
-
-    return getattr(losses, TEACHER_LOSSES[name])(model)
+    return getattr(cross_encoder_losses, TEACHER_LOSSES[name])(model)
 
 
 def teacher_training_lists(pairs: Dataset, list_size: int = 8, seed: int = 0) -> Dataset:

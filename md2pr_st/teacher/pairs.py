@@ -14,14 +14,14 @@ from __future__ import annotations
 import random
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from datasets import Dataset
+from sentence_transformers import SentenceTransformer
 
 from md2pr_st.data import RetrievalData
-
-if TYPE_CHECKING:
-    from sentence_transformers import SentenceTransformer
+from md2pr_st.index import FaissIndex, retrieve
+from md2pr_st.models import resolve_model_name
+from md2pr_st.validation import check_range
 
 __all__ = ["mine_teacher_negatives", "teacher_training_pairs"]
 
@@ -52,11 +52,6 @@ def mine_teacher_negatives(
         >>> negatives["q"][0] in ("b", "d"), "a" in negatives["q"], len(negatives["q"])
         (True, False, 2)
     """
-    from sentence_transformers import SentenceTransformer
-
-    from md2pr_st.index import FaissIndex, retrieve
-    from md2pr_st.models import resolve_model_name
-
     if num_negatives < 1 or range_max < num_negatives:
         raise ValueError(
             f"mined negatives need 1 <= num_negatives <= range_max, got num_negatives={num_negatives}, "
@@ -104,8 +99,7 @@ def teacher_training_pairs(
         >>> list(teacher_training_pairs(data, random_negatives=0, hard_negatives={"q": ["c", "a"]})["passage"])
         ['Paris is in France.', 'Tea.', 'Cats.']
     """
-    if random_negatives < 0:
-        raise ValueError(f"random_negatives must be >= 0, got {random_negatives}.")
+    check_range("random_negatives", random_negatives)
     grades = [g for docs in data.qrels.values() for g in docs.values()]
     max_grade = max_grade if max_grade is not None else max(grades, default=0)
     if max_grade <= 0:

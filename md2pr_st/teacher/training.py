@@ -126,9 +126,9 @@ def train_teacher(
             >>> path = train_teacher(load_rag24("train"), "runs/teacher", dev=load_rag24("dev"))  # doctest: +SKIP
             >>> Teacher(path).score([("what is python", "Python is a language.")])  # doctest: +SKIP
     """
-    from md2pr_st.cli.validation import check_range
     from md2pr_st.outputs import check_output, output_lock
     from md2pr_st.teacher.objectives import LIST_LOSSES, check_teacher_loss
+    from md2pr_st.validation import check_range
 
     output_dir = Path(output_dir)
     settings = dict(max_length=max_length, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate)

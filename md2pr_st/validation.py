@@ -1,22 +1,26 @@
-"""Checks of every option before any work: types (a YAML config is not type-converted), finite numbers, ranges.
+"""The library's checks of settings, written once and used wherever a setting is given: by the option dataclasses
+(:mod:`md2pr_st.config`, :mod:`md2pr_st.cli.arguments`) when they are created, and by the functions and classes
+that take the setting (the losses, the filter, mining, training).
 
-:class:`Options` is the base of the option dataclasses in :mod:`md2pr_st.cli.arguments`: its ``__post_init__``
-checks each field against its annotation (``with_ids: "no"`` in a YAML file is a string, not a boolean), refuses
-NaN and infinite floats, and applies the range of :data:`RANGES` to the fields of that name. A subclass adds its
-cross-field checks in ``__post_init__`` after ``super().__post_init__()``. Only the standard library is imported.
+- :func:`check_type`: a value against its field's annotation (a YAML config is not type-converted);
+- :func:`check_range`: NaN and infinite numbers refused everywhere, the bounds of :data:`RANGES` and
+  :data:`UNIT_INTERVAL` by field name;
+- :func:`check_weight`, :func:`check_positive`: the losses' weights and temperatures;
+- :func:`check_choice`, :func:`check_rank_range`, :func:`check_margin_clip`: a name among choices, a mining rank
+  range, a margin's clip.
+
+Only the standard library is imported: the command line checks its options before any work.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import math
 import types
 import typing
 from typing import Any
 
-OVERWRITE_HELP = "Replace an output that exists and that md2pr did not write."
-# field name -> (lowest allowed value, whether the lowest value itself is allowed, what the field is)
+# field name -> (lowest allowed value, whether the lowest value itself is allowed, what the field is). The losses'
+# weights and temperatures are checked by check_weight and check_positive, not here.
 RANGES: dict[str, tuple[float, bool, str]] = {
     "batch_size": (1, True, "a number of examples per batch"),
     "epochs": (0, False, "a number of epochs"),
@@ -32,6 +36,7 @@ RANGES: dict[str, tuple[float, bool, str]] = {
     "rounds": (1, True, "a number of rounds"),
     "num_negatives": (1, True, "a number of negatives"),
     "mine_candidates": (1, True, "a number of candidates"),
+    "query_batch_size": (1, True, "a number of queries"),
     "range_min": (0, True, "a rank"),
     "range_max": (1, True, "a rank"),
     "chunk_size": (1, True, "a number of passages"),
@@ -44,13 +49,6 @@ RANGES: dict[str, tuple[float, bool, str]] = {
     "num_proc": (1, True, "a number of processes"),
     "seed": (0, True, "a seed"),
     "split_seed": (0, True, "a seed"),
-    "alpha": (0, True, "a loss weight"),
-    "beta": (0, True, "a loss weight"),
-    "scale": (0, False, "1 / temperature"),
-    "student_temperature": (0, False, "a temperature"),
-    "teacher_temperature": (0, False, "a temperature"),
-    "word_temperature": (0, False, "a temperature"),
-    "attention_temperature": (0, False, "a temperature"),
 }
 # Fields that are fractions.
 UNIT_INTERVAL = ("quantile", "filter_quantile")
@@ -143,8 +141,8 @@ def check_range(name: str, value: Any) -> None:
         raise ValueError(f"{name} must lie in [0, 1], got {value:g}.")
 
 
-def check_rank_range(range_min: int, range_max: int, num_negatives: int) -> None:
-    """Mining takes ``num_negatives`` from ranks ``range_min .. range_max - 1``: checked before any work.
+def check_rank_range(range_min: int, range_max: int, count: int, what: str = "candidates") -> None:
+    """Mining takes ``count`` passages (``what``) from ranks ``range_min .. range_max - 1``: checked before any work.
 
     Example:
         >>> check_rank_range(0, 3, 4)
@@ -154,25 +152,75 @@ def check_rank_range(range_min: int, range_max: int, num_negatives: int) -> None
     """
     if range_max <= range_min:
         raise ValueError(f"range_max ({range_max}) must be greater than range_min ({range_min}).")
-    if num_negatives > range_max - range_min:
+    if count > range_max - range_min:
         raise ValueError(
-            f"Cannot take {num_negatives} candidates from ranks {range_min}..{range_max - 1}: raise range_max or "
-            "lower the number of negatives."
+            f"Cannot take {count} {what} from ranks {range_min}..{range_max - 1}: raise range_max or lower the "
+            "number of negatives."
         )
 
 
-class Options:
-    """Base of the option dataclasses: every field is checked for its type, finiteness and range on creation."""
+def check_weight(name: str, value: Any) -> float:
+    """A loss weight (``alpha``, ``beta``): a finite number >= 0, where 0 switches that part of the loss off.
 
-    def __post_init__(self) -> None:
-        hints = _hints(type(self))
-        for field in dataclasses.fields(self):  # type: ignore[arg-type]
-            value = getattr(self, field.name)
-            check_type(field.name, value, hints.get(field.name, Any))
-            check_range(field.name, value)
+    Example:
+        >>> check_weight("alpha", -1)
+        Traceback (most recent call last):
+        ...
+        ValueError: alpha must be a non-negative finite number, got -1: alpha must be >= 0 (0 switches that part off).
+    """
+    if not (isinstance(value, (int, float)) and 0 <= value < math.inf):
+        raise ValueError(
+            f"{name} must be a non-negative finite number, got {value!r}: {name} must be >= 0 (0 switches that part "
+            "off)."
+        )
+    return float(value)
 
 
-@functools.cache
-def _hints(cls: type) -> dict[str, Any]:
-    # The annotations themselves: HfArgumentParser rewrites the dataclass fields' `type` while it parses.
-    return typing.get_type_hints(cls)
+def check_positive(name: str, value: Any) -> float:
+    """A temperature or a scale: a finite number > 0.
+
+    Example:
+        >>> check_positive("student_temperature", 0)
+        Traceback (most recent call last):
+        ...
+        ValueError: student_temperature must be a positive finite number, got 0: student_temperature must be > 0.
+    """
+    if not (isinstance(value, (int, float)) and 0 < value < math.inf):
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}: {name} must be > 0.")
+    return float(value)
+
+
+def check_choice(name: str, value: Any, choices: typing.Sequence[str], *, quoted: bool = False) -> None:
+    """``value`` must be one of ``choices`` (named as a list, or ``quoted`` as alternatives).
+
+    Example:
+        >>> check_choice("word_level_pairs", "negatives", ("all", "positives"))
+        Traceback (most recent call last):
+        ...
+        ValueError: word_level_pairs must be one of all, positives, got 'negatives'.
+        >>> check_choice("sampling", "best", ("top", "random"), quoted=True)
+        Traceback (most recent call last):
+        ...
+        ValueError: sampling must be 'top' or 'random', got 'best'.
+    """
+    if value in choices:
+        return
+    if quoted:
+        *first, last = (repr(choice) for choice in choices)
+        wanted = f"{', '.join(first)} or {last}" if first else last
+    else:
+        wanted = f"one of {', '.join(choices)}"
+    raise ValueError(f"{name} must be {wanted}, got {value!r}.")
+
+
+def check_margin_clip(min_margin: float | None, max_margin: float | None) -> None:
+    """The clip ``[min_margin, max_margin]`` of the false-negative filter's margin must not be empty.
+
+    Example:
+        >>> check_margin_clip(2.0, 1.0)
+        Traceback (most recent call last):
+        ...
+        ValueError: min_margin (2.0) must not exceed max_margin (1.0).
+    """
+    if min_margin is not None and max_margin is not None and min_margin > max_margin:
+        raise ValueError(f"min_margin ({min_margin}) must not exceed max_margin ({max_margin}).")
