@@ -1,11 +1,10 @@
-"""Small helpers shared by the stages: atomic writes, content fingerprints, trainer checkpoints."""
+"""Small helpers shared by the stages: atomic writes, content fingerprints, the cache folder."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import json
-import logging
 import os
 import shutil
 import tempfile
@@ -13,7 +12,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-logger = logging.getLogger(__name__)
+from md2pr_st.outputs import OutputExistsError, honour_umask, mark_output, refuse_foreign_folder
 
 
 @contextlib.contextmanager
@@ -37,8 +36,6 @@ def atomic_path(target: str | Path, *, is_dir: bool = False, overwrite: bool = F
         >>> (project / "main.py").is_file()
         True
     """
-    from md2pr_st.outputs import OutputExistsError, honour_umask, mark_output, refuse_foreign_folder
-
     target = Path(target)
     if is_dir:
         refuse_foreign_folder(target, overwrite)
@@ -102,120 +99,3 @@ def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
         while chunk := handle.read(chunk_size):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def last_complete_checkpoint(folder: str | Path) -> Path | None:
-    """The ``checkpoint-N`` in ``folder`` with the highest ``N`` that the host trainer finished writing, or None.
-
-    The trainer writes a checkpoint's ``trainer_state.json`` last, so a checkpoint is complete iff that file parses.
-    A process killed while writing a checkpoint leaves a ``checkpoint-N`` without weights or state;
-    ``trainer.train(resume_from_checkpoint=True)`` takes the highest ``N`` whatever it holds and then fails, at
-    every rerun. Incomplete checkpoints are deleted here; resume from the returned path instead.
-    """
-    complete = []
-    for path in Path(folder).glob("checkpoint-*"):
-        if not path.is_dir() or not path.name.split("-")[-1].isdigit():
-            continue
-        try:
-            json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            logger.warning("Deleting the incomplete checkpoint %s (its writer was interrupted)", path)
-            shutil.rmtree(path, ignore_errors=True)
-            continue
-        complete.append(path)
-    return max(complete, key=lambda p: int(p.name.split("-")[-1]), default=None)
-
-
-RESUME_FILE = "md2pr_resume.json"
-
-
-def resume_checkpoint(
-    checkpoints: str | Path, record: dict[str, Any], *, overwrite: bool = False, what: str = "training"
-) -> Path | None:
-    """The checkpoint a training run may resume from: the last complete one, and only when ``record`` (a
-    fingerprint of the data, the starting model and every setting that changes the result) equals the one the
-    interrupted run wrote next to its checkpoints.
-
-    Checkpoints of another run (other data or settings, or written before records existed) are never resumed:
-    :class:`~md2pr_st.outputs.OutputExistsError` names what differs, or, with ``overwrite``, they are deleted and
-    training starts again. The record is then written for the next resume.
-
-    Example:
-        >>> import tempfile
-        >>> folder = Path(tempfile.mkdtemp()) / "student.checkpoints"
-        >>> resume_checkpoint(folder, {"data": "abc", "learning_rate": 2e-05}) is None  # nothing to resume yet
-        True
-        >>> (folder / "checkpoint-5").mkdir()
-        >>> _ = (folder / "checkpoint-5" / "trainer_state.json").write_text("{}")
-        >>> resume_checkpoint(folder, {"data": "abc", "learning_rate": 2e-05}).name
-        'checkpoint-5'
-        >>> resume_checkpoint(folder, {"data": "xyz", "learning_rate": 2e-05})
-        Traceback (most recent call last):
-        ...
-        md2pr_st.outputs.OutputExistsError: ... holds checkpoints of an interrupted training run made with other data...
-    """
-    from md2pr_st import distributed
-
-    last = _resume_checkpoint(checkpoints, record, overwrite, what) if distributed.is_main() else None
-    last = distributed.broadcast(last)  # the main process decides (and writes) for every launched process
-    if last is not None:
-        logger.info("Resuming %s from %s", what, last)
-    return last
-
-
-def _resume_checkpoint(checkpoints: str | Path, record: dict[str, Any], overwrite: bool, what: str) -> Path | None:
-    from md2pr_st.outputs import OutputExistsError, prepare_output_dir
-
-    checkpoints = Path(checkpoints)
-    record = json.loads(json.dumps(record, sort_keys=True, default=str))
-    last = last_complete_checkpoint(checkpoints) if checkpoints.is_dir() else None
-    try:
-        saved = json.loads((checkpoints / RESUME_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        saved = None
-    if last is not None and saved != record:
-        if not overwrite:
-            differs = sorted(k for k in {*record, *saved} if saved.get(k) != record.get(k)) if saved else []
-            raise OutputExistsError(
-                f"{checkpoints} holds checkpoints of an interrupted {what} run made with other "
-                f"{', '.join(differs) if differs else 'inputs (no record of them)'}; resuming them would train "
-                "the wrong model. Run again with the same inputs to resume, or pass --overwrite (overwrite=True) to "
-                "discard them and start again."
-            )
-        logger.warning("Discarding %s: checkpoints of a %s run with other inputs.", checkpoints, what)
-        shutil.rmtree(checkpoints)
-        last = None
-    prepare_output_dir(checkpoints, overwrite=overwrite)
-    write_json(checkpoints / RESUME_FILE, record)
-    return last
-
-
-# Settings md2pr manages itself in the host's training arguments: where checkpoints go (next to the output, for
-# resuming) cannot be moved by an override.
-MANAGED_TRAINING_ARGUMENTS = ("output_dir",)
-
-
-def training_arguments(defaults: dict[str, Any], overrides: Any = None) -> dict[str, Any]:
-    """The keyword arguments of the host's ``*TrainingArguments``: md2pr's ``defaults`` with the user's ``overrides``
-    (any other option of those classes: ``gradient_accumulation_steps``, ``bf16``, ``max_steps``, ``report_to``,
-    evaluation and save strategies, ...) on top.
-
-    Example:
-        >>> training_arguments({"learning_rate": 2e-5, "output_dir": "x"}, {"learning_rate": 1e-5, "bf16": True})
-        {'learning_rate': 1e-05, 'output_dir': 'x', 'bf16': True}
-    """
-    from md2pr_st import distributed
-
-    overrides = dict(overrides or {})
-    if distributed.active() and "use_cpu" not in overrides:
-        import torch
-
-        if not torch.cuda.is_available():  # several processes train as one job on CPUs only with use_cpu
-            defaults = {**defaults, "use_cpu": True}
-    managed = sorted(set(overrides) & set(MANAGED_TRAINING_ARGUMENTS))
-    if managed:
-        raise ValueError(
-            f"The training argument(s) {managed} are set by md2pr (checkpoints go next to the output folder, so that "
-            "an interrupted run resumes): give the output folder instead."
-        )
-    return {**defaults, **overrides}

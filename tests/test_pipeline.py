@@ -13,7 +13,7 @@ import yaml
 from md2pr_st.cli import main
 from md2pr_st.cli.arguments import DataArguments, PipelineArguments
 from md2pr_st.pipeline import STAGE_FILE, Stage, run_pipeline
-from md2pr_st.utils import last_complete_checkpoint
+from md2pr_st.training import last_complete_checkpoint
 from test_data import write_beir
 from tiny_models import build_tiny_bert
 
