@@ -349,8 +349,7 @@ def _round(
         run.loss_args,
         teacher=teacher if run.loss_args.beta > 0 else None,
         # Dropped candidates are gone; masked ones are left out of L_c by the same margin and threshold.
-        false_negative_margin=stats.get("margin") if args.filter_action == "mask" else None,
-        false_negative_threshold=stats.get("threshold") if args.filter_action == "mask" else None,
+        **fn_filter.masking().loss_kwargs(),
         epochs=args.epochs_per_round,
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,

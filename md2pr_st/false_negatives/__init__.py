@@ -16,7 +16,8 @@ A mined negative d of query q is a **false negative** when the teacher scores it
 - ``rules``: the per-round estimates, each with its formula (:func:`dynamic_margin`, :func:`positives_threshold`,
   :func:`mixture_threshold`);
 - ``mapper``: the flag criteria, the drop / mask / refill step (:class:`FalseNegativeMapper`);
-- ``filter``: scoring, fitting, statistics and the gap histogram (:class:`FalseNegativeFilter`).
+- ``filter``: scoring, fitting, statistics and the gap histogram (:class:`FalseNegativeFilter`);
+- ``masking``: what a round leaves to the loss, its margin and threshold (:class:`FalseNegativeMasking`).
 
 Example:
     >>> from md2pr_st.false_negatives import RULES
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 from md2pr_st.false_negatives.filter import FalseNegativeFilter
 from md2pr_st.false_negatives.mapper import FalseNegativeMapper
+from md2pr_st.false_negatives.masking import FalseNegativeMasking
 from md2pr_st.false_negatives.rules import (
     ADAPTIVE_RULES,
     MASKABLE_RULES,
@@ -45,6 +47,7 @@ __all__ = [
     "RULES",
     "FalseNegativeFilter",
     "FalseNegativeMapper",
+    "FalseNegativeMasking",
     "GaussianMixture",
     "dynamic_margin",
     "fit_gaussian_mixture",

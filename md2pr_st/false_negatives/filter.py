@@ -15,6 +15,7 @@ from md2pr_st.config import ADAPTIVE_RULES, DEFAULT_QUANTILE, FILTER_ACTIONS, MA
 from md2pr_st.data import negative_columns
 from md2pr_st.false_negatives.inputs import candidate_columns, check_scores, check_texts
 from md2pr_st.false_negatives.mapper import FalseNegativeMapper
+from md2pr_st.false_negatives.masking import FalseNegativeMasking
 from md2pr_st.false_negatives.rules import dynamic_margin, mixture_threshold, positives_threshold
 from md2pr_st.plots import plot_filter_gaps
 from md2pr_st.teacher import Teacher
@@ -335,6 +336,11 @@ class FalseNegativeFilter:
         if self._state is not None:
             return self._state.threshold
         return self.threshold if self.rule == "absolute" else None
+
+    def masking(self, round: int = -1) -> FalseNegativeMasking:
+        """What :class:`~md2pr_st.losses.MD2PRLoss` masks in L_c after the round (default: the last one held, fitted or
+        loaded with :meth:`load_statistics`): its margin and threshold if it masked, nothing if it dropped."""
+        return FalseNegativeMasking.of_round(self.rounds[round] if self.rounds else {})
 
     def decide(self, batch: Mapping[str, Sequence]) -> dict[str, Any]:
         """Scores, thresholds and flags of a batch with the current round's criteria, without filtering it.
