@@ -9,6 +9,24 @@ import pytest
 
 import md2pr_st
 
+# The package root's public API, pinned: adding or removing a name is a decision, made here too.
+PUBLIC_API = set(
+    """
+    __version__ MD2PRLoss CachedMD2PRLoss SentenceLevelDistillationLoss WordLevelDistillationLoss
+    Teacher AttentionRecorder OfflineTeacher QrelsScorer train_teacher FalseNegativeFilter mine_hard_negatives
+    RetrievalData load_rag24 load_beir load_splits training_pairs cross_validation_folds
+    FaissIndex CorpusEmbeddingCache encode RetrievalEvaluator evaluate_run teacher_rerank
+    train_student run_pipeline LossArguments PipelineArguments write_model_card push_to_hub
+    """.split()
+)
+
+
+def test_the_public_names_are_pinned():
+    assert len(md2pr_st.__all__) == len(PUBLIC_API) and set(md2pr_st.__all__) == PUBLIC_API
+    assert set(dir(md2pr_st)) >= PUBLIC_API
+    # the library's settings live in the library, not in its command line
+    assert md2pr_st._EXPORTS["LossArguments"] == md2pr_st._EXPORTS["PipelineArguments"] == "md2pr_st.config"
+
 
 def test_every_public_name_resolves_to_its_module_object():
     import importlib
