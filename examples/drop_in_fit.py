@@ -65,7 +65,7 @@ def main() -> None:
     evaluator = RetrievalEvaluator(load_retrieval_data(args.dataset, "dev"), name="dev")
 
     # Before: loss = MultipleNegativesRankingLoss(model)
-    loss = MD2PRLoss(model, teacher=Teacher(args.teacher, max_length=192))  # beta=0.1 adds the word level
+    loss = MD2PRLoss(model, teacher=Teacher(args.teacher, max_length=256))  # beta=0.1 adds the word level
 
     training_args = SentenceTransformerTrainingArguments(
         output_dir=args.output_dir,

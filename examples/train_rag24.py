@@ -22,7 +22,7 @@ def main() -> None:
     parser.add_argument("--teacher-base", default=None, help="backbone of the teacher trained here")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--max-seq-length", type=int, default=None)
-    parser.add_argument("--teacher-max-length", type=int, default=192)
+    parser.add_argument("--teacher-max-length", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=16)
     args = parser.parse_args()
 
