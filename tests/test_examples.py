@@ -72,10 +72,41 @@ def test_multi_gpu_doc_names_real_options():
     assert "gather_across_devices" in MD2PRLoss.__init__.__code__.co_varnames
 
 
-def test_the_readme_round_by_hand_runs(tiny_model_path, tiny_cross_encoder_path, beir_folder, tmp_path):
-    """The README's "one MD2PR round by hand" block, on the tiny models and the BEIR folder instead of RAG24."""
-    readme = (EXAMPLES.parent / "README.md").read_text(encoding="utf-8")
-    blocks = [b.split("```", 1)[0] for b in readme.split("```python\n")[1:]]
+def python_blocks(path: Path) -> list[str]:
+    text = path.read_text(encoding="utf-8")
+    return [b.split("```", 1)[0] for b in text.split("```python\n")[1:]]
+
+
+def test_the_readme_quickstart_runs(tiny_model_path, tiny_cross_encoder_path, tmp_path, monkeypatch):
+    """The README's quickstart, at most 10 lines, with tiny models and 6 rows for the Hub's model and data."""
+    block = python_blocks(EXAMPLES.parent / "README.md")[0]
+    assert "MD2PRLoss(" in block and len(block.strip().splitlines()) <= 10
+    rows = "Dataset.from_dict({'query': QUERIES, 'positive': POSITIVES, 'negative': NEGATIVES})"
+    code = (
+        block.replace('"sentence-transformers/all-MiniLM-L6-v2"', repr(str(tiny_model_path)))
+        .replace('"cross-encoder/ms-marco-MiniLM-L6-v2"', repr(str(tiny_cross_encoder_path)))
+        .replace('load_dataset("sentence-transformers/msmarco-bm25", "triplet", split="train[:10000]")', rows)
+        .replace('"md2pr-minilm"', repr(str(tmp_path / "md2pr-minilm")))
+    )
+    assert code.count(str(tiny_model_path)) == 1 and "Dataset.from_dict" in code  # every substitution applied
+    setup = (
+        "from datasets import Dataset\n"
+        "QUERIES = ['what is python', 'capital of france', 'tea or coffee', 'why a cat', 'where is paris', 'who']\n"
+        "POSITIVES = ['python is a snake', 'paris is the capital', 'tea and coffee', 'a cat purrs', 'paris in france',"
+        " 'someone']\n"
+        "NEGATIVES = ['java island', 'the river', 'the sea', 'a dog', 'the ocean', 'a model']\n"
+    )
+    monkeypatch.chdir(tmp_path)  # the trainer's default output folder
+    exec(compile(setup + code, "README.md", "exec"), {})  # noqa: S102
+    from sentence_transformers import SentenceTransformer
+
+    reloaded = SentenceTransformer(str(tmp_path / "md2pr-minilm"), device="cpu")
+    assert reloaded.encode(["a query"]).shape == (1, 32)
+
+
+def test_the_usage_guide_round_by_hand_runs(tiny_model_path, tiny_cross_encoder_path, beir_folder, tmp_path):
+    """docs/usage.md's "one MD2PR round by hand" block, on the tiny models and the BEIR folder instead of RAG24."""
+    blocks = python_blocks(EXAMPLES.parent / "docs" / "usage.md")
     block = next(b for b in blocks if "MD2PRLoss(" in b and "FalseNegativeFilter(" in b)
     code = (
         block.replace('load_rag24("train")', f'load_beir({str(beir_folder)!r}, "train")')
@@ -90,7 +121,7 @@ def test_the_readme_round_by_hand_runs(tiny_model_path, tiny_cross_encoder_path,
         f"model = SentenceTransformer({str(tiny_model_path)!r}, device='cpu')\n"
     )
     namespace: dict = {}
-    exec(compile(setup + code, "README.md", "exec"), namespace)  # noqa: S102
+    exec(compile(setup + code, "usage.md", "exec"), namespace)  # noqa: S102
     assert namespace["round_"]["flagged"] >= 0 and len(namespace["rows"]) > 0
     assert namespace["loss"].false_negative_threshold == namespace["round_"]["threshold"]
     # The next block: the teacher's attention recorded in the filter pass, MD2PR inside MatryoshkaLoss.
@@ -100,7 +131,7 @@ def test_the_readme_round_by_hand_runs(tiny_model_path, tiny_cross_encoder_path,
         .replace("[384, 256, 128, 64]", "[32, 16]")
         .replace("num_negatives=4", "num_negatives=2")
     )
-    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102
+    exec(compile(code, "usage.md", "exec"), namespace)  # noqa: S102
     from sentence_transformers import SentenceTransformerTrainer
 
     SentenceTransformerTrainer(model=namespace["model"], args=namespace["args"], train_dataset=namespace["rows"],
