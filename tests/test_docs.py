@@ -21,7 +21,7 @@ def test_every_number_of_the_readme_results_table_is_in_its_result_file():
     source, rows = results_rows((ROOT / "README.md").read_text(encoding="utf-8"))
     summary = json.loads(source.read_text(encoding="utf-8"))
     assert len(rows) >= 4
-    for teacher, student, recipe, ndcg, difference in rows:
+    for _teacher, student, recipe, ndcg, difference in rows:
         regime = student.split(":")[0]
         name = re.findall(r"`([^`]+)`", recipe)[-1]
         table = {r["recipe"]: r for r in summary["regimes"][regime]["umbrela"]["rows"]}
