@@ -1,34 +1,57 @@
-"""Outputs that never destroy what the user had: ownership markers, up-front checks, one writer per folder.
+"""Outputs that never destroy what the user had: ownership markers that know what an output is, up-front checks,
+one writer per folder.
 
-Every folder md2pr writes carries a hidden marker file (:data:`OUTPUT_MARKER`). A folder may be replaced or written
-into only when it is empty, carries the marker (or, for folders written before markers existed, one of md2pr's own
-manifest files), or the caller passes ``overwrite=True``; anything else raises :class:`OutputExistsError` naming a
-few of the files that would be lost. :func:`check_output` does the same check, and a write probe, before a stage
-starts its work, and :func:`output_lock` keeps a second run from writing the same output at the same time.
+Every folder md2pr writes carries a hidden marker file (:data:`OUTPUT_MARKER`) that records the kind of output
+(:data:`OUTPUT_KINDS`: a mined set, a student, a pipeline run, ...) and the command that made it. A folder may be
+replaced or written into only when it is empty, or md2pr's own output of the same kind (a folder written before
+markers or kinds existed, recognised by md2pr's manifest files, counts as the same kind when its kind cannot be
+told), or the caller passes ``overwrite=True``; anything else raises :class:`OutputExistsError` naming what is
+there. An output that is, holds or lies inside one of the command's own inputs is refused too
+(:func:`check_inputs`; the input itself even with ``overwrite``). :func:`check_output` does these checks, and a
+write probe, before a stage starts its work, and :func:`output_lock` keeps a second run from writing the same
+output at the same time.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 OUTPUT_MARKER = ".md2pr_output"
-# Files that only md2pr writes: a folder holding one was written by md2pr before markers existed.
-_OWN_FILES = (
-    "stage.json",
-    "run_info.json",
-    "md2pr_mining.json",
-    "md2pr_filter.json",
-    "md2pr_teacher.json",
-    "md2pr_index.json",
-    "md2pr_manifest.json",
-    "md2pr_card_data.json",
-    "md2pr_resume.json",
-)
+#: The kinds of output md2pr writes (the marker's ``kind``), as a message names them.
+OUTPUT_KINDS = {
+    "mined": "a mined training set",
+    "filtered": "a filtered training set",
+    "student": "a student model",
+    "teacher": "a teacher cross-encoder",
+    "pipeline": "a pipeline run",
+    "evaluation": "evaluation results",
+    "statistics": "false-negative filter statistics",
+    "index": "a FAISS index",
+    "embeddings": "a corpus-embedding cache",
+    "checkpoints": "training checkpoints",
+    "data": "a data cache",
+}
+# Files that only md2pr writes: a folder holding one was written by md2pr before markers existed; the kind of
+# output each one tells (None: md2pr's, of a kind it does not tell).
+_OWN_FILES = {
+    "md2pr_mining.json": "mined",
+    "md2pr_filter.json": "filtered",
+    "md2pr_teacher.json": "teacher",
+    "md2pr_index.json": "index",
+    "run_info.json": "pipeline",
+    "stage.json": "pipeline",
+    "md2pr_resume.json": "checkpoints",
+    "md2pr_manifest.json": None,
+    "md2pr_card_data.json": None,
+}
+# The command running now ("md2pr mine"), recorded in the markers it writes and named in its refusals.
+_COMMAND: contextvars.ContextVar[str | None] = contextvars.ContextVar("md2pr_command", default=None)
 
 
 class UsageError(ValueError):
@@ -36,11 +59,22 @@ class UsageError(ValueError):
 
 
 class OutputExistsError(UsageError, FileExistsError):
-    """The output path holds files md2pr did not write (or a file where a folder is expected, or the reverse)."""
+    """The output path holds files md2pr did not write, another kind of md2pr output or one of the command's
+    inputs (or a file where a folder is expected, or the reverse)."""
 
 
 class OutputLockedError(RuntimeError):
     """Another process is writing the same output."""
+
+
+@contextlib.contextmanager
+def command(name: str) -> Iterator[None]:
+    """Within the block, markers record ``name`` (``"md2pr mine"``) as what made an output, and refusals name it."""
+    token = _COMMAND.set(name)
+    try:
+        yield
+    finally:
+        _COMMAND.reset(token)
 
 
 def _umask() -> int:
@@ -61,12 +95,63 @@ def honour_umask(path: str | Path) -> None:
     os.chmod(path, base & ~_umask())
 
 
-def mark_output(folder: str | Path, kind: str = "output") -> None:
-    """Write the marker that says md2pr made ``folder`` (so a later run may replace or resume it)."""
+def _read_marker(folder: Path) -> dict:
+    try:
+        marker = json.loads((folder / OUTPUT_MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return marker if isinstance(marker, dict) else {}
+
+
+def mark_output(folder: str | Path, kind: str | None = None) -> None:
+    """Write the marker that says md2pr made ``folder``, what kind of output it is (:data:`OUTPUT_KINDS`) and which
+    command made it, so that a later run of the same kind may replace or resume it. A marker that already names
+    the kind is kept."""
     marker = Path(folder) / OUTPUT_MARKER
-    if not marker.is_file():
-        marker.write_text(json.dumps({"written_by": "md2pr-st", "kind": kind}) + "\n", encoding="utf-8")
-        honour_umask(marker)
+    if marker.is_file() and (kind is None or _read_marker(Path(folder)).get("kind") == kind):
+        return
+    record = {"written_by": "md2pr-st", "kind": kind or "output", "made_by": _COMMAND.get() or "md2pr_st"}
+    marker.write_text(json.dumps(record) + "\n", encoding="utf-8")
+    honour_umask(marker)
+
+
+def output_kind(folder: str | Path) -> str | None:
+    """The kind of md2pr output ``folder`` is (a key of :data:`OUTPUT_KINDS`), from its marker or, for a folder
+    written before kinds existed, from md2pr's manifest files in it; None when that cannot be told.
+
+    Example:
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> output_kind(folder) is None
+        True
+        >>> mark_output(folder, "mined")
+        >>> output_kind(folder)
+        'mined'
+    """
+    folder = Path(folder)
+    kind = _read_marker(folder).get("kind")
+    if kind in OUTPUT_KINDS:
+        return kind
+    for name, told in _OWN_FILES.items():
+        if told and (folder / name).is_file():
+            return told
+    if (folder / "modules.json").is_file() and (folder / OUTPUT_MARKER).is_file():
+        return "student"  # a model md2pr saved before kinds existed (a teacher has its md2pr_teacher.json)
+    with contextlib.suppress(OSError):
+        for sub in folder.iterdir():
+            if (sub / "stage.json").is_file():
+                return "pipeline"
+            if (sub / "manifest.json").is_file() and (sub / "chunk_00000.npy").is_file():
+                return "embeddings"
+    return None
+
+
+def describe(path: str | Path) -> str:
+    """What md2pr output ``path`` is, for a message: ``"a mined training set (made by md2pr mine)"``."""
+    kind = output_kind(path)
+    made_by = _read_marker(Path(path)).get("made_by")
+    what = OUTPUT_KINDS.get(kind or "", "an md2pr output")
+    return f"{what} (made by {made_by})" if made_by and made_by != "md2pr_st" else what
 
 
 def is_own_folder(folder: str | Path) -> bool:
@@ -95,36 +180,116 @@ def is_own_folder(folder: str | Path) -> bool:
     return any((p / "stage.json").is_file() or p.name.startswith("checkpoint-") for p in entries if p.is_dir())
 
 
+def _name(path: Path, option: str | None) -> str:
+    return f"{option} {path}" if option else str(path)
+
+
+def _flag(option: str | None) -> str:
+    return "--overwrite" if option else "overwrite=True"
+
+
 def _refusal(path: Path, option: str | None, reason: str, can_overwrite: bool = True) -> OutputExistsError:
-    name = f"{option} {path}" if option else str(path)
-    hint = f", or pass {'--overwrite' if option else 'overwrite=True'} to replace it" if can_overwrite else ""
+    hint = f", or pass {_flag(option)} to replace it" if can_overwrite else ""
     return OutputExistsError(
-        f"{name} {reason}. Choose a new or empty path{hint}; md2pr never deletes files it did not write."
+        f"{_name(path, option)} {reason}. Choose a new or empty path{hint}; md2pr never deletes files it did not "
+        "write."
     )
 
 
-def refuse_foreign_folder(folder: str | Path, overwrite: bool = False, option: str | None = None) -> None:
-    """Raise :class:`OutputExistsError` unless ``folder`` is missing, md2pr's own (see :func:`is_own_folder`) or
-    ``overwrite`` is set; a file where a folder is expected is always refused."""
+def refuse_foreign_folder(
+    folder: str | Path, overwrite: bool = False, option: str | None = None, kind: str | None = None
+) -> None:
+    """Raise :class:`OutputExistsError` unless ``folder`` is missing, md2pr's own (see :func:`is_own_folder`) and
+    not another ``kind`` of output (see :func:`refuse_other_kind`), or ``overwrite`` is set; a file where a folder
+    is expected is always refused."""
     folder = Path(folder)
     if not folder.exists() and not folder.is_symlink():
         return
     if not folder.is_dir():
         raise _refusal(folder, option, "is a file, not a folder (it would be replaced by one)", False)
-    if overwrite or is_own_folder(folder):
+    if overwrite:
         return
-    names = sorted(p.name for p in folder.iterdir())
-    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-    raise _refusal(folder, option, f"exists and holds files md2pr did not write ({shown})")
+    if not is_own_folder(folder):
+        names = sorted(p.name for p in folder.iterdir())
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        raise _refusal(folder, option, f"exists and holds files md2pr did not write ({shown})")
+    refuse_other_kind(folder, kind, overwrite, option)
 
 
-def prepare_output_dir(folder: str | Path, overwrite: bool = False, option: str | None = None) -> Path:
-    """Create ``folder`` (or adopt an existing one md2pr may write into) and mark it as md2pr's; a folder that
-    works in place, such as a pipeline run folder."""
+def refuse_other_kind(
+    folder: str | Path, kind: str | None, overwrite: bool = False, option: str | None = None
+) -> None:
+    """Raise :class:`OutputExistsError` when ``folder`` is an md2pr output of another kind than ``kind`` (a folder
+    whose kind cannot be told passes), unless ``overwrite``.
+
+    Example:
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> mark_output(folder, "mined")
+        >>> refuse_other_kind(folder, "filtered", option="--output")
+        Traceback (most recent call last):
+        ...
+        md2pr_st.outputs.OutputExistsError: --output ... holds a mined training set; writing a filtered training set \
+there would replace it. Choose another path, or pass --overwrite to replace it.
+    """
     folder = Path(folder)
-    refuse_foreign_folder(folder, overwrite, option)
+    found = output_kind(folder) if kind and folder.is_dir() and not overwrite else None
+    if found is None or found == kind:
+        return
+    raise OutputExistsError(
+        f"{_name(folder, option)} holds {describe(folder)}; writing {OUTPUT_KINDS.get(kind, kind)} there would "
+        f"replace it. Choose another path, or pass {_flag(option)} to replace it."
+    )
+
+
+def check_inputs(
+    output: str | Path, inputs: Mapping[str, str | Path | None], overwrite: bool = False, option: str | None = None
+) -> None:
+    """Refuse an output that is, holds or lies inside one of the command's ``inputs`` (``{option: path}``; names
+    that are not local paths, such as Hub ids, are skipped): replacing it would delete an input, writing into one
+    would change it. ``overwrite`` allows the last two; an output that *is* an input is refused even then (the
+    input would be destroyed while it is read).
+
+    Example:
+        >>> import tempfile
+        >>> data = Path(tempfile.mkdtemp())
+        >>> check_inputs(data, {"--input": data}, overwrite=True, option="--output")
+        Traceback (most recent call last):
+        ...
+        md2pr_st.outputs.OutputExistsError: --output ... is the input --input ...: it would be destroyed while it \
+is read. Choose another output path.
+    """
+    target = Path(output).expanduser().resolve()
+    for name, value in inputs.items():
+        if value is None or not str(value) or not Path(value).expanduser().exists():
+            continue
+        source = Path(value).expanduser().resolve()
+        where = _name(Path(output), option)
+        if source == target:
+            raise OutputExistsError(
+                f"{where} is the input {name} {value}: it would be destroyed while it is read. Choose another "
+                "output path."
+            )
+        if overwrite:
+            continue
+        if target in source.parents:
+            reason = f"holds the input {name} {value}: replacing it would delete that input"
+        elif source in target.parents:
+            reason = f"lies inside the input {name} {value}: writing there would change that input"
+        else:
+            continue
+        raise OutputExistsError(f"{where} {reason}. Choose a path outside it, or pass {_flag(option)}.")
+
+
+def prepare_output_dir(
+    folder: str | Path, overwrite: bool = False, option: str | None = None, kind: str | None = None
+) -> Path:
+    """Create ``folder`` (or adopt an existing one md2pr may write into) and mark it as md2pr's ``kind`` of output;
+    a folder that works in place, such as a pipeline run folder."""
+    folder = Path(folder)
+    refuse_foreign_folder(folder, overwrite, option, kind)
     folder.mkdir(parents=True, exist_ok=True)
-    mark_output(folder, "run")
+    mark_output(folder, kind)
     return folder
 
 
@@ -140,7 +305,7 @@ def check_writable(path: str | Path, option: str | None = None) -> None:
     """Raise a clear :class:`PermissionError` now, before any work, when ``path`` cannot be created or written."""
     path = Path(path).expanduser()
     parent = _writable_parent(path.absolute())
-    name = f"{option} {path}" if option else str(path)
+    name = _name(path, option)
     if not parent.is_dir():
         raise UsageError(f"{name}: {parent} is a file, so nothing can be created below it. Choose another path.")
     try:
@@ -155,11 +320,18 @@ def check_writable(path: str | Path, option: str | None = None) -> None:
 
 
 def check_output(
-    path: str | Path, *, kind: str = "folder", overwrite: bool = False, option: str | None = None
+    path: str | Path,
+    *,
+    kind: str | None = None,
+    file: bool = False,
+    overwrite: bool = False,
+    option: str | None = None,
+    inputs: Mapping[str, str | Path | None] | None = None,
 ) -> Path:
-    """Check an output before any work: a ``kind="folder"`` output must be missing, md2pr's or ``overwrite``;
-    a ``kind="file"`` output must not be a folder, and an existing file needs ``overwrite`` unless
-    :func:`is_own_file` says md2pr wrote it; either way the location must be writable.
+    """Check an output before any work: a folder output must be missing, md2pr's output of the same ``kind`` or
+    ``overwrite``; a ``file`` output must not be a folder, and an existing file needs ``overwrite`` unless
+    :func:`own_file_kind` says md2pr wrote it as that ``kind``; neither may be, hold or lie inside one of the
+    command's ``inputs`` (:func:`check_inputs`); either way the location must be writable.
 
     Example:
         >>> import tempfile
@@ -171,23 +343,36 @@ def check_output(
         md2pr_st.outputs.OutputExistsError: --output_dir ... exists and holds files md2pr did not write (main.py)...
     """
     path = Path(path)
-    if kind == "folder":
-        refuse_foreign_folder(path, overwrite, option)
+    check_inputs(path, inputs or {}, overwrite, option)
+    if not file:
+        refuse_foreign_folder(path, overwrite, option, kind)
     elif path.is_dir():
         raise _refusal(path, option, "is a folder; give a file path", False)
-    elif path.exists() and not overwrite and not is_own_file(path):
-        raise _refusal(path, option, "exists and holds a file md2pr did not write")
+    elif path.exists() and not overwrite:
+        found = own_file_kind(path)
+        if found is None:
+            raise _refusal(path, option, "exists and holds a file md2pr did not write")
+        if kind and found != kind:
+            raise OutputExistsError(
+                f"{_name(path, option)} holds {OUTPUT_KINDS[found]}; writing {OUTPUT_KINDS.get(kind, kind)} there "
+                f"would replace it. Choose another path, or pass {_flag(option)} to replace it."
+            )
     check_writable(path, option)
     return path
 
 
-def is_own_file(path: str | Path) -> bool:
-    """A JSON file md2pr wrote: a results file of ``md2pr eval`` or a statistics file of ``md2pr filter``."""
+def own_file_kind(path: str | Path) -> str | None:
+    """The kind of a JSON file md2pr wrote (``"evaluation"``: results of ``md2pr eval``; ``"statistics"``: of
+    ``md2pr filter``), or None for any other file."""
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return False
-    return isinstance(data, dict) and ({"n_queries", "dataset", "model"} <= set(data) or "rounds" in data)
+        return None
+    if not isinstance(data, dict):
+        return None
+    if {"n_queries", "dataset", "model"} <= set(data):
+        return "evaluation"
+    return "statistics" if "rounds" in data else None
 
 
 def lock_path(target: str | Path) -> Path:

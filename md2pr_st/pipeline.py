@@ -131,11 +131,17 @@ def run_pipeline(
     distributed.setup()  # under torchrun / accelerate launch: every stage split across the processes
     run_dir = Path(args.output_dir)
     if distributed.is_main():  # the main process checks, locks and writes; the others wait where it writes
-        run_dir = check_output(args.output_dir, overwrite=args.overwrite, option="output_dir")
+        run_dir = check_output(
+            args.output_dir,
+            kind="pipeline",
+            overwrite=args.overwrite,
+            option="output_dir",
+            inputs=pipeline_inputs(args),
+        )
     run_dir = Path(distributed.broadcast(str(run_dir)))
     with distributed.main_only(output_lock(run_dir, "output_dir")):
         if distributed.is_main():
-            prepare_output_dir(run_dir, overwrite=args.overwrite)
+            prepare_output_dir(run_dir, overwrite=args.overwrite, kind="pipeline")
         distributed.barrier()
         student_name = resolve_model_name(args.model)
         data_key = {split: data.fingerprint for split, data in splits.items()}
@@ -144,6 +150,11 @@ def run_pipeline(
         run.student_key = source_fingerprint(student_name)
         with distributed.shared_work():  # every process runs every stage; encoding and scoring are split
             return _run_stages(run, command, start)
+
+
+def pipeline_inputs(args: PipelineArguments) -> dict[str, str | None]:
+    """The local paths a run reads (models named by path), which its run folder may not be, hold or lie inside."""
+    return {"model": args.model, "teacher": args.teacher, "teacher_base": args.teacher_base}
 
 
 def _run_stages(run: _Run, command: str | None, start: float) -> dict[str, Any]:
@@ -161,7 +172,7 @@ def _run_stages(run: _Run, command: str | None, start: float) -> dict[str, Any]:
     metrics = {"before": before, "after": after, "teacher_rerank": rerank}
     metrics["after_minus_before"] = significance(after, before)
     if distributed.is_main():
-        with atomic_path(run_dir / "model", is_dir=True, overwrite=args.overwrite) as tmp:
+        with atomic_path(run_dir / "model", is_dir=True, overwrite=args.overwrite, kind="student") as tmp:
             final.save(str(tmp))
         write_json(run_dir / "metrics.json", metrics)
         run.timings["after"] = time.perf_counter() - t0
@@ -338,7 +349,7 @@ def _round(
     if distributed.is_main():
         fn_filter.save_statistics(round_dir / "filter_stats.json")
         fn_filter.plot(round_dir / "filter_gaps.png")
-    save_dataset(filtered, round_dir / "filtered")  # the main process writes, the others wait
+    save_dataset(filtered, round_dir / "filtered", kind="filtered")  # the main process writes, the others wait
     stats = fn_filter.statistics["rounds"][-1]
     mined_s = time.perf_counter() - t0
     t0 = time.perf_counter()

@@ -81,11 +81,11 @@ class Stage:
         return manifest
 
 
-def save_dataset(dataset: Dataset, folder: str | Path) -> Path:
-    """``Dataset.save_to_disk`` into ``folder`` atomically (by the main process of a launched run; the others wait
-    for it)."""
+def save_dataset(dataset: Dataset, folder: str | Path, kind: str | None = None) -> Path:
+    """``Dataset.save_to_disk`` into ``folder`` atomically, marked as that ``kind`` of output (``"mined"``,
+    ``"filtered"``), by the main process of a launched run; the others wait for it."""
     if distributed.is_main():
-        with atomic_path(folder, is_dir=True) as tmp:
+        with atomic_path(folder, is_dir=True, kind=kind) as tmp:
             dataset.save_to_disk(str(tmp))
     distributed.barrier()
     return Path(folder)

@@ -20,10 +20,12 @@ from md2pr_st.utils import write_json
 
 def run_eval(data_args: DataArguments, args: EvalArguments) -> dict:
     """``md2pr eval``: the outputs are checked (and locked) before the data and the model are loaded."""
-    outputs = [(args.output, "file", "--output"), (args.index_dir, "folder", "--index_dir")]
+    inputs = {"--dataset": data_args.dataset, "--sdist": data_args.sdist, "--model": args.model}
+    outputs = [(args.output, "evaluation", "--output"), (args.index_dir, "index", "--index_dir")]
     outputs = [(path, kind, option) for path, kind, option in outputs if path and distributed.is_main()]
     for path, kind, option in outputs:
-        check_output(path, kind=kind, overwrite=args.overwrite, option=option)
+        file = kind == "evaluation"
+        check_output(path, kind=kind, file=file, overwrite=args.overwrite, option=option, inputs=inputs)
     with contextlib.ExitStack() as stack:
         for path, _, option in outputs:
             stack.enter_context(output_lock(path, option))

@@ -22,9 +22,13 @@ def run_filter(args: FilterArguments) -> dict:
         raise FileNotFoundError(f"--input {args.input} is not a `datasets` folder (the output of md2pr mine).")
     if not distributed.is_main():  # the main process checks, locks and writes
         return _filter(args, source)
-    check_output(args.output, overwrite=args.overwrite, option="--output")
+    inputs = {"--input": args.input, "--teacher": args.teacher}
+    check_output(args.output, kind="filtered", overwrite=args.overwrite, option="--output", inputs=inputs)
     if args.statistics:
-        check_output(args.statistics, kind="file", overwrite=args.overwrite, option="--statistics")
+        check_output(
+            args.statistics, kind="statistics", file=True, overwrite=args.overwrite, option="--statistics",
+            inputs={**inputs, "--output": args.output},
+        )  # fmt: skip
     with output_lock(args.output, "--output"):
         return _filter(args, source)
 
@@ -68,7 +72,7 @@ def _filter(args: FilterArguments, source: Path) -> dict:
         )
     if not distributed.is_main():
         return last
-    with atomic_path(args.output, is_dir=True, overwrite=args.overwrite) as tmp:
+    with atomic_path(args.output, is_dir=True, overwrite=args.overwrite, kind="filtered") as tmp:
         filtered.save_to_disk(str(tmp))
         fn_filter.save_statistics(tmp / "md2pr_filter.json")
         fn_filter.plot(tmp / "md2pr_filter_gaps.png")

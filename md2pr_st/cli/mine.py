@@ -12,7 +12,7 @@ from md2pr_st.cli.arguments import MineArguments
 from md2pr_st.data import load_corpus, load_retrieval_data, load_rows, training_pairs
 from md2pr_st.mining import mine_hard_negatives, save_mining_stats
 from md2pr_st.models import resolve_model_name
-from md2pr_st.outputs import check_output, check_writable, output_lock
+from md2pr_st.outputs import check_inputs, check_output, check_writable, output_lock, refuse_other_kind
 from md2pr_st.utils import atomic_path
 
 
@@ -22,7 +22,11 @@ def run_mine(args: MineArguments) -> dict:
     cache_dir = args.cache_dir or f"{args.output.rstrip('/')}.embeddings"
     if not distributed.is_main():  # the main process checks, locks and writes
         return _mine(args, cache_dir)
-    check_output(args.output, overwrite=args.overwrite, option="--output")
+    inputs = {"--input": args.input, "--corpus": args.corpus, "--model": args.model}
+    check_output(args.output, kind="mined", overwrite=args.overwrite, option="--output", inputs=inputs)
+    # The cache works in place (a subfolder per model and corpus): it may share a folder with other files.
+    check_inputs(cache_dir, {**inputs, "--output": args.output}, args.overwrite, "--cache_dir")
+    refuse_other_kind(cache_dir, "embeddings", args.overwrite, "--cache_dir")
     check_writable(cache_dir, "--cache_dir")
     with output_lock(args.output, "--output"):
         return _mine(args, cache_dir)
@@ -69,7 +73,7 @@ def _mine(args: MineArguments, cache_dir: str) -> dict:
         )
     if not distributed.is_main():
         return stats.to_dict()
-    with atomic_path(args.output, is_dir=True, overwrite=args.overwrite) as tmp:
+    with atomic_path(args.output, is_dir=True, overwrite=args.overwrite, kind="mined") as tmp:
         mined.save_to_disk(str(tmp))
         save_mining_stats(stats, tmp / "md2pr_mining.json")
     print(

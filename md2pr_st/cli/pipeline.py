@@ -10,7 +10,7 @@ from md2pr_st import distributed
 from md2pr_st.cli.arguments import DataArguments, LossArguments, PipelineArguments
 from md2pr_st.evaluation import REPORT_METRICS, format_table
 from md2pr_st.outputs import check_output
-from md2pr_st.pipeline import run_pipeline
+from md2pr_st.pipeline import pipeline_inputs, run_pipeline
 
 
 def command_line() -> str:
@@ -22,8 +22,9 @@ def run_pipeline_command(
     data_args: DataArguments, args: PipelineArguments, loss_args: LossArguments, trainer_args: dict | None = None
 ) -> dict[str, Any]:
     """Load the splits, run (or resume) the pipeline, print the before / after / teacher-rerank table on test."""
-    if distributed.is_main():
-        check_output(args.output_dir, overwrite=args.overwrite, option="--output_dir")  # before loading the data
+    if distributed.is_main():  # before loading the data
+        inputs = {"--dataset": data_args.dataset, **{f"--{k}": v for k, v in pipeline_inputs(args).items()}}
+        check_output(args.output_dir, kind="pipeline", overwrite=args.overwrite, option="--output_dir", inputs=inputs)
     splits = data_args.load_splits()
     metrics = run_pipeline(splits, args, loss_args, command=command_line(), training_args=trainer_args)
     if not distributed.is_main():

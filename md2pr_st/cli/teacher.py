@@ -14,7 +14,8 @@ from md2pr_st.teacher import TEACHER_REPORT, train_teacher
 def run_teacher(data_args: DataArguments, args: TeacherArguments, trainer_args: dict | None = None) -> dict[str, Any]:
     """Train the teacher on the train split and report the teacher-vs-student nDCG@10 gap on dev;
     ``trainer_args``: other options of the host's CrossEncoderTrainingArguments."""
-    check_output(args.output_dir, overwrite=args.overwrite, option="--output_dir")  # before loading anything
+    inputs = {"--dataset": data_args.dataset, "--base_model": args.base_model, "--student": args.student}
+    check_output(args.output_dir, kind="teacher", overwrite=args.overwrite, option="--output_dir", inputs=inputs)
     train, dev = data_args.load("train"), data_args.load("dev")
     path = train_teacher(
         train,

@@ -19,9 +19,10 @@ def run_train(args: TrainArguments, loss_args: LossArguments | None = None, trai
     """Train a student with MD2PRLoss on a filtered dataset folder (resumes from its last checkpoint);
     ``trainer_args``: other options of the host's SentenceTransformerTrainingArguments."""
     folder = Path(args.input)
-    dataset = load_rows(folder, "--input", "Make one with `md2pr mine` and `md2pr filter`.")  # memory-mapped
     if distributed.is_main():
-        check_output(args.output_dir, overwrite=args.overwrite, option="--output_dir")
+        inputs = {"--input": args.input, "--model": args.model, "--teacher": args.teacher}
+        check_output(args.output_dir, kind="student", overwrite=args.overwrite, option="--output_dir", inputs=inputs)
+    dataset = load_rows(folder, "--input", "Make one with `md2pr mine` and `md2pr filter`.")  # memory-mapped
     if len(dataset) == 0:
         raise ValueError(f"--input {folder} has 0 rows: nothing to train on.{_filter_counts(folder)}")
     teacher = Teacher(args.teacher, max_length=args.teacher_max_length, device=args.device) if args.teacher else None

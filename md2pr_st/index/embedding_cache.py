@@ -31,6 +31,7 @@ from md2pr_st.index.faiss_index import (
     resolve_factory,
 )
 from md2pr_st.models import model_fingerprint
+from md2pr_st.outputs import mark_output
 from md2pr_st.utils import atomic_path, fingerprint, sha256_file, write_json
 
 if TYPE_CHECKING:
@@ -196,8 +197,11 @@ class CorpusEmbeddingCache:
         together) and alone writes them."""
         writes = self.path is not None and (distributed.is_main() or not distributed.sharing())
         if self.path is not None:
+            new = not self.path.parent.is_dir() or not any(self.path.parent.iterdir())
             self.path.mkdir(parents=True, exist_ok=True)
             if writes:
+                if new:  # a folder of its own: marked as md2pr's cache (never a folder holding other files)
+                    mark_output(self.path.parent, "embeddings")
                 self._write_manifest()
         missing = None
         if distributed.sharing():

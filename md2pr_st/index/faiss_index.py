@@ -272,7 +272,7 @@ class FaissIndex:
         """Write ``index.faiss``, ``doc_ids.json`` and a manifest with the fingerprints and the factory, atomically;
         a folder md2pr did not write is refused unless ``overwrite``."""
         folder = Path(folder)
-        with atomic_path(folder, is_dir=True, overwrite=overwrite) as tmp:
+        with atomic_path(folder, is_dir=True, overwrite=overwrite, kind="index") as tmp:
             faiss.write_index(self.index, str(tmp / _INDEX_FILE))
             (tmp / _IDS_FILE).write_text(json.dumps(self.doc_ids), encoding="utf-8")
             write_json(
