@@ -43,6 +43,7 @@ from md2pr_st.data import RetrievalData
 from md2pr_st.index import FaissIndex, encode
 from md2pr_st.models import model_fingerprint
 from md2pr_st.utils import write_json
+from md2pr_st.validation import check_grade, check_range
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -215,6 +216,8 @@ class RetrievalEvaluator(SentenceEvaluator):
     ) -> None:
         super().__init__()
         parse_metrics(metrics)
+        check_range("relevance_cut", relevance_cut)
+        check_grade("relevance_cut", relevance_cut, (g for d in data.qrels.values() for g in d.values()), data.name)
         if index is not None and len(index) != len(data.corpus):
             raise ValueError(
                 f"The index holds {len(index):,} vectors but the corpus has {len(data.corpus):,} passages: build it "

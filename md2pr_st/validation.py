@@ -4,7 +4,9 @@ that take the setting (the losses, the filter, mining, training).
 
 - :func:`check_type`: a value against its field's annotation (a YAML config is not type-converted);
 - :func:`check_range`: NaN and infinite numbers refused everywhere, the bounds of :data:`RANGES` and
-  :data:`UNIT_INTERVAL` by field name;
+  :data:`UNIT_INTERVAL` by field name (md2pr's options and the host trainer's that md2pr passes on:
+  :func:`check_trainer_options`);
+- :func:`check_grade`: a grade option inside the grades of the data it is used on;
 - :func:`check_weight`, :func:`check_positive`: the losses' weights and temperatures;
 - :func:`check_choice`, :func:`check_rank_range`, :func:`check_margin_clip`: a name among choices, a mining rank
   range, a margin's clip.
@@ -15,6 +17,7 @@ Only the standard library is imported: the command line checks its options befor
 from __future__ import annotations
 
 import math
+import os
 import types
 import typing
 from typing import Any
@@ -49,9 +52,41 @@ RANGES: dict[str, tuple[float, bool, str]] = {
     "num_proc": (1, True, "a number of processes"),
     "seed": (0, True, "a seed"),
     "split_seed": (0, True, "a seed"),
+    "list_size": (1, True, "a number of passages"),
+    "teacher_list_size": (1, True, "a number of passages"),
+    "min_grade": (1, True, "the lowest grade of a positive; grade 0 means not relevant"),
+    "relevance_cut": (1, True, "the lowest grade counted relevant; grade 0 means not relevant"),
+    # The host trainer's options that md2pr passes on (`md2pr train --weight_decay 0.01`).
+    "num_train_epochs": (0, False, "a number of epochs"),
+    "per_device_train_batch_size": (1, True, "a number of examples per batch"),
+    "per_device_eval_batch_size": (1, True, "a number of examples per batch"),
+    "gradient_accumulation_steps": (1, True, "a number of steps"),
+    "weight_decay": (0, True, "a weight decay"),
+    "warmup_steps": (0, True, "a number of steps, or below 1 a share of them"),
+    "max_grad_norm": (0, True, "a gradient norm; 0 switches clipping off"),
+    "adam_epsilon": (0, False, "a small constant"),
+    "logging_steps": (0, False, "a number of steps, or below 1 a share of them"),
+    "eval_steps": (0, False, "a number of steps, or below 1 a share of them"),
+    "save_total_limit": (1, True, "a number of checkpoints"),
+    "dataloader_num_workers": (0, True, "a number of processes"),
+    "dataloader_prefetch_factor": (1, True, "a number of batches"),
+    "data_seed": (0, True, "a seed"),
+    "eval_accumulation_steps": (1, True, "a number of steps"),
+}
+# field name -> (highest allowed value, why): numpy takes 32-bit seeds; more processes than a few per CPU only wait.
+UPPER: dict[str, tuple[int, str]] = {
+    "seed": (2**32 - 1, "a 32-bit seed"),
+    "split_seed": (2**32 - 1, "a 32-bit seed"),
+    "data_seed": (2**32 - 1, "a 32-bit seed"),
+    "num_proc": (4 * (os.cpu_count() or 1), "four processes per CPU of this machine"),
+    "dataloader_num_workers": (4 * (os.cpu_count() or 1), "four processes per CPU of this machine"),
 }
 # Fields that are fractions.
-UNIT_INTERVAL = ("quantile", "filter_quantile")
+UNIT_INTERVAL = ("quantile", "filter_quantile", "warmup_ratio", "label_smoothing_factor")
+# Fractions below 1: Adam's moment decays (at 1 its bias correction divides by 0).
+BELOW_ONE = ("adam_beta1", "adam_beta2")
+# The largest count or index any option may take: torch, faiss and the tokenizers index with 64-bit integers.
+LARGEST_INTEGER = 2**63 - 1
 
 _BOOL_WORDS = ("true", "false", "yes", "no", "on", "off", "1", "0")
 
@@ -133,12 +168,59 @@ def check_range(name: str, value: Any) -> None:
         raise ValueError(f"{name} must be a finite number, got {value}.")
     if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
         return
+    shown = value if isinstance(value, int) else f"{value:g}"
+    if isinstance(value, int) and abs(value) > LARGEST_INTEGER:
+        raise ValueError(f"{name} must lie within +-{LARGEST_INTEGER} (a 64-bit integer), got {shown}.")
     if name in RANGES:
         low, inclusive, what = RANGES[name]
         if value < low or (value == low and not inclusive):
-            raise ValueError(f"{name} must be {'>=' if inclusive else '>'} {low:g} ({what}), got {value:g}.")
+            raise ValueError(f"{name} must be {'>=' if inclusive else '>'} {low:g} ({what}), got {shown}.")
+    if name in UPPER and value > UPPER[name][0]:
+        high, what = UPPER[name]
+        raise ValueError(f"{name} must be <= {high} ({what}), got {shown}.")
     if name in UNIT_INTERVAL and not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name} must lie in [0, 1], got {value:g}.")
+        raise ValueError(f"{name} must lie in [0, 1], got {shown}.")
+    if name in BELOW_ONE and not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} must lie in [0, 1), got {shown}.")
+
+
+def check_trainer_options(options: typing.Mapping[str, Any]) -> None:
+    """The host trainer's options that md2pr passes on (``{name: value}``), checked like md2pr's own:
+    finite, and in range by name (:data:`RANGES`); ``max_steps`` is -1 (unset: train by epochs) or >= 1.
+
+    Example:
+        >>> check_trainer_options({"weight_decay": float("inf")})
+        Traceback (most recent call last):
+        ...
+        ValueError: weight_decay must be a finite number, got inf.
+        >>> check_trainer_options({"gradient_accumulation_steps": 0})
+        Traceback (most recent call last):
+        ...
+        ValueError: gradient_accumulation_steps must be >= 1 (a number of steps), got 0.
+    """
+    for name, value in options.items():
+        check_range(name, value)
+        if name == "max_steps" and isinstance(value, int) and value != -1 and value < 1:
+            raise ValueError(f"max_steps must be -1 (train by epochs) or >= 1 (a number of steps), got {value}.")
+
+
+def check_grade(name: str, value: int, grades: typing.Iterable[int], data: str = "the data") -> None:
+    """A grade option (``min_grade``, ``relevance_cut``) must leave some judged passage at or above it in the
+    data it is used on: above the highest grade, nothing would count.
+
+    Example:
+        >>> check_grade("relevance_cut", 5, [0, 1, 3], "toy-test")
+        Traceback (most recent call last):
+        ...
+        ValueError: relevance_cut is 5 but the grades of toy-test go from 0 to 3: no passage would count. Choose a \
+value in 1..3.
+    """
+    grades = set(grades)
+    if grades and value > max(grades):
+        raise ValueError(
+            f"{name} is {value} but the grades of {data} go from {min(grades)} to {max(grades)}: no passage would "
+            f"count. Choose a value in {min(max(1, min(grades)), max(grades))}..{max(grades)}."
+        )
 
 
 def check_rank_range(range_min: int, range_max: int, count: int, what: str = "candidates") -> None:

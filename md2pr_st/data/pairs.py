@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import Literal
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from datasets import Dataset, Features, load_from_disk
 
 from md2pr_st.config import positives_per_query
 from md2pr_st.data.retrieval_data import RetrievalData
+from md2pr_st.validation import check_grade, check_range
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +49,8 @@ def training_pairs(
         (['a', 'b'], ['a'])
     """
     per_query = positives_per_query(positives)
+    check_range("min_grade", min_grade)
+    check_grade("min_grade", min_grade, (g for docs in data.qrels.values() for g in docs.values()), data.name)
     row_of = {doc_id: i for i, doc_id in enumerate(data.corpus["id"])}
     rows: list[tuple[str, str, str]] = []
     exclude: dict[str, list[str]] = {}
@@ -96,8 +100,9 @@ def negative_columns(column_names: Sequence[str]) -> list[str]:
 
 
 def load_rows(folder: str | Path, option: str = "--input", hint: str = "") -> Dataset:
-    """A ``datasets`` folder (``save_to_disk``), with an error naming ``option`` when it is not one; a saved dataset
-    of 0 rows, which ``datasets`` itself fails to load, comes back empty.
+    """A ``datasets`` folder (``save_to_disk``), with an error naming ``option`` when it is not one or when its data
+    files are truncated or corrupt; a saved dataset of 0 rows, which ``datasets`` itself fails to load, comes back
+    empty.
 
     Example:
         >>> import tempfile
@@ -110,15 +115,23 @@ def load_rows(folder: str | Path, option: str = "--input", hint: str = "") -> Da
     if not (folder / "state.json").is_file() or not (folder / "dataset_info.json").is_file():
         raise FileNotFoundError(f"{option} {folder} is not a `datasets` folder (save_to_disk). {hint}".strip())
     try:
-        return load_from_disk(str(folder))
-    except IndexError:
-        state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
-        files = [folder / f["filename"] for f in state.get("_data_files", [])]
-        if sum(pa.ipc.open_stream(pa.memory_map(str(f))).read_all().num_rows for f in files):
-            raise
-        info = json.loads((folder / "dataset_info.json").read_text(encoding="utf-8"))
-        features = Features.from_dict(info["features"])
-        return Dataset.from_dict({name: [] for name in features}, features=features)
+        try:
+            return load_from_disk(str(folder))
+        except IndexError:
+            state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+            files = [folder / f["filename"] for f in state.get("_data_files", [])]
+            if sum(pa.ipc.open_stream(pa.memory_map(str(f))).read_all().num_rows for f in files):
+                raise
+            info = json.loads((folder / "dataset_info.json").read_text(encoding="utf-8"))
+            features = Features.from_dict(info["features"])
+            return Dataset.from_dict({name: [] for name in features}, features=features)
+    except (pa.ArrowException, ValueError, KeyError, OSError) as exc:
+        files = ", ".join(sorted(p.name for p in folder.glob("*.arrow"))) or "no *.arrow file"
+        raise ValueError(
+            f"{option} {folder}: its data ({files}) is truncated or corrupt ({' '.join(str(exc).split())[:160]}). "
+            "Write the folder again with the command that made it; a copy that was interrupted, or a full disk when "
+            "it was saved, leaves such a file."
+        ) from exc
 
 
 # Label columns of the host library: one of them reaches the loss, after the text columns.
@@ -146,12 +159,56 @@ def check_training_rows(
     negatives = negative_columns(names)
     labels = [c for c in names if c in LABEL_COLUMNS]
     others = [c for c in names if c not in {query_column, positive_column, *negatives, *labels}]
+    _check_text_columns(dataset, others, source)
+    _check_labels(dataset, labels, source)
     order = [query_column, positive_column, *negatives, *others, *labels]
     if names != order:
         logger.info("Reordering the training columns %s to %s (the loss reads them by position).", names, order)
         dataset = dataset.select_columns(order)
     warn_if_swapped(dataset, query_column, positive_column, f"training {source}")
     return dataset
+
+
+def _check_text_columns(dataset: Dataset, columns: list[str], source: str) -> None:
+    """The trainer reads every column but the label as a text: a column of numbers under another name (a renamed
+    ``scores`` column) would reach the tokenizer."""
+    for column in columns:
+        feature = dataset.features[column]
+        if getattr(feature, "dtype", None) == "string":
+            continue
+        label = " (the teacher's scores?)" if "score" in column.lower() or "label" in column.lower() else ""
+        raise ValueError(
+            f"The training {source}'s column {column!r}{label} holds {_feature_name(feature)}, not texts: the trainer "
+            f"reads every column but the label ({', '.join(LABEL_COLUMNS)}) as a text. Name the scores column "
+            "'scores', or remove the column."
+        )
+
+
+def _feature_name(feature: object) -> str:
+    dtype = getattr(feature, "dtype", None) or getattr(getattr(feature, "feature", None), "dtype", None)
+    return f"lists of {dtype}" if not hasattr(feature, "dtype") else f"{dtype} values"
+
+
+def _check_labels(dataset: Dataset, labels: list[str], source: str) -> None:
+    """A label column (the teacher's scores) of numbers that are all finite: a NaN or infinite score would make the
+    loss NaN from the first step."""
+    for column in labels:
+        values = dataset.with_format("arrow")[column]
+        values = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+        while (
+            pa.types.is_list(values.type)
+            or pa.types.is_large_list(values.type)
+            or pa.types.is_fixed_size_list(values.type)
+        ):
+            values = pc.list_flatten(values)
+        if not pa.types.is_floating(values.type):
+            continue
+        bad = len(values) - (pc.sum(pc.is_finite(values)).as_py() or 0)
+        if bad:
+            raise ValueError(
+                f"The training {source}'s column {column!r} holds {bad} values that are NaN, infinite or missing: the "
+                "loss would not be a number. Score the rows again (md2pr filter)."
+            )
 
 
 def warn_if_swapped(dataset: Dataset, query_column: str, positive_column: str, source: str = "dataset") -> bool:

@@ -93,6 +93,8 @@ def train_student(
         {**settings, "false_negative_threshold": false_negative_threshold},
         overwrite=overwrite,
         what="student training",
+        kind="student",
+        inputs={"model": model},
     )
     loss_args = loss_args or LossArguments()
     if loss is None:
@@ -116,7 +118,7 @@ def train_student(
             record["schedules"] = [callback.get_config_dict() for callback in callbacks]
         run.train(trainer, record)
         _check_steps(trainer, len(train_dataset))
-        path = run.save(lambda folder: model.save(str(folder)))
+        path = run.save(lambda folder: model.save(str(folder)), model)
         return path, list(trainer.state.log_history)
 
 

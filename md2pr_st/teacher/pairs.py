@@ -122,8 +122,8 @@ def teacher_training_pairs(
         mined = [row_of[d] for d in dict.fromkeys(hard_negatives.get(query_id, ())) if d not in judged]
         rows += [(query, row, 0.0) for row in mined]
         drawn: set[int] = set()
-        tries = 0
-        while len(drawn) < random_negatives and tries < 100 * (random_negatives + 1):
+        tries, wanted = 0, min(random_negatives, len(data.corpus) - len(judged) - len(mined))  # no more than exist
+        while len(drawn) < wanted and tries < 100 * (wanted + 1):
             tries += 1
             row = rng.randrange(len(data.corpus))
             if data.corpus[row]["id"] not in judged and row not in mined:

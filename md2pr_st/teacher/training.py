@@ -126,7 +126,14 @@ def train_teacher(
     settings = dict(max_length=max_length, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate)
     settings.update(warmup_ratio=warmup_ratio, random_negatives=random_negatives, max_pairs=max_pairs, seed=seed)
     settings["mined_negatives"] = mined_negatives
-    run = TrainingRun(output_dir, {**settings, "save_steps": save_steps}, overwrite=overwrite, what="teacher training")
+    run = TrainingRun(
+        output_dir,
+        {**settings, "save_steps": save_steps},
+        overwrite=overwrite,
+        what="teacher training",
+        kind="teacher",
+        inputs={"base_model": base_model, "student": student},
+    )
     check_teacher_loss(loss, list_size)
     settings.update(loss=loss, list_size=list_size if loss in LIST_LOSSES else None)
     # Any other option of the host's CrossEncoderTrainingArguments; part of the teacher's record.
@@ -161,7 +168,7 @@ def train_teacher(
             model.save(str(folder))
             write_json(folder / TEACHER_REPORT, json.loads(json.dumps(report, sort_keys=True, default=str)))
 
-        return run.save(write)
+        return run.save(write, model)
 
 
 def _teacher_record(pairs: Dataset, base_model: Any, settings: dict[str, Any]) -> dict[str, Any]:
