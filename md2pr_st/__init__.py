@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from md2pr_st import _startup  # noqa: F401  (the md2pr command: Ctrl-C while it starts exits with 130)
 from md2pr_st._version import __version__
 
 # public name -> the module that defines it

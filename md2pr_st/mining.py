@@ -53,6 +53,7 @@ class MiningStats:
     dropped_queries: int = 0
     dropped_rows: int = 0
     positives_excluded: int = 0
+    positives_not_in_corpus: int = 0  # (query, positive) pairs whose positive the corpus holds under no id or text
     negatives: int = 0
     corpus_size: int = 0
     chunks_encoded: int = 0
@@ -158,8 +159,9 @@ def mine_hard_negatives(
     stats = MiningStats(rows_in=len(dataset), corpus_size=len(corpus))
     queries = _group_by_query(dataset, query_column, positive_column)
     stats.queries = len(queries)
-    excluded = _excluded_rows(queries, corpus, chunk_size)
+    excluded, stats.positives_not_in_corpus = _excluded_rows(queries, corpus, chunk_size)
     stats.positives_excluded = sum(len(rows) for rows in excluded)
+    _check_positives_in_corpus(stats.positives_not_in_corpus, sum(len(q.positives) for q in queries))
 
     cache = CorpusEmbeddingCache(
         model, corpus, cache_dir, chunk_size=chunk_size, batch_size=batch_size, show_progress_bar=show_progress_bar
@@ -255,9 +257,28 @@ def _group_by_query(dataset: Dataset, query_column: str, positive_column: str) -
     return list(queries.values())
 
 
-def _excluded_rows(queries: list[_Query], corpus: Dataset, chunk_size: int) -> list[set[int]]:
+def _check_positives_in_corpus(missing: int, total: int) -> None:
+    """Positives that are not in the corpus cannot be kept out of the negatives: none found is an error (the input
+    and the corpus do not belong together), some missing a warning with the counts."""
+    if missing and missing == total:
+        raise ValueError(
+            f"None of the {total:,} positives of the mining input is in the corpus (by id or exact text): the input "
+            "and the corpus come from different collections, or their texts differ. Give the corpus the positives "
+            "come from (--corpus), so that no query's own positive is mined as its negative."
+        )
+    if missing:
+        logger.warning(
+            "%d of %d positives of the mining input are not in the corpus (by id or exact text): they cannot be kept "
+            "out of the mined negatives. Check that the input and the corpus come from the same collection.",
+            missing,
+            total,
+        )
+
+
+def _excluded_rows(queries: list[_Query], corpus: Dataset, chunk_size: int) -> tuple[list[set[int]], int]:
     """The corpus rows each query may never take as a negative: its positives by id and by exact text (a duplicate
-    under another id is still a positive), and its ``exclude_ids``. One pass over the corpus, chunk by chunk."""
+    under another id is still a positive), and its ``exclude_ids``; and how many positives are in the corpus under
+    neither. One pass over the corpus, chunk by chunk."""
     by_text: dict[str, list[int]] = {text: [] for q in queries for text in q.positives}
     by_id: dict[str, list[int]] = {str(p): [] for q in queries for p in q.positive_ids if p is not None}
     by_id.update({doc_id: [] for q in queries for doc_id in q.exclude_ids})
@@ -268,12 +289,16 @@ def _excluded_rows(queries: list[_Query], corpus: Dataset, chunk_size: int) -> l
                 by_id[doc_id].append(start + offset)
             if text in by_text:
                 by_text[text].append(start + offset)
-    excluded = []
+    excluded, missing = [], 0
     for q in queries:
         rows = {r for text in q.positives for r in by_text[text]}
         rows |= {r for p in q.positive_ids if p is not None for r in by_id[str(p)]}
         excluded.append(rows | {r for doc_id in q.exclude_ids for r in by_id[doc_id]})
-    return excluded
+        found = [
+            by_text[text] or (pid is not None and by_id[str(pid)]) for text, pid in zip(q.positives, q.positive_ids)
+        ]
+        missing += sum(1 for hit in found if not hit)
+    return excluded, missing
 
 
 def _pick(ranking: list[int], num_negatives: int, sampling: str, seed: int, q: int) -> list[int] | None:

@@ -1,10 +1,12 @@
-"""Where models come from: the embedded default student, names that resolve to it offline, model fingerprints."""
+"""Where models come from: the embedded default student, names that resolve to it offline, the checks of a model
+folder before it is loaded (a tokenizer, safetensors weights that are whole), model fingerprints."""
 
 from __future__ import annotations
 
 import functools
 import importlib.resources
 import json
+import struct
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -74,9 +76,10 @@ def resolve_model_name(name: str | Path | None) -> str:
 def check_model_source(name: str | Path | None, option: str = "model") -> str:
     """Check, before any work, that a model argument names something loadable; returns the resolved name.
 
-    A local folder must hold a model (``config.json`` or ``modules.json``); a path that does not exist is an error
-    naming it; a Hub id must be well-formed and, while the Hub is offline (``HF_HUB_OFFLINE=1``), already in the
-    local Hugging Face cache (otherwise loading fails with a long traceback from the Hub client).
+    A local folder must hold a model (``config.json`` or ``modules.json``) with its tokenizer files and whole
+    safetensors weights (:func:`check_model_folder`); a path that does not exist is an error naming it; a Hub id
+    must be well-formed and, while the Hub is offline (``HF_HUB_OFFLINE=1``), already in the local Hugging Face
+    cache (otherwise loading fails with a long traceback from the Hub client).
 
     Example:
         >>> check_model_source("./no/such/folder", "--model")
@@ -94,6 +97,7 @@ def check_model_source(name: str | Path | None, option: str = "model") -> str:
                 f"{option} {name}: the folder holds no model (no config.json or modules.json). Give a saved "
                 "SentenceTransformer / CrossEncoder folder or a Hub id."
             )
+        check_model_folder(path, f"{option} {name}")
         return resolved
     if resolved.startswith((".", "/", "~", "\\")) or resolved.count("/") > 1 or "\\" in resolved:
         raise FileNotFoundError(f"{option} {name}: no such folder. Check the path.")
@@ -115,6 +119,104 @@ def check_model_source(name: str | Path | None, option: str = "model") -> str:
                 "first."
             )
     return resolved
+
+
+# Files a tokenizer is built from: without any, transformers builds one of the special tokens alone and every word
+# becomes [UNK] (silently).
+TOKENIZER_FILES = (
+    "tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model", "tokenizer.model",
+    "source.spm", "spm.model", "bpe.codes",
+)  # fmt: skip
+# Weight files written by pickle (torch.save): loading them can run code, so only safetensors weights are loaded.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib")
+
+
+def pickle_weights_message(folder: str | Path, pickles: list[str], purpose: str = "loaded") -> str:
+    """What a folder whose weights are pickles holds, and how to convert it to safetensors (one wording for every
+    place that refuses pickles: loading a model, pushing one)."""
+    return (
+        f"{folder} holds pickle-based files {pickles[:5]}; only safetensors weights are {purpose} (pickles can run "
+        "code when loaded). Re-save the model with `SentenceTransformer(path).save(path)` (`CrossEncoder` for a "
+        "cross-encoder; safetensors is the default) and delete these files."
+    )
+
+
+def _module_folders(folder: Path) -> list[Path]:
+    """The folders of a model's modules that hold a transformer (the folder itself for a plain transformers one)."""
+    modules = _read_json(folder / "modules.json")
+    if not isinstance(modules, list):
+        return [folder]
+    types = [m for m in modules if isinstance(m, dict) and str(m.get("type", "")).endswith(".Transformer")]
+    return [folder / str(m.get("path", "")) for m in types]  # other layouts (a Router, ...): not checked here
+
+
+def check_model_folder(folder: str | Path, name: str | None = None) -> None:
+    """Refuse a model folder that cannot load as it should, in one line that says what is wrong and how to fix it:
+    a transformer module without tokenizer files (transformers would build a tokenizer of its special tokens alone
+    and read every word as [UNK]), weights only as pickles (see :func:`pickle_weights_message`), or a
+    ``*.safetensors`` file that is truncated or corrupt.
+
+    Example:
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> _ = (folder / "config.json").write_text("{}")
+        >>> check_model_folder(folder, "--model x")
+        Traceback (most recent call last):
+        ...
+        FileNotFoundError: --model x: ... has no tokenizer files (tokenizer.json, vocab.txt, ...)...
+    """
+    folder = Path(folder)
+    name = name or str(folder)
+    for module in _module_folders(folder):
+        if module.is_dir() and not any((module / file).is_file() for file in TOKENIZER_FILES):
+            raise FileNotFoundError(
+                f"{name}: {module} has no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}, ...), so every word "
+                "would read as [UNK]. Copy the tokenizer files of the model it was made from into it, or save the "
+                "model again with its tokenizer (model.save(path))."
+            )
+    files = [p for p in folder.rglob("*") if p.is_file() and not p.relative_to(folder).as_posix().startswith(".")]
+    weights = [p for p in files if p.suffix == ".safetensors"]
+    pickles = [p.relative_to(folder).as_posix() for p in files if p.suffix.lower() in PICKLE_SUFFIXES]
+    if not weights and pickles:
+        raise ValueError(f"{name}: {pickle_weights_message(folder, pickles)}")
+    for path in weights:
+        problem = _safetensors_problem(path)
+        if problem:
+            raise ValueError(
+                f"{name}: {path} is truncated or corrupt ({problem}). Copy or save the model again; a copy that was "
+                "interrupted, or a full disk when it was saved, leaves such a file."
+            )
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """Why a safetensors file cannot be whole (its header does not parse, or describes more bytes than it holds)."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as handle:
+            (header_size,) = struct.unpack("<Q", handle.read(8))
+            if header_size > min(size - 8, 100_000_000):
+                return f"it holds {size:,} bytes, too few for its header of {header_size:,}"
+            header = json.loads(handle.read(header_size))
+    except (OSError, ValueError, struct.error) as exc:
+        return f"its header does not read: {exc}"
+    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)]
+    needed = 8 + header_size + max(ends, default=0)
+    return f"it holds {size:,} bytes of the {needed:,} its header describes" if size < needed else None
+
+
+def weights_error(exc: BaseException) -> ValueError | None:
+    """One line for an error a loader raised on weights it could not read (a pickle refused, a corrupt safetensors
+    file), or None for any other error."""
+    kind = type(exc).__name__
+    if kind not in ("UnpicklingError", "SafetensorError"):
+        return None
+    what = "pickle" if kind == "UnpicklingError" else "safetensors"
+    first = " ".join(str(exc).split("\n")[0].split())[:200]
+    return ValueError(
+        f"A model's {what} weights could not be read ({first}). Only whole safetensors weights are loaded: re-save "
+        "the model with `SentenceTransformer(path).save(path)` (`CrossEncoder` for a cross-encoder), or copy it again "
+        "if the copy was interrupted."
+    )
 
 
 def check_cross_encoder(name: str | Path, option: str = "teacher") -> None:

@@ -6,9 +6,10 @@ Each subcommand's options are dataclasses (:mod:`md2pr_st.cli.arguments`) parsed
 inputs, calls the library's functions and prints their results.
 
 A user's mistake never ends in a traceback: a bad option or config file exits with code 2 and one line naming it
-(so does an output that would replace files md2pr did not write, or a device this machine lacks); a failure of the
-work (bad data, a model that does not load, a locked output) exits with code 1 and one line; ``md2pr -v`` prints
-the traceback too. docs/reliability.md lists the cases.
+(so does an output that would replace files md2pr did not write or another kind of md2pr output, or a device this
+machine lacks); a failure of the work (bad data, a model whose weights cannot be read, a locked output, a full disk)
+exits with code 1 and one line; Ctrl-C exits with 130 and one line, from the moment the command starts;
+``md2pr -v`` prints the traceback too. docs/reliability.md lists the cases.
 """
 
 from __future__ import annotations
@@ -16,18 +17,19 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
-import json
 import logging
 import sys
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import yaml
-
+from md2pr_st import _startup, outputs
 from md2pr_st.cli import arguments
-from md2pr_st.models import check_cross_encoder, check_model_source
+from md2pr_st.cli.config_file import ConfigError, check_keys, read_config
+from md2pr_st.models import check_cross_encoder, check_model_source, weights_error
 from md2pr_st.outputs import UsageError
+from md2pr_st.utils import disk_full_error
+from md2pr_st.validation import check_trainer_options
 
 logger = logging.getLogger("md2pr_st")
 
@@ -114,13 +116,30 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+def _parser_class():
+    """:class:`transformers.HfArgumentParser` that reports an error in one line (not the usage first) and takes no
+    abbreviated option (``--output`` is not ``--output_dir``)."""
+    from transformers import HfArgumentParser  # transformers: not for `md2pr --help`
+
+    class OneLineParser(HfArgumentParser):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, allow_abbrev=False, **kwargs)
+
+        def error(self, message: str):
+            message = " ".join(str(message).split())
+            if message.endswith("expected one argument"):  # argparse took a value such as -inf for an option
+                message += "; for a value that starts with '-', write --option=value (e.g. --min_margin=-0.5)"
+            self.exit(2, f"{self.prog}: error: {message}\n")
+
+    return OneLineParser
+
+
 def _parse(name: str, argv: Sequence[str]):
     """The command's option dataclasses from flags, from one JSON / YAML file, or from a file followed by flags that
     override it; any bad value exits with code 2 and one line naming the option (the dataclasses check their fields
     on creation). For ``train``, ``teacher``, ``pipeline`` and ``demo``, flags that are not md2pr's own go to the
     host's training arguments (a dict of overrides, passed to the driver after the dataclasses)."""
-    from transformers import HfArgumentParser  # transformers: not for `md2pr --help`
-
+    parser_class = _parser_class()
     help_text, classes, _ = COMMANDS[name]
     epilog = None
     if name in TRAINER_ARGUMENTS:
@@ -130,18 +149,20 @@ def _parse(name: str, argv: Sequence[str]):
             "4 --bf16 true --max_steps 500 --report_to tensorboard --eval_strategy steps. A JSON/YAML config file may "
             "come first; flags after it override it."
         )
-    parser = HfArgumentParser(
+    parser = parser_class(
         classes, prog=f"md2pr {name}", description=help_text, epilog=epilog, formatter_class=_HelpFormatter
     )
     argv = list(argv)
     config = None
     if argv and argv[0].endswith(CONFIG_SUFFIXES) and not argv[0].startswith("-"):
         config = argv[0]
-        data = _read_config(parser, Path(config))
-        own = data
-        if name in TRAINER_ARGUMENTS:  # the host's keys are checked by the host's parser below
-            fields = {field.name for cls in classes for field in dataclasses.fields(cls)}
-            own = {key: value for key, value in data.items() if key in fields}
+        fields = {field.name for cls in classes for field in dataclasses.fields(cls)}
+        try:
+            data = read_config(config)
+            check_keys(config, data, fields | _host_fields(name, data, fields), f"md2pr {name}")
+        except ConfigError as exc:
+            parser.error(str(exc))
+        own = {key: value for key, value in data.items() if key in fields}  # the host's: by its parser below
         try:  # the file's own types first: as flags, a YAML string "no" would read as a boolean
             parsed = parser.parse_dict(own)
         except (ValueError, TypeError) as exc:  # unknown keys, wrong types, out-of-range values
@@ -160,6 +181,15 @@ def _parse(name: str, argv: Sequence[str]):
     return parsed
 
 
+def _host_fields(name: str, data: dict, fields: set[str]) -> set[str]:
+    """The options of the host's training arguments, when ``data`` has keys that are not md2pr's (``name``'s
+    trainer takes them); else none."""
+    if name not in TRAINER_ARGUMENTS or set(data) <= fields:
+        return set()
+    module, cls = TRAINER_ARGUMENTS[name].split(":")
+    return {field.name for field in dataclasses.fields(getattr(importlib.import_module(module), cls))}
+
+
 def _config_flags(data: dict) -> list[str]:
     """A config mapping as command-line flags (lists as several values, booleans as true / false)."""
     flags: list[str] = []
@@ -176,46 +206,21 @@ def _trainer_overrides(parser, name: str, remaining: list[str]) -> dict:
     error that names it."""
     if not remaining:
         return {}
-    from transformers import HfArgumentParser  # transformers: not for `md2pr --help`
-
     module, cls = TRAINER_ARGUMENTS[name].split(":")
-    host_class = getattr(importlib.import_module(module), cls)
-    host = HfArgumentParser(host_class)
+    host = _parser_class()(getattr(importlib.import_module(module), cls), prog=f"md2pr {name}")
     given = {flag.split("=")[0][2:].replace("-", "_") for flag in remaining if flag.startswith("--")}
-    try:
-        namespace, unknown = host.parse_known_args(remaining)
-    except SystemExit:  # argparse already printed the bad value
-        raise SystemExit(2) from None
+    namespace, unknown = host.parse_known_args(remaining)
     if unknown:
         parser.error(f"unrecognized arguments (neither md2pr's nor {cls}'s): {' '.join(unknown)}")
     overrides = {key: value for key, value in vars(namespace).items() if key in given}
     managed = sorted(set(overrides) & {"output_dir"})
     if managed:
         parser.error(f"--{managed[0]} is md2pr's own option here (checkpoints go next to the output folder).")
+    try:
+        check_trainer_options(overrides)
+    except ValueError as exc:
+        parser.error(str(exc))
     return overrides
-
-
-def _read_config(parser, path: Path) -> dict:
-    """The mapping of a JSON / YAML config file: it must exist, be UTF-8, parse, and hold a mapping."""
-    if not path.is_file():
-        parser.error(f"{path}: no such config file.")
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        parser.error(f"{path}: byte {exc.start} ({raw[exc.start]:#04x}) is not UTF-8; save the file as UTF-8.")
-    try:
-        if path.suffix == ".json":
-            data = json.loads(text)
-        else:
-            data = yaml.safe_load(text)
-    except json.JSONDecodeError as exc:
-        parser.error(f"{path}:{exc.lineno}: not valid JSON ({exc.msg}).")
-    except Exception as exc:  # yaml.YAMLError: its message names the line and column
-        parser.error(f"{path}: not valid YAML ({' '.join(str(exc).split())}).")
-    if not isinstance(data, dict):
-        parser.error(f"{path}: expected a mapping of option names to values, got a {type(data).__name__}.")
-    return data
 
 
 def check_environment(parsed: Sequence[object]) -> None:
@@ -263,7 +268,29 @@ def check_device(device: str) -> None:
 USER_ERRORS = (ValueError, TypeError, OSError, RuntimeError, KeyError, ImportError)
 
 
+def user_message(exc: BaseException) -> str | None:
+    """The one line that explains an error a user's input or environment caused (a full disk, weights that cannot
+    be read, any of :data:`USER_ERRORS`), or None for an error of md2pr itself (its traceback is shown)."""
+    explained = disk_full_error(exc, Path.cwd()) or weights_error(exc)  # a DiskFullError: itself
+    if explained is not None:
+        return str(explained)
+    if not isinstance(exc, USER_ERRORS):
+        return None
+    message = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+    return " ".join(message.split()) or type(exc).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """The ``md2pr`` command: its exit code (0 done, 1 the work failed, 2 a usage error, 130 interrupted)."""
+    try:
+        _startup.started()
+        return _main(argv)
+    except KeyboardInterrupt:
+        print("md2pr: interrupted before any work; nothing was done.", file=sys.stderr)
+        return 130
+
+
+def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(
         prog="md2pr",
@@ -296,18 +323,33 @@ def _run(name: str, parsed: Sequence[object], verbose: bool) -> int:
     try:
         check_environment([p for p in parsed if not isinstance(p, dict)])
         distributed.setup()  # under torchrun / accelerate launch: join the launcher's process group
-        with distributed.shared_work():  # launched on N processes, each command splits its encoding and scoring
+        # launched on N processes, each command splits its encoding and scoring; its outputs record it made them
+        with distributed.shared_work(), outputs.command(f"md2pr {name}"):
             driver(name)(*parsed)
     except KeyboardInterrupt:
+        _end_progress_bars()
         print(f"md2pr {name}: interrupted; run the same command again to resume.", file=sys.stderr)
         return 130
-    except USER_ERRORS as exc:
+    except Exception as exc:
+        message = user_message(exc)
+        if message is None:
+            raise
+        _end_progress_bars()
         if verbose:
             traceback.print_exc()
-        message = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
-        print(f"md2pr {name}: error: {message or type(exc).__name__}", file=sys.stderr)
+        print(f"md2pr {name}: error: {message}", file=sys.stderr)
         return 2 if isinstance(exc, UsageError) else 1
     return 0
+
+
+def _end_progress_bars() -> None:
+    """Close the progress bars an error left open, so that its line starts a line of its own."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", None) or ()):
+        try:
+            bar.close()
+        except Exception:  # a bar half torn down: its line stays as it is
+            pass
 
 
 if __name__ == "__main__":

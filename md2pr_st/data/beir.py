@@ -15,8 +15,9 @@ import logging
 from collections.abc import Iterator
 from pathlib import Path
 
-from datasets import Dataset, load_from_disk
+from datasets import Dataset
 
+from md2pr_st.data.pairs import load_rows
 from md2pr_st.data.retrieval_data import MAX_GRADE, MIN_GRADE, RetrievalData
 
 logger = logging.getLogger(__name__)
@@ -149,12 +150,12 @@ def load_beir(folder: str | Path, split: str = "test") -> RetrievalData:
     return RetrievalData(corpus, queries, qrels, name=f"{folder.name}-{split}")
 
 
-def load_corpus(path: str | Path) -> Dataset:
+def load_corpus(path: str | Path, option: str = "--corpus") -> Dataset:
     """A corpus ``Dataset`` (``id``, ``text``) from a BEIR folder (its ``corpus.jsonl``) or a ``datasets`` folder."""
     folder = Path(path)
     if (folder / "corpus.jsonl").is_file():
         ids, texts = _read_jsonl(folder / "corpus.jsonl", "corpus")
         return Dataset.from_dict({"id": ids, "text": texts})
     if folder.is_dir():
-        return load_from_disk(str(folder))
+        return load_rows(folder, option, "Give a `datasets` folder with id/text columns or a BEIR folder.")
     raise FileNotFoundError(f"The corpus {path} is neither a `datasets` folder nor a BEIR folder with corpus.jsonl.")

@@ -11,7 +11,7 @@ import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib")
+from md2pr_st.models import PICKLE_SUFFIXES, pickle_weights_message
 
 
 def _inside(path: Path, roots: Iterable[Path]) -> bool:
@@ -101,11 +101,7 @@ def validate_model_folder(model_dir: str | Path) -> None:
     files = list(iter_upload_files(model_dir))
     pickles = [p.relative_to(model_dir).as_posix() for p in files if p.suffix.lower() in PICKLE_SUFFIXES]
     if pickles:
-        raise ValueError(
-            f"{model_dir} holds pickle-based files {pickles[:5]}; only safetensors weights are pushed (pickles can "
-            "run code when loaded). Re-save the model with `SentenceTransformer(path).save(path)` (safetensors is "
-            "the default) and delete these files."
-        )
+        raise ValueError(pickle_weights_message(model_dir, pickles, "pushed"))
     if not any(p.suffix == ".safetensors" for p in files):
         raise ValueError(f"{model_dir} has no *.safetensors weights; re-save it with `SentenceTransformer.save`.")
     for config_file in (p for p in files if p.name == "config.json"):
