@@ -127,7 +127,9 @@ OWN_KIND = {"mine": "mined", "filter": "filtered", "train": "student", "teacher"
 def bad_path(places: dict, command: str, inputs: list[str], fresh: Path):
     """Paths a user might give by mistake (never the command's own kind of output: that it may replace)."""
     kinds = [places[k] for k in KINDS if k != OWN_KIND.get(command)]
-    special = [places["user_folder"], places["user_file"], places["user_file"] / "below", places["results"], fresh]
+    special = [places["user_folder"], places["user_file"], places["user_file"] / "below", fresh]
+    if command != "eval":  # results of md2pr eval: eval's own kind of file, which it may replace
+        special.append(places["results"])
     return st.sampled_from([*(str(p) for p in kinds + special), "", *inputs])
 
 
