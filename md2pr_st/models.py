@@ -169,8 +169,9 @@ def check_model_folder(folder: str | Path, name: str | None = None) -> None:
     name = name or str(folder)
     for module in _module_folders(folder):
         if module.is_dir() and not any((module / file).is_file() for file in TOKENIZER_FILES):
+            where = "the folder" if module == folder else str(module)
             raise FileNotFoundError(
-                f"{name}: {module} has no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}, ...), so every word "
+                f"{name}: {where} has no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}, ...), so every word "
                 "would read as [UNK]. Copy the tokenizer files of the model it was made from into it, or save the "
                 "model again with its tokenizer (model.save(path))."
             )
