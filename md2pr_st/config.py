@@ -227,6 +227,13 @@ class PipelineArguments(Options):
     teacher_random_negatives: int = dataclasses.field(
         default=2, metadata={"help": "Label-0 corpus passages per query in teacher training."}
     )
+    teacher_mined_negatives: int = dataclasses.field(
+        default=0,
+        metadata={
+            "help": "Label-0 passages per query mined by the student from the whole corpus (the best-ranked the "
+            "query's judgements do not cover) in teacher training."
+        },
+    )
     teacher_loss: str = dataclasses.field(
         default="bce", metadata={"help": "Teacher training loss: bce, ranknet, lambda, listmle."}
     )

@@ -202,6 +202,7 @@ def _teacher_stage(run: _Run) -> tuple[str, str]:
          "student": run.student_key, "epochs": args.teacher_epochs,
          "learning_rate": args.teacher_learning_rate, "max_length": args.teacher_max_length,
          "max_pairs": args.teacher_max_pairs, "random_negatives": args.teacher_random_negatives,
+         **({"mined_negatives": args.teacher_mined_negatives} if args.teacher_mined_negatives else {}),
          **({"loss": args.teacher_loss, "list_size": args.teacher_list_size} if args.teacher_loss != "bce" else {}),
          "seed": args.seed, "data": run.data_key["train"], "dev": run.data_key["dev"]},
     )  # fmt: skip
@@ -213,7 +214,8 @@ def _teacher_stage(run: _Run) -> tuple[str, str]:
         return stage.manifest["outputs"]["teacher"], stage.key
     logger.info("Stage 0: training the teacher cross-encoder")
     stage.start(partial=[run.run_dir / "teacher" / "model.checkpoints"])
-    settings = ("max_length", "epochs", "learning_rate", "random_negatives", "max_pairs", "loss", "list_size")
+    settings = ("max_length", "epochs", "learning_rate", "random_negatives", "mined_negatives", "max_pairs", "loss")
+    settings += ("list_size",)
     path = train_teacher(
         run.splits["train"],
         run.run_dir / "teacher" / "model",

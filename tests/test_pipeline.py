@@ -197,9 +197,11 @@ def test_teacher_and_train_stage_commands(tiny_model_path, tmp_path, capsys):
     base = build_tiny_bert(tmp_path / "teacher_base", seed=3)
     teacher_dir = tmp_path / "teacher"
     args = ["teacher", "--dataset", str(data), "--base_model", str(base), "--student", str(tiny_model_path)]
-    assert main(args + ["--output_dir", str(teacher_dir), "--max_length", "48", "--device", "cpu"]) == 0
+    args += ["--max_length", "48", "--device", "cpu", "--mined_negatives", "2"]
+    assert main(args + ["--output_dir", str(teacher_dir)]) == 0
     assert "gap" in capsys.readouterr().out
     report = json.loads((teacher_dir / "md2pr_teacher.json").read_text())
+    assert report["mined_negatives"] == 2 and report["record"]["mined_negatives"] == 2
     assert report["dev"]["gap"] == pytest.approx(report["dev"]["teacher"] - report["dev"]["student"], abs=1e-4)
     assert CrossEncoder(str(teacher_dir)).predict([("a", "b")]).shape == (1,)
 

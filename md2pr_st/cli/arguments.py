@@ -138,6 +138,13 @@ class TeacherArguments(Options):
         default=5e-5, metadata={"help": "Learning rate (the one-logit head starts from scratch)."}
     )
     random_negatives: int = dataclasses.field(default=2, metadata={"help": "Label-0 corpus passages per query."})
+    mined_negatives: int = dataclasses.field(
+        default=0,
+        metadata={
+            "help": "Label-0 passages per query mined by --student from the whole corpus: the best-ranked ones the "
+            "query's judgements do not cover."
+        },
+    )
     max_pairs: int | None = dataclasses.field(default=None, metadata={"help": "Train on at most this many pairs."})
     loss: str = dataclasses.field(
         default="bce",

@@ -28,6 +28,7 @@ def run_teacher(data_args: DataArguments, args: TeacherArguments, trainer_args: 
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,
         random_negatives=args.random_negatives,
+        mined_negatives=args.mined_negatives,
         max_pairs=args.max_pairs,
         loss=args.loss,
         list_size=args.list_size,
