@@ -128,6 +128,9 @@ class TrainingRun:
             if full is not None:
                 raise full from exc
             raise
+        # With --bf16 / --fp16 the trainer's accelerator wraps the model's forward in autocast and leaves it there;
+        # what is measured after training (the teacher's dev gap) must see the model in the precision it is saved in.
+        trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
         return resume
 
     def save(self, write: Callable[[Path], None], model: torch.nn.Module | None = None) -> Path:

@@ -236,3 +236,21 @@ def test_train_teacher_with_mined_negatives_records_them(tiny_cross_encoder_path
     assert report["record"]["mined_negatives"] == 2
     with pytest.raises(ValueError, match="mined_negatives needs the train split"):
         train_teacher(teacher_training_pairs(toy_data()), tmp_path / "u", mined_negatives=2, **kwargs)
+
+
+class KeepModel(TrainerCallback):
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        self.model = model
+
+
+def test_after_bf16_training_the_dev_gap_is_measured_in_full_precision(tiny_cross_encoder_path, tiny_model_path,
+                                                                        tmp_path):  # fmt: skip
+    kept = KeepModel()
+    kwargs = dict(base_model=tiny_cross_encoder_path, max_length=32, batch_size=4, show_progress_bar=False)
+    path = train_teacher(toy_data(), tmp_path / "t", dev=toy_data(), student=tiny_model_path, callbacks=[kept],
+                         training_args={"bf16": True, "use_cpu": True}, **kwargs)  # fmt: skip
+    # the trainer wrapped the model's forward in autocast; the run takes the wrapper off before measuring
+    assert "_original_forward" not in vars(kept.model) and not hasattr(kept.model.forward, "__wrapped__")
+    report = json.loads((path / TEACHER_REPORT).read_text())
+    again = reranking_gap(path, tiny_model_path, toy_data())
+    assert report["dev"]["teacher"] == again["teacher"]
