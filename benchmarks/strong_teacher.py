@@ -143,7 +143,7 @@ def measure(output: Path, quality: Path, fold: int, variant: str, splits) -> dic
     for regime in ("A", "B"):
         student = student_for(quality, regime)
         print(f"{variant} fold {fold}: regime {regime}", file=sys.stderr, flush=True)
-        gap = report["dev"] if regime == "A" else reranking_gap(path, student, splits["dev"], show_progress_bar=True)
+        gap = reranking_gap(path, student, splits["dev"], show_progress_bar=True)  # the saved teacher, float32
         opened = open_retrieval(student, teacher, splits["dev"])
         runs[regime] = opened.pop("runs")
         result["regimes"][regime] = {"dev_pool": gap, "open_retrieval": opened}
