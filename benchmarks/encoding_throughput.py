@@ -10,7 +10,7 @@ over all-mpnet-base-v2 used as it is (384 tokens), measured in the same run:
 - ``mpnet@384``: all-mpnet-base-v2 as it is (its own maximum length)
 - ``mpnet@128``: all-mpnet-base-v2 cut to 128 tokens (the same input as the students)
 
-    HF_HUB_OFFLINE=1 python benchmarks/encoding_throughput.py --output benchmarks/results/throughput.json
+    HF_HUB_OFFLINE=1 python benchmarks/encoding_throughput.py --output benchmarks/results/throughput/throughput.json
 """
 
 from __future__ import annotations

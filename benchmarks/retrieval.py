@@ -9,6 +9,8 @@
    Gaussian vectors, the worst case for any approximate index (no neighbourhood structure: exact search is the
    right choice there, and the benchmark shows why).
 
+``--output`` writes every measurement as JSON (with the thread counts and the load average of the run).
+
 Usage:
     HF_HUB_OFFLINE=1 python benchmarks/retrieval.py                 # full: 200k vectors
     HF_HUB_OFFLINE=1 python benchmarks/retrieval.py --n 20000 --repeats 3 --encode-texts 64   # quick
@@ -17,8 +19,11 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
 import time
+from pathlib import Path
 
 import faiss
 import numpy as np
@@ -70,7 +75,7 @@ def bench_encode(model, texts: list[str], repeats: int, batch_size: int) -> dict
     return {"ours_s": statistics.median(t_ours), "plain_s": statistics.median(t_plain)}
 
 
-def bench_search(docs: np.ndarray, queries: np.ndarray, repeats: int, label: str, k: int = 10) -> None:
+def bench_search(docs: np.ndarray, queries: np.ndarray, repeats: int, label: str, k: int = 10) -> dict:
     from md2pr_st.index import DEFAULT_HNSW_EF_CONSTRUCTION, DEFAULT_HNSW_EF_SEARCH, FaissIndex
 
     ids = [str(i) for i in range(len(docs))]
@@ -95,6 +100,26 @@ def bench_search(docs: np.ndarray, queries: np.ndarray, repeats: int, label: str
         f"({t_flat_k * 1e3:.1f} ms -> {t_hnsw * 1e3:.1f} ms)",
         flush=True,
     )
+    return {
+        "label": label,
+        "n": len(docs),
+        "queries": len(queries),
+        "dim": int(docs.shape[1]),
+        "exact_top100_faiss_flat_s": t_faiss,
+        "exact_top100_torch_topk_s": t_torch,
+        "ratio_torch_over_faiss": t_torch / t_faiss,
+        "hnsw": {
+            "factory": "HNSW32",
+            "ef_construction": DEFAULT_HNSW_EF_CONSTRUCTION,
+            "ef_search": DEFAULT_HNSW_EF_SEARCH,
+            "build_s": build_s,
+        },
+        "k": k,
+        "exact_top_k_flat_s": t_flat_k,
+        "hnsw_top_k_s": t_hnsw,
+        "hnsw_recall_at_k": recall_at(approx, exact, k),
+        "hnsw_speedup_over_flat": t_flat_k / t_hnsw,
+    }
 
 
 def main() -> None:
@@ -108,8 +133,17 @@ def main() -> None:
     parser.add_argument("--skip-real", action="store_true", help="skip the benchmarks that need MiniLM + RAG24")
     parser.add_argument("--isotropic", action="store_true", help="also i.i.d. Gaussian vectors (worst case)")
     parser.add_argument("--index-dir", default="runs/bench/minilm-rag24-flat", help="cached RAG24 Flat index")
+    parser.add_argument("--output", default=None, help="write every measurement as JSON here")
     args = parser.parse_args()
     print(f"torch threads={torch.get_num_threads()}, faiss threads={faiss.omp_get_max_threads()}", flush=True)
+    result = {
+        "args": vars(args),
+        "torch_threads": torch.get_num_threads(),
+        "faiss_threads": faiss.omp_get_max_threads(),
+        "cpu_cores": os.cpu_count(),
+        "load_average_1min_before": os.getloadavg()[0],
+        "search": [],
+    }
 
     if not args.skip_real:
         from sentence_transformers import SentenceTransformer
@@ -128,6 +162,8 @@ def main() -> None:
             f"-> plain/ours = {enc['plain_s'] / enc['ours_s']:.3f} (target >= 0.95)",
             flush=True,
         )
+        result["encode"] = {"texts": len(texts), "max_seq_length": model.max_seq_length, **enc,
+                            "ratio_plain_over_ours": enc["plain_s"] / enc["ours_s"]}  # fmt: skip
         try:
             index = FaissIndex.load(args.index_dir, model=model, corpus=data.corpus, factory="Flat")
         except (FileNotFoundError, IndexMismatchError):
@@ -135,11 +171,15 @@ def main() -> None:
             index.save(args.index_dir)
         docs = index.index.reconstruct_n(0, len(index))
         queries = encode(model, data.queries["text"], "query")
-        bench_search(docs, queries, args.repeats, "RAG24 MiniLM embeddings")
+        result["search"].append(bench_search(docs, queries, args.repeats, "RAG24 MiniLM embeddings"))
 
     for kind in ("clustered", "isotropic") if args.isotropic else ("clustered",):
         docs, queries = random_vectors(kind, args.n, args.queries, args.dim)
-        bench_search(docs, queries, args.repeats, f"random {kind}")
+        result["search"].append(bench_search(docs, queries, args.repeats, f"random {kind}"))
+    result["load_average_1min_after"] = os.getloadavg()[0]
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -196,13 +196,12 @@ class CorpusEmbeddingCache:
         On several processes the main one decides which chunks are missing (so that all encode the same ones
         together) and alone writes them."""
         writes = self.path is not None and (distributed.is_main() or not distributed.sharing())
-        if self.path is not None:
+        if writes:  # only the writer creates folders: another process's mkdir would make the folder look not new
             new = not self.path.parent.is_dir() or not any(self.path.parent.iterdir())
             self.path.mkdir(parents=True, exist_ok=True)
-            if writes:
-                if new:  # a folder of its own: marked as md2pr's cache (never a folder holding other files)
-                    mark_output(self.path.parent, "embeddings")
-                self._write_manifest()
+            if new:  # a folder of its own: marked as md2pr's cache (never a folder holding other files)
+                mark_output(self.path.parent, "embeddings")
+            self._write_manifest()
         missing = None
         if distributed.sharing():
             missing = set(distributed.broadcast(self._missing_chunks() if distributed.is_main() else None))
