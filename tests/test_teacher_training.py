@@ -151,6 +151,7 @@ def test_teacher_loss_names_are_checked_before_any_work(tmp_path):
     assert not (tmp_path / "t").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss", ["ranknet", "listmle"])
 def test_a_ranking_loss_teacher_learns_the_order_of_each_list(loss, tiny_cross_encoder_path, tmp_path, caplog):
     from sentence_transformers.cross_encoder import CrossEncoder
