@@ -59,6 +59,7 @@ VARIANTS = {
 }
 METRICS = ("ndcg@10", "condensed_ndcg@10", "judged@10", "mrr@10")
 RERANK_K = 20
+DEPTH = 100  # passages per query the student retrieves in the open-retrieval run
 
 
 def teacher_path(output: Path, fold: int, variant: str) -> Path:
@@ -118,9 +119,11 @@ def open_retrieval(student: str, teacher, dev) -> dict:
 
     model = SentenceTransformer(student, device="cpu")
     model.max_seq_length = 128  # the students' length in the quality grid
-    _, run = RetrievalEvaluator(dev, ["ndcg@10"], show_progress_bar=True).evaluate(model)
+    # the run's depth is the deepest cut of the metrics: recall@100 keeps 100 passages per query to rerank from
+    _, run = RetrievalEvaluator(dev, ["ndcg@10", f"recall@{DEPTH}"], show_progress_bar=True).evaluate(model)
     reranked = rerank_run(teacher, dev, run, RERANK_K, show_progress_bar=True)
     return {
+        "depth": DEPTH,
         "student": evaluate_run(run, dev.qrels, METRICS),
         f"rerank@{RERANK_K}": evaluate_run(reranked, dev.qrels, METRICS),
         "runs": {"student": run, f"rerank@{RERANK_K}": reranked},
@@ -134,8 +137,11 @@ def measure(output: Path, quality: Path, fold: int, variant: str, splits) -> dic
     folder = output / f"fold{fold}" / variant
     settings = {**COMMON, **VARIANTS[variant]}
     done = folder / "result.json"
-    if done.is_file() and json.loads(done.read_text()).get("settings") == settings:
-        return json.loads(done.read_text())
+    previous = json.loads(done.read_text()) if done.is_file() else {}
+    if previous.get("settings") != settings:
+        previous = {}
+    elif all(m["open_retrieval"].get("depth") == DEPTH for m in previous["regimes"].values()):
+        return previous
     start = time.perf_counter()
     path = train(output, fold, variant, splits)
     report = json.loads((path / TEACHER_REPORT).read_text())
@@ -146,7 +152,9 @@ def measure(output: Path, quality: Path, fold: int, variant: str, splits) -> dic
     for regime in ("A", "B"):
         student = student_for(quality, regime)
         print(f"{variant} fold {fold}: regime {regime}", file=sys.stderr, flush=True)
-        gap = reranking_gap(path, student, splits["dev"], show_progress_bar=True)  # the saved teacher, float32
+        gap = previous.get("regimes", {}).get(regime, {}).get("dev_pool")  # kept when only the open run is redone
+        if gap is None:
+            gap = reranking_gap(path, student, splits["dev"], show_progress_bar=True)  # the saved teacher, float32
         opened = open_retrieval(student, teacher, splits["dev"])
         runs[regime] = opened.pop("runs")
         result["regimes"][regime] = {"dev_pool": gap, "open_retrieval": opened}

@@ -315,6 +315,16 @@ def rerank_run(teacher: Any, data: RetrievalData, run: Run, k: int = 20, show_pr
     queries = dict(zip(data.queries["id"], data.queries["text"]))
     ranked = {q: sorted(docs, key=docs.__getitem__, reverse=True) for q, docs in run.items()}
     heads = {q: ids[:k] for q, ids in ranked.items()}
+    deepest = max((len(ids) for ids in ranked.values()), default=k)
+    if deepest < k < len(data.corpus):
+        logger.warning(
+            "Reranking the top %d, but the run holds at most %d passages per query: only those are reordered and "
+            "nothing new can enter the top. Retrieve at least %d (e.g. RetrievalEvaluator metrics up to recall@%d).",
+            k,
+            deepest,
+            k,
+            k,
+        )
     scores = score_candidates(
         teacher,
         [queries[q] for q in heads],

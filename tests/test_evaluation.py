@@ -246,3 +246,28 @@ def test_evaluator_searches_the_index_it_was_given_while_the_model_is_unchanged(
     other = RetrievalData(data.corpus.select([0, 1]), data.queries, {"q1": {"d1": 3}})
     with pytest.raises(ValueError, match="holds 3 vectors but the corpus has 2 passages"):
         RetrievalEvaluator(other, index=index)
+
+
+def test_rerank_run_warns_when_the_run_is_shallower_than_k(caplog):
+    """A run cut at 10 reranked "at 20" only reorders its 10: the reranked top 10 is the same set, which a judged@10
+    or a recall comparison would misread. The user is told, with the depth to retrieve."""
+    from datasets import Dataset
+
+    from md2pr_st.evaluation import RetrievalData, rerank_run
+    from md2pr_st.teacher import QrelsScorer
+
+    ids = [f"d{i}" for i in range(30)]
+    data = RetrievalData(
+        corpus=Dataset.from_dict({"id": ids, "text": [f"passage {i}" for i in range(30)]}),
+        queries=Dataset.from_dict({"id": ["q"], "text": ["query"]}),
+        qrels={"q": {"d2": 3}},
+    )
+    shallow = {"q": {d: 1.0 - i / 100 for i, d in enumerate(ids[:3])}}
+    with caplog.at_level("WARNING"):
+        reranked = rerank_run(QrelsScorer(data), data, shallow, k=20)
+    assert "holds at most 3 passages per query" in caplog.text and "recall@20" in caplog.text
+    assert max(reranked["q"], key=reranked["q"].get) == "d2"  # what it holds is still reordered
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        rerank_run(QrelsScorer(data), data, {"q": {d: 1.0 - i / 100 for i, d in enumerate(ids)}}, k=20)
+    assert "holds at most" not in caplog.text
