@@ -9,9 +9,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def results_rows(readme: str) -> tuple[Path, list[list[str]]]:
-    """The result file the Results section names, and the cells of its table's rows."""
-    section = readme.split("## Results", 1)[1].split("\n## ", 1)[0]
+def results_rows(readme: str, heading: str = "## Results") -> tuple[Path, list[list[str]]]:
+    """The result file the section under ``heading`` names, and the cells of its table's rows (up to the next
+    heading)."""
+    section = re.split(r"\n#{2,3} ", readme.split(heading + "\n", 1)[1], maxsplit=1)[0]
     source = ROOT / re.search(r"\]\((benchmarks/results/[^)]+\.json)\)", section).group(1)
     rows = [line.strip("|").split("|") for line in section.splitlines() if line.startswith("| ")]
     return source, [[cell.strip() for cell in row] for row in rows[1:]]  # the header row out
@@ -35,3 +36,19 @@ def test_every_number_of_the_readme_results_table_is_in_its_result_file():
             )
             ci = ablation["umbrela"]
             assert [mean, low, high] == [f"{ci[k]:+.4f}" for k in ("mean_diff", "low", "high")], (regime, name)
+
+
+def test_every_number_of_the_readme_teacher_strength_table_is_in_its_result_file():
+    """Each row: a teacher variant, a fold, a student regime, the teacher's lead on the dev pools and the student's
+    open-retrieval nDCG@10 before and after the teacher reranks its top k."""
+    source, rows = results_rows((ROOT / "README.md").read_text(encoding="utf-8"), "### How far the teacher leads")
+    summary = json.loads(source.read_text(encoding="utf-8"))
+    results = {(r["variant"], r["fold"]): r for r in summary["results"]}
+    assert len(rows) >= 2
+    for teacher, fold, student, lead, rerank in rows:
+        variant = re.findall(r"`([^`]+)`", teacher)[-1]
+        regime = results[(variant, int(fold))]["regimes"][student.split(":")[0]]
+        assert lead == f"{regime['dev_pool']['gap']:+.4f}", (variant, fold, student)
+        opened = regime["open_retrieval"]
+        before, after = (opened[k]["ndcg@10"] for k in ("student", f"rerank@{summary['rerank_k']}"))
+        assert rerank == f"{before:.4f} -> {after:.4f} ({after - before:+.4f})", (variant, fold, student)
