@@ -19,15 +19,15 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import time
-from pathlib import Path
 
 import faiss
 import numpy as np
 import torch
+
+from md2pr_st.utils import write_json
 
 
 def median_time(fn, repeats: int) -> float:
@@ -178,8 +178,7 @@ def main() -> None:
         result["search"].append(bench_search(docs, queries, args.repeats, f"random {kind}"))
     result["load_average_1min_after"] = os.getloadavg()[0]
     if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        write_json(args.output, result)
 
 
 if __name__ == "__main__":

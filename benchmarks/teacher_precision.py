@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> dict:
     from scipy.stats import spearmanr
 
     from md2pr_st.teacher import TEACHER_REPORT, Teacher
+    from md2pr_st.utils import write_json
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--teacher", required=True, help="a trained cross-encoder folder (or Hub id)")
@@ -141,8 +142,7 @@ def main(argv: list[str] | None = None) -> dict:
         "attention_row_kl_median": float(np.median(kl)),
         "attention_row_kl_max": float(np.max(kl)),
     }
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    write_json(args.output, result)
     print(json.dumps({k: v for k, v in result.items() if k not in ("spearman_per_query", "teacher_dev")}, indent=2))
     return result
 
