@@ -171,7 +171,7 @@ def mine_and_score(args: argparse.Namespace, data):
     )
     timings = {"mining_seconds": round(time.perf_counter() - start, 1), "mining": mining_stats.to_dict()}
     cross_encoder = CrossEncoder(args.teacher, max_length=args.teacher_max_length, device="cpu")
-    teacher = Teacher(cross_encoder, batch_size=args.batch_size)
+    teacher = Teacher(cross_encoder, batch_size=args.batch_size, autocast_dtype=args.teacher_autocast or None)
     start = time.perf_counter()
     scored = FalseNegativeFilter(teacher, show_progress_bar=True).score(mined)
     timings["teacher_scoring_seconds"] = round(time.perf_counter() - start, 1)
@@ -212,6 +212,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--num-candidates", type=int, default=30, help="Mined candidates per query (ranks 0..K-1).")
     parser.add_argument("--max-seq-length", type=int, default=128, help="Student max tokens.")
     parser.add_argument("--teacher-max-length", type=int, default=256, help="Teacher max tokens per pair.")
+    parser.add_argument("--teacher-autocast", default="", help="'bfloat16': score under bf16 autocast.")
     parser.add_argument("--cache-dir", default="runs/embeddings", help="Corpus-embedding cache.")
     parser.add_argument("--chunk-size", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=32)

@@ -124,6 +124,7 @@ ABLATIONS = (
     ("the word level on positives only", "md2pr_word_positives", DEFAULT),
     ("the word level with beta warmed up", "md2pr_word_warmup", DEFAULT),
     ("the word level with beta decayed", "md2pr_word_decay", DEFAULT),
+    ("T_a = 1 instead of 0.4 (beta 0.1): the teacher's attention unsharpened", "md2pr_word_0.1_ta1", "md2pr_word_0.1"),
     ("the best word-level recipe (chosen on dev) vs beta 0", "md2pr_word_best", DEFAULT),
     ("the adaptive rule vs a fixed threshold (t(q,d) >= t(q,d+))", DEFAULT, "md2pr_fixed"),
     ("the adaptive rule vs the quantile rule (p = 0.1)", DEFAULT, "md2pr_quantile"),
