@@ -35,7 +35,9 @@ Recipes:
 
 One folder per (regime, fold, recipe, seed) holds ``result.json`` once finished; a rerun skips finished runs and
 redoes unfinished ones (student training itself resumes from its last checkpoint). Shared work is cached per fold
-(the teacher) and per (regime, fold) (mined candidates with teacher scores).
+(the teacher) and per (regime, fold) (mined candidates with teacher scores). The candidates' ids and teacher
+scores are also written to ``<regime>/fold<f>/candidates.json`` (no texts): copied into a new output folder, it
+lets the sentence-level recipes (the host's, MD2PR's with beta 0) run on a machine without the fold's teacher.
 
     HF_HUB_OFFLINE=1 python benchmarks/quality.py --output runs/quality --regimes B,A --folds 0,1,2
     HF_HUB_OFFLINE=1 python benchmarks/quality.py --output runs/quality --recipes md2pr,mnrl --seeds 14,15
@@ -51,6 +53,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import shutil
@@ -195,11 +198,16 @@ def student_for(out: Path, regime: str) -> str:
 
 
 def candidates_for(
-    path: Path, splits, student: str, teacher, budget: Budget, cache_dir: Path, record: Path | None = None
+    path: Path, splits, student: str, teacher_path, budget: Budget, cache_dir: Path, record: Path | None = None
 ):
     """Mined candidates of the fold's train pairs (mined with ``student``), with teacher scores and UMBRELA grades;
     with ``record``, the teacher's attention on every candidate pair is recorded there in the same pass (the store
-    of the word-level recipes, :func:`attention_store`)."""
+    of the word-level recipes, :func:`attention_store`). ``teacher_path`` is a function returning the teacher's
+    folder, called only when scores are missing.
+
+    The mined ids and the teacher's scores are also kept in ``<path>.json`` (ids and numbers, no texts): where that
+    file is and the dataset is not, the candidates are rebuilt from it with no teacher run, so a grid whose teacher
+    is gone (a new machine) resumes its sentence-level recipes from the recorded scores."""
     from datasets import load_from_disk
     from sentence_transformers import SentenceTransformer
 
@@ -210,25 +218,61 @@ def candidates_for(
 
     if (path / "dataset_info.json").is_file():
         return load_from_disk(str(path))
-    model = SentenceTransformer(student, device="cpu")
-    model.max_seq_length = budget.max_seq_length
-    pairs = training_pairs(splits["train"], budget.min_grade, budget.positives, skip_queries_without_positive=True)
-    mined = mine_hard_negatives(
-        pairs, splits["train"].corpus, model, num_negatives=budget.mine_candidates, range_max=budget.range_max,
-        cache_dir=cache_dir, show_progress_bar=True,
-    )  # fmt: skip
+    recorded = path.with_suffix(".json")
+    if recorded.is_file():
+        mined, scores = rebuild_candidates(json.loads(recorded.read_text()), splits["train"], budget)
+    else:
+        model = SentenceTransformer(student, device="cpu")
+        model.max_seq_length = budget.max_seq_length
+        pairs = training_pairs(splits["train"], budget.min_grade, budget.positives, skip_queries_without_positive=True)
+        mined = mine_hard_negatives(
+            pairs, splits["train"].corpus, model, num_negatives=budget.mine_candidates, range_max=budget.range_max,
+            cache_dir=cache_dir, with_ids=True, show_progress_bar=True,
+        )  # fmt: skip
+        columns = negative_columns(mined.column_names)
+        lists = [[row["positive"], *(row[c] for c in columns)] for row in mined]
+        scorer = make_teacher(str(teacher_path()), budget)
+        if record is not None:
+            from md2pr_st.teacher import AttentionRecorder
+
+            scorer = AttentionRecorder(scorer, record, top_k=None)
+        scores = [s.tolist() for s in score_candidates(scorer, mined["query"], lists, show_progress_bar=True)]
+        rows = zip(mined["query_id"], mined["positive_id"], mined["negative_ids"], scores)
+        write_json(recorded, {"student": student, "teacher": str(teacher_path()), "budget": {
+            k: getattr(budget, k) for k in ("min_grade", "positives", "mine_candidates", "range_max", "max_seq_length",
+                                            "teacher_max_length", "teacher_autocast")
+        }, "rows": [[q, [p, *n], s] for q, p, n, s in rows]})  # fmt: skip
+        mined = mined.remove_columns(["query_id", "positive_id", "negative_ids"])
     columns = negative_columns(mined.column_names)
     lists = [[row["positive"], *(row[c] for c in columns)] for row in mined]
-    if record is not None:
-        from md2pr_st.teacher import AttentionRecorder
-
-        teacher = AttentionRecorder(teacher, record, top_k=None)
-    scores = score_candidates(teacher, mined["query"], lists, show_progress_bar=True)
     grades = score_candidates(QrelsScorer(splits["train"]), mined["query"], lists)
-    mined = mined.add_column("scores", [s.tolist() for s in scores])
+    mined = mined.add_column("scores", scores)
     mined = mined.add_column("grades", [g.tolist() for g in grades])
     save_dataset(mined, path)
     return mined
+
+
+def rebuild_candidates(recorded: dict, train, budget: Budget):
+    """The mined rows (query, positive, negative_1..n) and teacher scores of a ``candidates.json``, texts read from
+    ``train``; refused when it was mined with another budget."""
+    from datasets import Dataset
+
+    wanted = {k: getattr(budget, k) for k in recorded["budget"]}
+    if wanted != recorded["budget"]:
+        raise SystemExit(f"The recorded candidates were mined and scored with {recorded['budget']}, not {wanted}: "
+                         "move the .json file away to mine and score again.")  # fmt: skip
+    query_text = dict(zip(train.queries["id"], train.queries["text"]))
+    row_of = {doc_id: i for i, doc_id in enumerate(train.corpus["id"])}
+    ids = sorted({d for _, docs, _ in recorded["rows"] for d in docs})
+    text_of = dict(zip(ids, train.corpus.select([row_of[d] for d in ids])["text"]))
+    n = len(recorded["rows"][0][1]) - 1
+    columns: dict[str, list] = {"query": [], "positive": [], **{f"negative_{j}": [] for j in range(1, n + 1)}}
+    for query_id, docs, _ in recorded["rows"]:
+        columns["query"].append(query_text[query_id])
+        columns["positive"].append(text_of[docs[0]])
+        for j, doc_id in enumerate(docs[1:], 1):
+            columns[f"negative_{j}"].append(text_of[doc_id])
+    return Dataset.from_dict(columns), [scores for _, _, scores in recorded["rows"]]
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -367,7 +411,8 @@ def resolve_settings(run_root: Path, recipe: str) -> dict:
 
 
 def train_recipe(run_dir: Path, recipe: str, regime_student: str, candidates, splits, teacher_path, budget, seed):
-    """Train one recipe; returns (model path, info)."""
+    """Train one recipe; returns (model path, info). ``teacher_path``: a function returning the teacher's folder,
+    called only by recipes that run the teacher (word level, online, later rounds)."""
     from md2pr_st.cli.arguments import LossArguments
     from md2pr_st.student import train_student
 
@@ -387,17 +432,17 @@ def train_recipe(run_dir: Path, recipe: str, regime_student: str, candidates, sp
     loss_keys = ("alpha", "beta", "word_level_pairs", "beta_schedule", "attention_temperature")
     loss_args = dataclasses.replace(LossArguments(), **{k: settings[k] for k in loss_keys if k in settings})
     online = settings.get("online")
-    teacher = make_teacher(teacher_path, budget) if online else None
+    teacher = make_teacher(str(teacher_path()), budget) if online else None
     current, info = regime_student, {"rounds": [], "settings": settings}
     for r in range(1, settings.get("rounds", 1) + 1):
         if r > 1:  # mined again with the round's student, scored by the same teacher
-            scorer = make_teacher(teacher_path, budget)
-            candidates = candidates_for(run_dir / f"candidates_round_{r}", splits, current, scorer, budget, run_dir)
+            candidates = candidates_for(run_dir / f"candidates_round_{r}", splits, current, teacher_path, budget,
+                                        run_dir)  # fmt: skip
         rows, stats = md2pr_rows(candidates, settings, budget, teacher)
         if loss_args.beta > 0 and not online:  # recorded targets, shared by the (regime, fold)'s recipes
             layers, top_k = settings.get("layers", "last"), settings.get("top_k")
             store = attention_store(run_dir.parent, layers, top_k) if r == 1 else run_dir / f"attention_round_{r}"
-            teacher = record_targets(rows, teacher_path, store, budget, layers, top_k)
+            teacher = record_targets(rows, str(teacher_path()), store, budget, layers, top_k)
         mask = (
             {"false_negative_margin": stats.get("margin"), "false_negative_threshold": stats.get("threshold")}
             if stats
@@ -474,12 +519,12 @@ def run_one(out: Path, regime: str, fold: int, recipe: str, seed: int, context: 
     elif recipe == "base":
         result = evaluate(student, splits["test"], context["nist"], budget, dev=splits["dev"])
     elif recipe == "teacher_rerank":
-        result = evaluate(student, splits["test"], context["nist"], budget, teacher_path=str(context["teacher"]))
+        result = evaluate(student, splits["test"], context["nist"], budget, teacher_path=str(context["teacher"]()))
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
         concrete = info.get("chosen", recipe)
         path, trained = train_recipe(
-            run_dir, concrete, student, context["candidates"], splits, str(context["teacher"]), budget, seed
+            run_dir, concrete, student, context["candidates"], splits, context["teacher"], budget, seed
         )
         info.update(trained)
         train_seconds = time.perf_counter() - start
@@ -508,27 +553,24 @@ def run_grid(args, budget: Budget) -> None:
             continue
         test_ids = set(splits["test"].queries["id"]) & set(nist_all.queries["id"])
         nist = nist_all.subset(test_ids, f"rag24-nist-cv{args.k}.{fold}-test") if test_ids else None
-        teacher_path = None
+        # trained (or found) on first use: recipes that read recorded candidates need no teacher
+        teacher_path = functools.cache(functools.partial(teacher_for, out, fold, splits, budget))
         for regime in args.regimes:
             student = student_for(out, regime)
-            context = {"splits": splits, "student": student, "nist": nist}
+            context = {"splits": splits, "student": student, "nist": nist, "teacher": teacher_path}
             for recipe in args.recipes:
                 for seed in args.seeds:
                     if recipe in REFERENCES and seed != args.seeds[0]:
                         continue  # nothing random in them
-                    if recipe not in ("base", "mpnet_as_is") and teacher_path is None:
-                        teacher_path = teacher_for(out, fold, splits, budget)
                     if recipe not in REFERENCES and "candidates" not in context:
-                        teacher = make_teacher(str(teacher_path), budget)
                         root = out / regime / f"fold{fold}"
                         words = any(
                             MD2PR.get(r, {}).get("beta", 0) and not MD2PR[r].get("online") for r in args.recipes
                         )
                         record = attention_store(root, "last", None) if words else None
                         context["candidates"] = candidates_for(
-                            root / "candidates", splits, student, teacher, budget, out / "embeddings", record
+                            root / "candidates", splits, student, teacher_path, budget, out / "embeddings", record
                         )
-                    context["teacher"] = teacher_path
                     try:
                         run_one(out, regime, fold, recipe, seed, context, budget)
                     except Exception:  # one broken recipe must not stop the grid: logged, the others run
