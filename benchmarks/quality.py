@@ -152,7 +152,7 @@ def teacher_for(out: Path, fold: int, splits, budget: Budget) -> Path:
     if budget.teacher_from:
         path = Path(budget.teacher_from.format(fold=fold))
         if not (path / TEACHER_REPORT).is_file():
-            raise SystemExit(f"{path} holds no trained teacher: train it first (benchmarks/strong_teacher.py).")
+            raise RuntimeError(f"{path} holds no trained teacher: train it first (benchmarks/strong_teacher.py).")
         return path
     path = out / f"fold{fold}" / "teacher"
     report = path / TEACHER_REPORT
@@ -216,11 +216,13 @@ def candidates_for(
     from md2pr_st.pipeline import save_dataset
     from md2pr_st.teacher import QrelsScorer, score_candidates
 
-    if (path / "dataset_info.json").is_file():
-        return load_from_disk(str(path))
     recorded = path.with_suffix(".json")
     if recorded.is_file():
-        mined, scores = rebuild_candidates(json.loads(recorded.read_text()), splits["train"], budget)
+        check_recorded(json.loads(recorded.read_text()), recorded, splits["train"], budget)
+    if (path / "dataset_info.json").is_file():
+        return load_from_disk(str(path))
+    if recorded.is_file():
+        mined, scores = rebuild_candidates(json.loads(recorded.read_text()), splits["train"])
     else:
         model = SentenceTransformer(student, device="cpu")
         model.max_seq_length = budget.max_seq_length
@@ -238,10 +240,9 @@ def candidates_for(
             scorer = AttentionRecorder(scorer, record, top_k=None)
         scores = [s.tolist() for s in score_candidates(scorer, mined["query"], lists, show_progress_bar=True)]
         rows = zip(mined["query_id"], mined["positive_id"], mined["negative_ids"], scores)
-        write_json(recorded, {"student": student, "teacher": str(teacher_path()), "budget": {
-            k: getattr(budget, k) for k in ("min_grade", "positives", "mine_candidates", "range_max", "max_seq_length",
-                                            "teacher_max_length", "teacher_autocast")
-        }, "rows": [[q, [p, *n], s] for q, p, n, s in rows]})  # fmt: skip
+        write_json(recorded, {"student": student, "teacher": str(teacher_path()), "train": splits["train"].name,
+                              "budget": {k: getattr(budget, k) for k in RECORDED_BUDGET},
+                              "rows": [[q, [p, *n], s] for q, p, n, s in rows]})  # fmt: skip
         mined = mined.remove_columns(["query_id", "positive_id", "negative_ids"])
     columns = negative_columns(mined.column_names)
     lists = [[row["positive"], *(row[c] for c in columns)] for row in mined]
@@ -252,15 +253,27 @@ def candidates_for(
     return mined
 
 
-def rebuild_candidates(recorded: dict, train, budget: Budget):
-    """The mined rows (query, positive, negative_1..n) and teacher scores of a ``candidates.json``, texts read from
-    ``train``; refused when it was mined with another budget."""
+# What the recorded candidates depend on besides the train split and the student
+RECORDED_BUDGET = ("min_grade", "positives", "mine_candidates", "range_max", "max_seq_length", "teacher_from",
+                   "teacher_max_length", "teacher_learning_rate", "teacher_epochs", "teacher_autocast")  # fmt: skip
+
+
+def check_recorded(recorded: dict, path: Path, train, budget: Budget) -> None:
+    """Refuse a ``candidates.json`` mined from another train split or scored with another budget."""
+    wanted = {"train": train.name, **{k: getattr(budget, k) for k in RECORDED_BUDGET}}
+    found = {"train": recorded.get("train"), **{k: recorded.get("budget", {}).get(k) for k in RECORDED_BUDGET}}
+    differ = {k: (found[k], wanted[k]) for k in wanted if found[k] != wanted[k]}
+    if differ or not recorded.get("rows"):
+        what = ", ".join(f"{k} {a!r} (now {b!r})" for k, (a, b) in differ.items()) or "no rows"
+        raise SystemExit(f"{path} was recorded with {what}: move it and {path.with_suffix('')} away to mine and "
+                         "score again, or run with the settings it was recorded with.")  # fmt: skip
+
+
+def rebuild_candidates(recorded: dict, train):
+    """The mined rows (query, positive, negative_1..n) and teacher scores of a ``candidates.json`` (checked by
+    :func:`check_recorded`), texts read from ``train``."""
     from datasets import Dataset
 
-    wanted = {k: getattr(budget, k) for k in recorded["budget"]}
-    if wanted != recorded["budget"]:
-        raise SystemExit(f"The recorded candidates were mined and scored with {recorded['budget']}, not {wanted}: "
-                         "move the .json file away to mine and score again.")  # fmt: skip
     query_text = dict(zip(train.queries["id"], train.queries["text"]))
     row_of = {doc_id: i for i, doc_id in enumerate(train.corpus["id"])}
     ids = sorted({d for _, docs, _ in recorded["rows"] for d in docs})
