@@ -42,6 +42,7 @@ lets the sentence-level recipes (the host's, MD2PR's with beta 0) run on a machi
     HF_HUB_OFFLINE=1 python benchmarks/quality.py --output runs/quality --regimes B,A --folds 0,1,2
     HF_HUB_OFFLINE=1 python benchmarks/quality.py --output runs/quality --recipes md2pr,mnrl --seeds 14,15
     HF_HUB_OFFLINE=1 python benchmarks/quality.py --output runs/quality --teacher-gaps  # the teachers' dev lead
+    HF_HUB_OFFLINE=1 python benchmarks/quality.py --output runs/quality --candidates-only  # record the scores only
     HF_HUB_OFFLINE=1 python benchmarks/quality.py --output runs/quality --report      # tables, CIs, chart
 
 The report (``--report``) pools the folds' per-topic values (all 301 topics with UMBRELA grades; the 86 NIST topics
@@ -571,6 +572,10 @@ def run_grid(args, budget: Budget) -> None:
         for regime in args.regimes:
             student = student_for(out, regime)
             context = {"splits": splits, "student": student, "nist": nist, "teacher": teacher_path}
+            if args.candidates_only:
+                root = out / regime / f"fold{fold}"
+                candidates_for(root / "candidates", splits, student, teacher_path, budget, out / "embeddings")
+                continue
             for recipe in args.recipes:
                 for seed in args.seeds:
                     if recipe in REFERENCES and seed != args.seeds[0]:
@@ -602,6 +607,8 @@ def main(argv=None) -> None:
     parser.add_argument("--recipes", default=",".join(RECIPES))
     parser.add_argument("--seeds", default="13")
     parser.add_argument("--report", action="store_true", help="only aggregate the finished runs")
+    parser.add_argument("--candidates-only", action="store_true", help="only mine and teacher-score each (regime, "
+                        "fold)'s candidates (and write candidates.json)")  # fmt: skip
     parser.add_argument("--teacher-gaps", action="store_true", help="only measure each fold's teacher against each "
                         "regime's student on dev pools")  # fmt: skip
     for field in dataclasses.fields(Budget):
