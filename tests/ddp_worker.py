@@ -4,6 +4,7 @@ half of a global batch, the student wrapped in DistributedDataParallel as the ho
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import numpy as np
@@ -41,9 +42,14 @@ def main(student_path: str, teacher_path: str, kind: str, rows_path: str, out_pa
         grads = torch.cat([p.grad.reshape(-1) for p in model.parameters() if p.grad is not None]).numpy()
         np.savez(out_path, parts=(values / world).numpy(), names=np.array(sorted(parts)), grads=grads)
     # Both ranks leave together; no destroy_process_group: a rank tearing the group down while its peer has already
-    # exited can wait forever with gloo, and the process's exit frees it anyway.
+    # exited can wait forever with gloo.
     dist.barrier()
 
 
 if __name__ == "__main__":
     main(*sys.argv[1:])
+    # Skip the interpreter's teardown: destroying gloo's still-running threads there aborts the process now and then
+    # ("terminate called without an active exception", exit code -6) after all the work is done and written.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
