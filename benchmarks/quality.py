@@ -217,13 +217,14 @@ def candidates_for(
     from md2pr_st.pipeline import save_dataset
     from md2pr_st.teacher import QrelsScorer, score_candidates
 
-    recorded = path.with_suffix(".json")
-    if recorded.is_file():
-        check_recorded(json.loads(recorded.read_text()), recorded, splits["train"], budget)
+    recorded_path = path.with_suffix(".json")
+    recorded = json.loads(recorded_path.read_text()) if recorded_path.is_file() else None
+    if recorded is not None:
+        check_recorded(recorded, recorded_path, splits["train"], budget)
     if (path / "dataset_info.json").is_file():
         return load_from_disk(str(path))
-    if recorded.is_file():
-        mined, scores = rebuild_candidates(json.loads(recorded.read_text()), splits["train"])
+    if recorded is not None:
+        mined, scores = rebuild_candidates(recorded, splits["train"])
     else:
         model = SentenceTransformer(student, device="cpu")
         model.max_seq_length = budget.max_seq_length
@@ -232,21 +233,20 @@ def candidates_for(
             pairs, splits["train"].corpus, model, num_negatives=budget.mine_candidates, range_max=budget.range_max,
             cache_dir=cache_dir, with_ids=True, show_progress_bar=True,
         )  # fmt: skip
-        columns = negative_columns(mined.column_names)
-        lists = [[row["positive"], *(row[c] for c in columns)] for row in mined]
+        ids = [[q, [p, *n]] for q, p, n in zip(mined["query_id"], mined["positive_id"], mined["negative_ids"])]
+        mined, scores = mined.remove_columns(["query_id", "positive_id", "negative_ids"]), None
+    columns = negative_columns(mined.column_names)
+    lists = [[row["positive"], *(row[c] for c in columns)] for row in mined]
+    if scores is None:
         scorer = make_teacher(str(teacher_path()), budget)
         if record is not None:
             from md2pr_st.teacher import AttentionRecorder
 
             scorer = AttentionRecorder(scorer, record, top_k=None)
         scores = [s.tolist() for s in score_candidates(scorer, mined["query"], lists, show_progress_bar=True)]
-        rows = zip(mined["query_id"], mined["positive_id"], mined["negative_ids"], scores)
-        write_json(recorded, {"student": student, "teacher": str(teacher_path()), "train": splits["train"].name,
-                              "budget": {k: getattr(budget, k) for k in RECORDED_BUDGET},
-                              "rows": [[q, [p, *n], s] for q, p, n, s in rows]})  # fmt: skip
-        mined = mined.remove_columns(["query_id", "positive_id", "negative_ids"])
-    columns = negative_columns(mined.column_names)
-    lists = [[row["positive"], *(row[c] for c in columns)] for row in mined]
+        write_json(recorded_path, {"student": student, "teacher": str(teacher_path()), "train": splits["train"].name,
+                                   "budget": {k: getattr(budget, k) for k in RECORDED_BUDGET},
+                                   "rows": [[*row, s] for row, s in zip(ids, scores)]})  # fmt: skip
     grades = score_candidates(QrelsScorer(splits["train"]), mined["query"], lists)
     mined = mined.add_column("scores", scores)
     mined = mined.add_column("grades", [g.tolist() for g in grades])
