@@ -16,11 +16,9 @@ over all-mpnet-base-v2 used as it is (384 tokens), measured in the same run:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import time
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -61,6 +59,7 @@ def main(argv=None) -> None:
     passages = list(data.corpus.shuffle(seed=0).select(range(args.passages))["text"])
     queries = list(data.queries["text"])
     loaded = models()
+    load_before = os.getloadavg()[0]
     times: dict[str, dict[str, list[float]]] = {name: {"passages": [], "queries": []} for name in loaded}
     for model in loaded.values():  # one warm-up each
         model.encode(passages[:32], batch_size=args.batch_size)
@@ -76,6 +75,9 @@ def main(argv=None) -> None:
         "repeats": args.repeats,
         "batch_size": args.batch_size,
         "torch_threads": torch.get_num_threads(),
+        "cpu_cores": os.cpu_count(),
+        "load_average_1min_before": load_before,
+        "load_average_1min_after": os.getloadavg()[0],
         "per_second": {n: {k: statistics.median(v) for k, v in kinds.items()} for n, kinds in times.items()},
     }
     reference = result["per_second"]["mpnet@384"]
@@ -88,8 +90,9 @@ def main(argv=None) -> None:
         print(f"{name:<13} {rates['passages']:>11.1f} {speed['passages']:>12.2f} {rates['queries']:>10.1f} "
               f"{speed['queries']:>12.2f}")  # fmt: skip
     if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        from md2pr_st.utils import write_json
+
+        write_json(args.output, result)
 
 
 if __name__ == "__main__":

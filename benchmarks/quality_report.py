@@ -347,8 +347,8 @@ def chart(summary: dict, path: Path) -> None:
         lo = min(v - d for v, d in zip(values, low)) - 0.02
         ax.set_xlim(lo, max(v + d for v, d in zip(values, high)) + 0.02)
         ax.set_xlabel("nDCG@10, test topics; whiskers: 95% CI of the paired difference to base", fontsize=9)
-        ax.set_title(f"Regime {regime} ({rows[0]['topics']} topics, recipes run on every fold): grey references, "
-                     "blue host recipes, red MD2PR", fontsize=10)  # fmt: skip
+        ax.set_title(f"Regime {regime} ({rows[0]['topics']} topics, recipes run on every fold)\n"
+                     "grey: references, blue: host recipes, red: MD2PR", fontsize=10)  # fmt: skip
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
