@@ -245,6 +245,7 @@ def candidates_for(
             scorer = AttentionRecorder(scorer, record, top_k=None)
         scores = [s.tolist() for s in score_candidates(scorer, mined["query"], lists, show_progress_bar=True)]
         write_json(recorded_path, {"student": student, "teacher": str(teacher_path()), "train": splits["train"].name,
+                                   "teacher_weights": teacher_weights(teacher_path()),
                                    "budget": {k: getattr(budget, k) for k in RECORDED_BUDGET},
                                    "rows": [[*row, s] for row, s in zip(ids, scores)]})  # fmt: skip
     grades = score_candidates(QrelsScorer(splits["train"]), mined["query"], lists)
@@ -268,6 +269,41 @@ def check_recorded(recorded: dict, path: Path, train, budget: Budget) -> None:
         what = ", ".join(f"{k} {a!r} (now {b!r})" for k, (a, b) in differ.items()) or "no rows"
         raise SystemExit(f"{path} was recorded with {what}: move it and {path.with_suffix('')} away to mine and "
                          "score again, or run with the settings it was recorded with.")  # fmt: skip
+
+
+def teacher_weights(path) -> str:
+    """sha256 of a teacher folder's weights (its top-level ``*.safetensors``): what tells two trainings of one recipe
+    apart (bf16 kernels differ between machines, so a retrained teacher scores differently)."""
+    files = sorted(Path(path).glob("*.safetensors"))
+    if not files:
+        raise RuntimeError(f"{path} holds no *.safetensors weights: is it a trained teacher folder?")
+    return _weights_digest(tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files))
+
+
+@functools.lru_cache(maxsize=8)
+def _weights_digest(stamp: tuple) -> str:
+    """Hashed once per process while the files keep their sizes and times (a 438 MB teacher takes seconds)."""
+    from md2pr_st.utils import fingerprint, sha256_file
+
+    return fingerprint([part for name, _, _ in stamp for part in (Path(name).name, sha256_file(name))])
+
+
+def checked_teacher(teacher_path, recorded: Path) -> Path:
+    """The fold's teacher (``teacher_path()``), refused when ``recorded`` (a ``candidates.json``) holds the scores of
+    another training of it: a recipe that runs the teacher (its attention, online scores, a later round, the rerank)
+    must read the training whose scores its rows carry, or its comparison with the sentence-level recipes mixes two
+    teachers."""
+    path = teacher_path()
+    if recorded.is_file():
+        found = json.loads(recorded.read_text()).get("teacher_weights")
+        if found != teacher_weights(path):
+            what = "another training's" if found else "unrecorded teacher weights'"
+            raise RuntimeError(
+                f"{recorded} holds {what} scores, not those of {path}: run the recipes that need the teacher in a "
+                f"new --output folder (its candidates are scored by this teacher), or move {recorded} and "
+                f"{recorded.with_suffix('')} away to score them again."
+            )
+    return path
 
 
 def rebuild_candidates(recorded: dict, train):
@@ -571,23 +607,23 @@ def run_grid(args, budget: Budget) -> None:
         teacher_path = functools.cache(functools.partial(teacher_for, out, fold, splits, budget))
         for regime in args.regimes:
             student = student_for(out, regime)
-            context = {"splits": splits, "student": student, "nist": nist, "teacher": teacher_path}
+            root = out / regime / f"fold{fold}"
+            teacher = functools.partial(checked_teacher, teacher_path, root / "candidates.json")
+            context = {"splits": splits, "student": student, "nist": nist, "teacher": teacher}
             if args.candidates_only:
-                root = out / regime / f"fold{fold}"
-                candidates_for(root / "candidates", splits, student, teacher_path, budget, out / "embeddings")
+                candidates_for(root / "candidates", splits, student, teacher, budget, out / "embeddings")
                 continue
             for recipe in args.recipes:
                 for seed in args.seeds:
                     if recipe in REFERENCES and seed != args.seeds[0]:
                         continue  # nothing random in them
                     if recipe not in REFERENCES and "candidates" not in context:
-                        root = out / regime / f"fold{fold}"
                         words = any(
                             MD2PR.get(r, {}).get("beta", 0) and not MD2PR[r].get("online") for r in args.recipes
                         )
                         record = attention_store(root, "last", None) if words else None
                         context["candidates"] = candidates_for(
-                            root / "candidates", splits, student, teacher_path, budget, out / "embeddings", record
+                            root / "candidates", splits, student, teacher, budget, out / "embeddings", record
                         )
                     try:
                         run_one(out, regime, fold, recipe, seed, context, budget)
