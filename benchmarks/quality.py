@@ -129,6 +129,11 @@ class Budget:
     teacher_autocast: str = ""
 
 
+class GridRefusal(RuntimeError):
+    """A recipe the grid will not run as asked (a missing or mismatched teacher): logged in one line, the others
+    run."""
+
+
 def write_json(path: Path, obj) -> None:
     from md2pr_st.utils import write_json as atomic_write
 
@@ -153,7 +158,7 @@ def teacher_for(out: Path, fold: int, splits, budget: Budget) -> Path:
     if budget.teacher_from:
         path = Path(budget.teacher_from.format(fold=fold))
         if not (path / TEACHER_REPORT).is_file():
-            raise RuntimeError(f"{path} holds no trained teacher: train it first (benchmarks/strong_teacher.py).")
+            raise GridRefusal(f"{path} holds no trained teacher: train it first (benchmarks/strong_teacher.py).")
         return path
     path = out / f"fold{fold}" / "teacher"
     report = path / TEACHER_REPORT
@@ -170,7 +175,7 @@ def teacher_for(out: Path, fold: int, splits, budget: Budget) -> Path:
     )  # fmt: skip
 
 
-def teacher_gap(out: Path, regime: str, fold: int, splits, budget: Budget) -> dict:
+def teacher_gap(out: Path, regime: str, fold: int, splits, teacher_path) -> dict:
     """How far the fold's teacher leads the regime's starting student on the fold's dev topics: both rerank each
     dev query's judged pool (:func:`md2pr_st.teacher.reranking_gap`). Kept in ``<regime>/fold<f>/teacher_gap.json``."""
     from md2pr_st.teacher import reranking_gap
@@ -178,8 +183,7 @@ def teacher_gap(out: Path, regime: str, fold: int, splits, budget: Budget) -> di
     path = out / regime / f"fold{fold}" / "teacher_gap.json"
     if path.is_file():
         return json.loads(path.read_text())
-    teacher = teacher_for(out, fold, splits, budget)
-    gap = reranking_gap(teacher, student_for(out, regime), splits["dev"], show_progress_bar=True)
+    gap = reranking_gap(teacher_path(), student_for(out, regime), splits["dev"], show_progress_bar=True)
     gap.update(regime=regime, fold=fold)
     write_json(path, gap)
     print(f"   {regime} fold {fold}: teacher {gap['teacher']:.4f} vs student {gap['student']:.4f} on dev pools "
@@ -238,16 +242,15 @@ def candidates_for(
     columns = negative_columns(mined.column_names)
     lists = [[row["positive"], *(row[c] for c in columns)] for row in mined]
     if scores is None:
+        weights = teacher_weights(teacher_path())  # before the pass: a folder without weights fails at once
         scorer = make_teacher(str(teacher_path()), budget)
         if record is not None:
             from md2pr_st.teacher import AttentionRecorder
 
             scorer = AttentionRecorder(scorer, record, top_k=None)
         scores = [s.tolist() for s in score_candidates(scorer, mined["query"], lists, show_progress_bar=True)]
-        write_json(recorded_path, {"student": student, "teacher": str(teacher_path()), "train": splits["train"].name,
-                                   "teacher_weights": teacher_weights(teacher_path()),
-                                   "budget": {k: getattr(budget, k) for k in RECORDED_BUDGET},
-                                   "rows": [[*row, s] for row, s in zip(ids, scores)]})  # fmt: skip
+        write_json(recorded_path, candidates_record(student, teacher_path(), weights, splits["train"].name, budget,
+                                                    [[*row, s] for row, s in zip(ids, scores)]))  # fmt: skip
     grades = score_candidates(QrelsScorer(splits["train"]), mined["query"], lists)
     mined = mined.add_column("scores", scores)
     mined = mined.add_column("grades", [g.tolist() for g in grades])
@@ -258,6 +261,17 @@ def candidates_for(
 # What the recorded candidates depend on besides the train split and the student
 RECORDED_BUDGET = ("min_grade", "positives", "mine_candidates", "range_max", "max_seq_length", "teacher_from",
                    "teacher_max_length", "teacher_learning_rate", "teacher_epochs", "teacher_autocast")  # fmt: skip
+
+
+RECORD = "candidates.json"  # a (regime, fold)'s recorded candidates, beside its dataset folder "candidates"
+
+
+def candidates_record(student: str, teacher, weights: str, train: str, budget: Budget, rows: list) -> dict:
+    """What ``candidates.json`` holds: ``rows`` of ``[query_id, [positive_id, candidate ids...], teacher scores]``,
+    with the student that mined them, the teacher's folder and the sha256 of its weights (:func:`teacher_weights`),
+    the train split and the settings they depend on."""
+    return {"student": student, "teacher": str(teacher), "teacher_weights": weights, "train": train,
+            "budget": {k: getattr(budget, k) for k in RECORDED_BUDGET}, "rows": rows}  # fmt: skip
 
 
 def check_recorded(recorded: dict, path: Path, train, budget: Budget) -> None:
@@ -297,10 +311,10 @@ def checked_teacher(teacher_path, recorded: Path) -> Path:
     if recorded.is_file():
         found = json.loads(recorded.read_text()).get("teacher_weights")
         if found != teacher_weights(path):
-            what = "another training's" if found else "unrecorded teacher weights'"
-            raise RuntimeError(
-                f"{recorded} holds {what} scores, not those of {path}: run the recipes that need the teacher in a "
-                f"new --output folder (its candidates are scored by this teacher), or move {recorded} and "
+            what = "the scores of another training of the teacher" if found else "scores with no record of the teacher"
+            raise GridRefusal(
+                f"{recorded} holds {what}, not of {path}: run the recipes that need the teacher in a new --output "
+                f"folder (its candidates are scored by this teacher), or move {recorded} and "
                 f"{recorded.with_suffix('')} away to score them again."
             )
     return path
@@ -543,6 +557,17 @@ def evaluate(
 # ------------------------------------------------------------------------------------------------------------------
 
 
+def runs_teacher(recipe: str) -> bool:
+    """Whether the recipe runs the fold's teacher (its rerank, attention, online scores or a later round's scoring)
+    rather than reading the recorded scores only."""
+    settings = MD2PR.get(recipe, {})
+    return (
+        recipe == "teacher_rerank"
+        or bool(settings.get("beta") or settings.get("online"))
+        or (settings.get("rounds", 1) > 1)
+    )
+
+
 def run_one(out: Path, regime: str, fold: int, recipe: str, seed: int, context: dict, budget: Budget) -> None:
     """One (regime, fold, recipe, seed): skipped when its result.json exists."""
     run_dir = out / regime / f"fold{fold}" / f"{recipe}-s{seed}"
@@ -582,6 +607,9 @@ def run_one(out: Path, regime: str, fold: int, recipe: str, seed: int, context: 
         info["train_seconds"] = round(train_seconds, 1)
         for folder in run_dir.glob("student*"):  # results are kept, models are not (about 90 MB each)
             shutil.rmtree(folder, ignore_errors=True)
+    recorded = run_dir.parent / RECORD
+    if runs_teacher(info.get("chosen", recipe)) and recorded.is_file():  # which training it ran (checked_teacher)
+        info["teacher_weights"] = json.loads(recorded.read_text()).get("teacher_weights")
     result.update(recipe=recipe, regime=regime, fold=fold, seed=seed, budget=dataclasses.asdict(budget),
                   info=info, seconds=round(time.perf_counter() - start, 1))  # fmt: skip
     write_json(run_dir / "result.json", result)
@@ -597,18 +625,19 @@ def run_grid(args, budget: Budget) -> None:
     nist_all = load_rag24("all", qrels="nist")
     for fold in args.folds:
         splits = all_folds[fold]
+        # trained (or found) on first use: recipes that read recorded candidates need no teacher
+        teacher_path = functools.cache(functools.partial(teacher_for, out, fold, splits, budget))
         if args.teacher_gaps:
             for regime in args.regimes:
-                teacher_gap(out, regime, fold, splits, budget)
+                checked = functools.partial(checked_teacher, teacher_path, out / regime / f"fold{fold}" / RECORD)
+                teacher_gap(out, regime, fold, splits, checked)
             continue
         test_ids = set(splits["test"].queries["id"]) & set(nist_all.queries["id"])
         nist = nist_all.subset(test_ids, f"rag24-nist-cv{args.k}.{fold}-test") if test_ids else None
-        # trained (or found) on first use: recipes that read recorded candidates need no teacher
-        teacher_path = functools.cache(functools.partial(teacher_for, out, fold, splits, budget))
         for regime in args.regimes:
             student = student_for(out, regime)
             root = out / regime / f"fold{fold}"
-            teacher = functools.partial(checked_teacher, teacher_path, root / "candidates.json")
+            teacher = functools.partial(checked_teacher, teacher_path, root / RECORD)
             context = {"splits": splits, "student": student, "nist": nist, "teacher": teacher}
             if args.candidates_only:
                 candidates_for(root / "candidates", splits, student, teacher, budget, out / "embeddings")
@@ -627,6 +656,8 @@ def run_grid(args, budget: Budget) -> None:
                         )
                     try:
                         run_one(out, regime, fold, recipe, seed, context, budget)
+                    except GridRefusal as refusal:
+                        print(f"!! {regime} fold {fold} {recipe} seed {seed}: {refusal}", file=sys.stderr, flush=True)
                     except Exception:  # one broken recipe must not stop the grid: logged, the others run
                         import traceback
 

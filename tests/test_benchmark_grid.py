@@ -43,14 +43,28 @@ def test_teacher_weights_tell_two_trainings_apart_and_ignore_other_files(quality
 
 def test_a_recipe_that_runs_the_teacher_is_refused_another_trainings_scores(quality, tmp_path):
     first, second = _teacher(tmp_path / "first", 1.0), _teacher(tmp_path / "second", 2.0)
-    recorded = tmp_path / "A" / "fold0" / "candidates.json"
+    recorded = tmp_path / "A" / "fold0" / quality.RECORD
     # no candidates recorded yet: the teacher scores them, nothing to compare with
     assert quality.checked_teacher(lambda: first, recorded) == first
     recorded.parent.mkdir(parents=True)
-    recorded.write_text(json.dumps({"teacher_weights": quality.teacher_weights(first), "rows": []}))
+    record = quality.candidates_record("student", first, quality.teacher_weights(first), "train", quality.Budget(), [])
+    recorded.write_text(json.dumps(record))  # what candidates_for writes after its scoring pass
     assert quality.checked_teacher(lambda: first, recorded) == first
-    with pytest.raises(RuntimeError, match="another training's scores, not those of .*second"):
+    with pytest.raises(quality.GridRefusal, match="scores of another training of the teacher, not of .*second"):
         quality.checked_teacher(lambda: second, recorded)
-    recorded.write_text(json.dumps({"rows": []}))  # recorded before the weights were
-    with pytest.raises(RuntimeError, match="unrecorded teacher weights' scores"):
+    del record["teacher_weights"]  # a file recorded before the weights were
+    recorded.write_text(json.dumps(record))
+    with pytest.raises(quality.GridRefusal, match="scores with no record of the teacher"):
         quality.checked_teacher(lambda: first, recorded)
+
+
+def test_only_the_recipes_that_run_the_teacher_are_checked(quality):
+    needs = {name for name in quality.RECIPES if quality.runs_teacher(name)}
+    assert {
+        "teacher_rerank",
+        "md2pr_2_rounds",
+        "md2pr_word_0.1",
+        "md2pr_word_middle",
+        "md2pr_word_0.1_online",
+    } <= needs
+    assert not needs & {"base", "mpnet_as_is", "mnrl", "margin_mse", "distill_kl", "gist", "md2pr", "md2pr_umbrela"}
