@@ -109,6 +109,9 @@ DEFAULT = "md2pr"  # the library's defaults
 ABLATIONS = (
     ("MD2PR's defaults vs the host's MNRL", DEFAULT, "mnrl"),
     ("the best MD2PR recipe vs the best host recipe (each chosen on dev)", "md2pr_best", "host_best"),
+    # the larger model a user could deploy instead of distilling (all-mpnet-base-v2 as it is, 384 tokens)
+    ("the off-the-shelf student vs all-mpnet-base-v2 as it is", "base", "mpnet_as_is"),
+    ("the best MD2PR recipe vs all-mpnet-base-v2 as it is", "md2pr_best", "mpnet_as_is"),
     ("the sentence level L_s", DEFAULT, "md2pr_no_sentence"),
     ("MD2PR's L_c alone (flagged candidates masked) vs the host's MNRL", "md2pr_no_sentence", "mnrl"),
     ("masking the flagged candidates out of L_c", DEFAULT, "md2pr_no_filter"),
