@@ -338,7 +338,11 @@ def chart(summary: dict, path: Path) -> None:
         low = [r["vs_base"]["mean_diff"] - r["vs_base"]["low"] if "vs_base" in r else 0 for r in rows]
         high = [r["vs_base"]["high"] - r["vs_base"]["mean_diff"] if "vs_base" in r else 0 for r in rows]
         colors = [
-            "#999999" if n in ("base", "teacher_rerank", "mpnet_as_is") else "#4c72b0" if n in HOST else "#c44e52"
+            "#999999"
+            if n in ("base", "teacher_rerank", "mpnet_as_is")
+            else "#4c72b0"
+            if n in (*HOST, "host_best")
+            else "#c44e52"
             for n in names
         ]
         ax.barh(range(len(rows)), values, xerr=[low, high], color=colors, capsize=3)
