@@ -288,18 +288,11 @@ def check_recorded(recorded: dict, path: Path, train, budget: Budget) -> None:
 def teacher_weights(path) -> str:
     """sha256 of a teacher folder's weights (its top-level ``*.safetensors``): what tells two trainings of one recipe
     apart (bf16 kernels differ between machines, so a retrained teacher scores differently)."""
-    files = sorted(Path(path).glob("*.safetensors"))
-    if not files:
+    from md2pr_st.models import source_fingerprint
+
+    if not any(Path(path).glob("*.safetensors")):
         raise RuntimeError(f"{path} holds no *.safetensors weights: is it a trained teacher folder?")
-    return _weights_digest(tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files))
-
-
-@functools.lru_cache(maxsize=8)
-def _weights_digest(stamp: tuple) -> str:
-    """Hashed once per process while the files keep their sizes and times (a 438 MB teacher takes seconds)."""
-    from md2pr_st.utils import fingerprint, sha256_file
-
-    return fingerprint([part for name, _, _ in stamp for part in (Path(name).name, sha256_file(name))])
+    return source_fingerprint(path, pattern="*.safetensors")
 
 
 def checked_teacher(teacher_path, recorded: Path) -> Path:

@@ -263,9 +263,10 @@ def _read_json(path: Path) -> Any:
         return None
 
 
-def source_fingerprint(name: str | Path | None) -> str:
+def source_fingerprint(name: str | Path | None, pattern: str = "**/*") -> str:
     """What a model argument stands for, for keying what was made from it: for a local folder, sha256 of its files'
     names and contents (so a model saved again under the same path counts as another model); for a Hub id, the id.
+    ``pattern`` keeps only the files it matches (``"*.safetensors"``: the weights alone, not reports beside them).
 
     Example:
         >>> source_fingerprint("org/some-model")
@@ -277,7 +278,7 @@ def source_fingerprint(name: str | Path | None) -> str:
         return resolved
     path = path.resolve()
     files = sorted(
-        p for p in path.rglob("*") if p.is_file() and not any(x.startswith(".") for x in p.relative_to(path).parts)
+        p for p in path.glob(pattern) if p.is_file() and not any(x.startswith(".") for x in p.relative_to(path).parts)
     )
     stamp = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
     return _folder_fingerprint(str(path), stamp)
