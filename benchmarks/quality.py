@@ -26,7 +26,8 @@ Recipes:
   ``md2pr_word_<beta>`` (beta 1, 0.3, 0.1, 0.03; the last layer); at the beta chosen on dev (the best of 0.3, 0.1
   and 0.03 on the fold's dev topics): ``md2pr_word_middle`` (the teacher's middle layer), ``md2pr_word_last4`` (the
   mean of its last four), ``md2pr_word_positives`` (each query with its positive only), ``md2pr_word_warmup`` and
-  ``md2pr_word_decay`` (beta ramped up over the first half of training, or down over the second half);
+  ``md2pr_word_decay`` (beta ramped up over the first half of training, or down over the second half); the same five
+  at beta 0.3 (``md2pr_word_middle_0.3`` ... ``md2pr_word_decay_0.3``);
   ``md2pr_word_0.1_ta1`` (beta 0.1 with the teacher's attention rows unsharpened, T_a = 1 instead of 0.4); and
   ``md2pr_word_1_no_sentence``, ``md2pr_word_1_no_filter``, ``md2pr_word_1_top16`` (each query token's top 16 passage
   tokens recorded), ``md2pr_word_1_online`` and ``md2pr_word_0.1_online`` (the teacher run online in every step)
@@ -85,6 +86,12 @@ MD2PR = {
     "md2pr_word_positives": {"beta": "dev", "word_level_pairs": "positives"},
     "md2pr_word_warmup": {"beta": "dev", "beta_schedule": "warmup"},
     "md2pr_word_decay": {"beta": "dev", "beta_schedule": "decay"},
+    # the same variants at the largest weight tried, where L_w moves the student most
+    "md2pr_word_middle_0.3": {"beta": 0.3, "layers": "middle"},
+    "md2pr_word_last4_0.3": {"beta": 0.3, "layers": "last4"},
+    "md2pr_word_positives_0.3": {"beta": 0.3, "word_level_pairs": "positives"},
+    "md2pr_word_warmup_0.3": {"beta": 0.3, "beta_schedule": "warmup"},
+    "md2pr_word_decay_0.3": {"beta": 0.3, "beta_schedule": "decay"},
     # T_a = 1: the teacher's attention rows as they are (the default 0.4 sharpens them; an MPNet teacher's rows are
     # already far sharper than the student's)
     "md2pr_word_0.1_ta1": {"beta": 0.1, "attention_temperature": 1.0},
