@@ -565,17 +565,34 @@ def runs_teacher(recipe: str) -> bool:
     )
 
 
+def result_stands(run_dir: Path, chosen: str | None) -> bool:
+    """Whether ``run_dir``'s result.json exists and, for a recipe chosen on dev, was made with ``chosen``. A result
+    made with another choice is moved aside to ``result.<old choice>.json`` (nothing is lost) and ``False`` returned."""
+    path = run_dir / "result.json"
+    if not path.is_file():
+        return False
+    made = json.loads(path.read_text()).get("info", {}).get("chosen")
+    if chosen is None or made == chosen:
+        return True
+    path.replace(run_dir / f"result.{made}.json")
+    print(f"   {run_dir.name}: dev now chooses {chosen}, not {made}: made again", file=sys.stderr, flush=True)
+    return False
+
+
 def run_one(out: Path, regime: str, fold: int, recipe: str, seed: int, context: dict, budget: Budget) -> None:
-    """One (regime, fold, recipe, seed): skipped when its result.json exists."""
+    """One (regime, fold, recipe, seed): skipped when its result.json exists, unless the recipe is chosen on dev
+    (``CHOSEN``) and dev now chooses another one (a recipe run since): that result is kept as
+    ``result.<old choice>.json`` and the run made again."""
     run_dir = out / regime / f"fold{fold}" / f"{recipe}-s{seed}"
-    if (run_dir / "result.json").is_file():
+    # a headline pair's side: the recipe that did best on dev with the first seed
+    chosen = chosen_on_dev(run_dir.parent, CHOSEN[recipe]) if recipe in CHOSEN else None
+    if result_stands(run_dir, chosen):
         return
     print(f"== {regime} fold {fold} {recipe} seed {seed}", file=sys.stderr, flush=True)
     start = time.perf_counter()
     splits, student = context["splits"], context["student"]
     info: dict = {}
-    if recipe in CHOSEN:  # a headline pair's side: the recipe that did best on dev with the first seed
-        chosen = chosen_on_dev(run_dir.parent, CHOSEN[recipe])
+    if chosen is not None:
         info["chosen"] = chosen
         done = run_dir.parent / f"{chosen}-s{seed}" / "result.json"
         if done.is_file():  # that recipe already ran with this seed

@@ -1,4 +1,5 @@
-"""The quality grid (benchmarks/quality.py) runs the teacher only when it is the training that scored its rows."""
+"""The quality grid (benchmarks/quality.py) runs the teacher only when it is the training that scored its rows, and
+makes a headline run again when dev chooses another recipe."""
 
 from __future__ import annotations
 
@@ -68,3 +69,27 @@ def test_only_the_recipes_that_run_the_teacher_are_checked(quality):
         "md2pr_word_0.1_online",
     } <= needs
     assert not needs & {"base", "mpnet_as_is", "mnrl", "margin_mse", "distill_kl", "gist", "md2pr", "md2pr_umbrela"}
+
+
+def test_a_result_chosen_on_dev_is_made_again_once_dev_chooses_another_recipe(quality, tmp_path):
+    fold = tmp_path / "A" / "fold0"
+
+    def made(run: str, dev: float, chosen: str | None = None) -> Path:
+        (fold / run).mkdir(parents=True)
+        info = {"chosen": chosen} if chosen else {}
+        (fold / run / "result.json").write_text(json.dumps({"dev": {"ndcg@10": dev}, "info": info}))
+        return fold / run
+
+    made("md2pr-s13", 0.70)
+    made("md2pr_fixed-s13", 0.72)
+    best = made("md2pr_best-s14", 0.71, chosen="md2pr_fixed")
+    assert quality.chosen_on_dev(fold, quality.CHOSEN["md2pr_best"]) == "md2pr_fixed"
+    assert quality.result_stands(best, "md2pr_fixed")
+    made("md2pr_no_filter-s13", 0.75)  # a recipe run since does better on dev
+    chosen = quality.chosen_on_dev(fold, quality.CHOSEN["md2pr_best"])
+    assert chosen == "md2pr_no_filter"
+    assert not quality.result_stands(best, chosen)
+    assert not (best / "result.json").exists()  # moved aside, not lost
+    assert json.loads((best / "result.md2pr_fixed.json").read_text())["info"]["chosen"] == "md2pr_fixed"
+    assert quality.result_stands(fold / "md2pr-s13", None)  # a recipe not chosen on dev stands as made
+    assert not quality.result_stands(fold / "gist-s13", None)
