@@ -22,6 +22,7 @@ from sentence_transformers.sentence_transformer.training_args import SentenceTra
 
 from md2pr_st import MD2PRLoss, RetrievalEvaluator, Teacher
 from md2pr_st.data import load_retrieval_data
+from md2pr_st.distributed import leave
 from md2pr_st.models import resolve_model_name
 
 
@@ -87,6 +88,7 @@ def main() -> None:
     if trainer.is_world_process_zero():  # under torchrun / accelerate launch, one process reports and saves
         print(evaluator(model))
         model.save(f"{args.output_dir}/final")
+    leave()  # under torchrun: every process waits for the main one, then the process group closes
 
 
 if __name__ == "__main__":

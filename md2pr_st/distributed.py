@@ -89,6 +89,32 @@ def setup() -> bool:
     return active()
 
 
+def leave() -> None:
+    """Leave the process group: every process waits for the others, then the group is destroyed.
+
+    Call it last, on every process, once the work is done (the ``md2pr`` commands do). A process that exits with
+    the group still open leaves ``gloo``'s worker threads to the interpreter's teardown, which now and then aborts
+    it ("terminate called without an active exception", exit code -6) after all its work is written. A no-op when
+    not distributed, and when called twice.
+
+    Example:
+        >>> leave()  # not launched: nothing to leave
+        >>> active()
+        False
+    """
+    global _OBJECT_GROUP
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if dist.get_world_size() > 1:
+        dist.barrier(group=_object_group())
+    if _OBJECT_GROUP is not None:
+        dist.destroy_process_group(_OBJECT_GROUP)
+        _OBJECT_GROUP = None
+    rank = dist.get_rank()
+    dist.destroy_process_group()
+    logger.info("Process %d left the process group.", rank)
+
+
 def _object_group() -> Any:
     """A ``gloo`` group for Python objects (the default group when it is already ``gloo``)."""
     global _OBJECT_GROUP

@@ -26,6 +26,22 @@ def one_process_group():
     dist.destroy_process_group()
 
 
+def test_leave_closes_the_process_group_once():
+    """`leave` destroys the group (so that no gloo thread is left to the interpreter's teardown); a second call,
+    or a call with no group, does nothing."""
+    from md2pr_st import distributed
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    assert dist.is_initialized()
+    distributed.leave()
+    assert not dist.is_initialized()
+    distributed.leave()
+    assert not dist.is_initialized()
+
+
 @pytest.mark.parametrize("loss_class", [MD2PRLoss, CachedMD2PRLoss])
 def test_a_ddp_wrapped_student_gives_the_same_loss(tiny_model, tiny_cross_encoder_path, one_process_group, loss_class):
     """The trainer replaces loss.model by its DistributedDataParallel wrapper, which has no tokenizer and no modules

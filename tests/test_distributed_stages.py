@@ -31,6 +31,7 @@ def md2pr(*args: str, processes: int, cwd, accelerate: bool = False) -> None:
     assert proc.returncode == 0, proc.stderr[-6000:]
     for rank in range(processes if processes > 1 else 0):
         assert f"Process {rank} of {processes} joined the gloo process group" in proc.stderr
+        assert f"Process {rank} left the process group." in proc.stderr  # closed before the interpreter's teardown
 
 
 def test_shares_cover_every_item_once_in_order(monkeypatch):

@@ -322,10 +322,12 @@ def _run(name: str, parsed: Sequence[object], verbose: bool) -> int:
 
     try:
         check_environment([p for p in parsed if not isinstance(p, dict)])
-        distributed.setup()  # under torchrun / accelerate launch: join the launcher's process group
+        launched = distributed.setup()  # under torchrun / accelerate launch: join the launcher's process group
         # launched on N processes, each command splits its encoding and scoring; its outputs record it made them
         with distributed.shared_work(), outputs.command(f"md2pr {name}"):
             driver(name)(*parsed)
+        if launched:  # every process is done: the group closes before the interpreter's teardown
+            distributed.leave()
     except KeyboardInterrupt:
         _end_progress_bars()
         print(f"md2pr {name}: interrupted; run the same command again to resume.", file=sys.stderr)
