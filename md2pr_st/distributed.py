@@ -34,6 +34,7 @@ import torch.distributed as dist
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 _OBJECT_GROUP: Any = None
+_JOINED = False  # whether setup() made the default group (then this process's md2pr command owns it)
 _SHARED = contextvars.ContextVar("md2pr_shared_work", default=False)
 
 
@@ -78,6 +79,7 @@ def setup() -> bool:
 
     Idempotent, and a no-op without a launcher. With CUDA, each process uses the GPU of its ``LOCAL_RANK``.
     """
+    global _JOINED
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not dist.is_available():
         return False
     if not dist.is_initialized():
@@ -85,25 +87,32 @@ def setup() -> bool:
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend=backend)
+        _JOINED = True
         logger.info("Process %d of %d joined the %s process group.", dist.get_rank(), dist.get_world_size(), backend)
     return active()
+
+
+def joined() -> bool:
+    """True when :func:`setup` made the process group (not a launcher's script or another library before it)."""
+    return _JOINED and dist.is_available() and dist.is_initialized()
 
 
 def leave() -> None:
     """Leave the process group: every process waits for the others, then the group is destroyed.
 
-    Call it last, on every process, once the work is done (the ``md2pr`` commands do). A process that exits with
-    the group still open leaves ``gloo``'s worker threads to the interpreter's teardown, which now and then aborts
-    it ("terminate called without an active exception", exit code -6) after all its work is written. A no-op when
-    not distributed, and when called twice.
+    Call it last, on every process, once the work is done (the ``md2pr`` commands do, when they made the group:
+    :func:`joined`). A process that exits with the group still open leaves ``gloo``'s worker threads to the
+    interpreter's teardown, which now and then aborts it ("terminate called without an active exception", exit
+    code -6) after all its work is written. A no-op when not distributed, and when called twice.
 
     Example:
         >>> leave()  # not launched: nothing to leave
         >>> active()
         False
     """
-    global _OBJECT_GROUP
+    global _OBJECT_GROUP, _JOINED
     if not (dist.is_available() and dist.is_initialized()):
+        _OBJECT_GROUP, _JOINED = None, False  # destroyed elsewhere: no handle to it is kept
         return
     if dist.get_world_size() > 1:
         dist.barrier(group=_object_group())
@@ -112,6 +121,7 @@ def leave() -> None:
         _OBJECT_GROUP = None
     rank = dist.get_rank()
     dist.destroy_process_group()
+    _JOINED = False
     logger.info("Process %d left the process group.", rank)
 
 

@@ -96,7 +96,7 @@ def test_a_result_chosen_on_dev_is_made_again_once_dev_chooses_another_recipe(qu
     assert not quality.result_stands(fold / "gist-s13", None)
 
 
-def test_a_model_not_trained_per_fold_encodes_the_shared_corpus_once(quality, tiny_model_path, tmp_path):
+def test_a_model_not_trained_per_fold_encodes_the_shared_corpus_once(quality, tiny_model_path, tmp_path, monkeypatch):
     """`evaluate(..., cache_dir=...)` keeps the corpus embeddings: a second fold (the same corpus) encodes no
     passage and gets the metrics of the first, which equal those of an encoding without the cache."""
     from test_pipeline import beir_with_splits
@@ -112,6 +112,16 @@ def test_a_model_not_trained_per_fold_encodes_the_shared_corpus_once(quality, ti
     chunks = sorted(cache.rglob("chunk_*.npy"))
     assert chunks, "the corpus embeddings were not kept"
     stamps = [path.stat().st_mtime_ns for path in chunks]
+
+    from md2pr_st.index import embedding_cache, faiss_index
+
+    def queries_only(model, texts, kind, *args, **kwargs):
+        assert kind == "query", "the corpus was encoded again"
+        return encode(model, texts, kind, *args, **kwargs)
+
+    encode = faiss_index.encode
+    monkeypatch.setattr(embedding_cache, "encode", queries_only)
+    monkeypatch.setattr(faiss_index, "encode", queries_only)
     second = quality.evaluate(str(tiny_model_path), test, None, budget, dev=dev, cache_dir=cache)
     assert [path.stat().st_mtime_ns for path in sorted(cache.rglob("chunk_*.npy"))] == stamps  # nothing re-encoded
     assert second == first

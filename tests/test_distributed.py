@@ -28,18 +28,22 @@ def one_process_group():
 
 def test_leave_closes_the_process_group_once():
     """`leave` destroys the group (so that no gloo thread is left to the interpreter's teardown); a second call,
-    or a call with no group, does nothing."""
+    or a call with no group, does nothing. A group made outside `setup` is not the md2pr commands' to leave."""
     from md2pr_st import distributed
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
-    assert dist.is_initialized()
-    distributed.leave()
-    assert not dist.is_initialized()
-    distributed.leave()
-    assert not dist.is_initialized()
+    try:
+        assert dist.is_initialized() and not distributed.joined()  # the caller's group, not setup()'s
+        distributed.leave()
+        assert not dist.is_initialized()
+        distributed.leave()
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 @pytest.mark.parametrize("loss_class", [MD2PRLoss, CachedMD2PRLoss])

@@ -322,11 +322,11 @@ def _run(name: str, parsed: Sequence[object], verbose: bool) -> int:
 
     try:
         check_environment([p for p in parsed if not isinstance(p, dict)])
-        launched = distributed.setup()  # under torchrun / accelerate launch: join the launcher's process group
+        distributed.setup()  # under torchrun / accelerate launch: join the launcher's process group
         # launched on N processes, each command splits its encoding and scoring; its outputs record it made them
         with distributed.shared_work(), outputs.command(f"md2pr {name}"):
             driver(name)(*parsed)
-        if launched:  # every process is done: the group closes before the interpreter's teardown
+        if distributed.joined():  # every process is done: the group it made closes before the interpreter's teardown
             distributed.leave()
     except KeyboardInterrupt:
         _end_progress_bars()
