@@ -4,7 +4,6 @@ half of a global batch, the student wrapped in DistributedDataParallel as the ho
 from __future__ import annotations
 
 import json
-import os
 import sys
 
 import numpy as np
@@ -13,6 +12,7 @@ import torch.distributed as dist
 from sentence_transformers import SentenceTransformer
 from torch.nn.parallel import DistributedDataParallel
 
+from md2pr_st import distributed
 from md2pr_st.losses import CachedMD2PRLoss, MD2PRLoss
 from md2pr_st.teacher import Teacher
 
@@ -41,15 +41,8 @@ def main(student_path: str, teacher_path: str, kind: str, rows_path: str, out_pa
     if rank == 0:  # only rank 0 writes
         grads = torch.cat([p.grad.reshape(-1) for p in model.parameters() if p.grad is not None]).numpy()
         np.savez(out_path, parts=(values / world).numpy(), names=np.array(sorted(parts)), grads=grads)
-    # Both ranks leave together; no destroy_process_group: a rank tearing the group down while its peer has already
-    # exited can wait forever with gloo.
-    dist.barrier()
+    distributed.leave()  # both ranks wait for each other, then close the group before the interpreter's teardown
 
 
 if __name__ == "__main__":
     main(*sys.argv[1:])
-    # Skip the interpreter's teardown: destroying gloo's still-running threads there aborts the process now and then
-    # ("terminate called without an active exception", exit code -6) after all the work is done and written.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
